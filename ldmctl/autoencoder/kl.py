@@ -1,0 +1,104 @@
+"""KL-regularised autoencoder (Rombach et al. 2022, §3.1 "KL-reg.").
+
+The encoder predicts a diagonal Gaussian posterior q(z|x) over a (B, z_channels, H/f, W/f)
+latent; a slight KL penalty towards N(0, I) (``AELossConfig.kl_weight`` ~ 1e-6) keeps the latent
+well scaled without forcing it to be a VAE prior. ``encode`` returns the posterior mode (or a
+sample), ``decode`` maps a latent back to pixels. Neither applies ``scale_factor``: the latent
+diffusion model multiplies by it, and the trainer sets it to 1 / std of the latents.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ldmctl.autoencoder.coders import AEOutput, Decoder, Encoder
+from ldmctl.config import AutoencoderConfig
+from ldmctl.errors import ConfigError
+
+
+class DiagonalGaussianDistribution:
+    """N(mean, diag(exp(logvar))) from a (B, 2C, h, w) tensor holding [mean, logvar] on dim 1.
+
+    ``mean``/``std``/``sample`` keep the input's dtype; ``kl`` and ``nll`` are computed in float32
+    so that bf16 autocast does not lose the sum over thousands of latent entries.
+    """
+
+    def __init__(self, parameters: Tensor) -> None:
+        self.parameters = parameters
+        self.mean, logvar = parameters.chunk(2, dim=1)  # (B, C, h, w) each
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+        self.var = torch.exp(self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """Draw mean + std * eps, eps ~ N(0, I) from ``generator`` (on any device)."""
+        device = generator.device if generator is not None else self.mean.device
+        eps = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps.to(self.mean.device)
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def kl(self, other: DiagonalGaussianDistribution | None = None) -> Tensor:
+        """KL(self || other) summed over all but the batch dim, (B,); other defaults to N(0, I)."""
+        dims = tuple(range(1, self.mean.ndim))
+        mean, var, logvar = self.mean.float(), self.var.float(), self.logvar.float()
+        if other is None:
+            return 0.5 * (mean.pow(2) + var - 1.0 - logvar).sum(dim=dims)
+        o_mean, o_var, o_logvar = other.mean.float(), other.var.float(), other.logvar.float()
+        terms = (mean - o_mean).pow(2) / o_var + var / o_var - 1.0 - logvar + o_logvar
+        return 0.5 * terms.sum(dim=dims)
+
+    def nll(self, sample: Tensor, dims: tuple[int, ...] = (1, 2, 3)) -> Tensor:
+        """Negative log-likelihood of ``sample`` under this Gaussian, summed over ``dims``."""
+        diff = sample.float() - self.mean.float()
+        logvar = self.logvar.float()
+        return 0.5 * (math.log(2.0 * math.pi) + logvar + diff.pow(2) / logvar.exp()).sum(dim=dims)
+
+
+class AutoencoderKL(nn.Module):
+    """Encoder -> 1x1 quant_conv -> Gaussian posterior -> 1x1 post_quant_conv -> Decoder."""
+
+    def __init__(self, cfg: AutoencoderConfig) -> None:
+        super().__init__()
+        if cfg.kind != "kl":
+            raise ConfigError(f"AutoencoderKL needs model.kind='kl', got {cfg.kind!r}")
+        self.config = cfg
+        z = cfg.z_channels
+        self.encoder = Encoder(cfg, out_channels=2 * z)  # mean and log-variance ("double_z")
+        self.quant_conv = nn.Conv2d(2 * z, 2 * z, kernel_size=1)
+        self.post_quant_conv = nn.Conv2d(z, z, kernel_size=1)
+        self.decoder = Decoder(cfg, in_channels=z)
+        self.register_buffer("scale_factor", torch.tensor(1.0, dtype=torch.float32))
+
+    @property
+    def last_layer(self) -> nn.Parameter:
+        """The decoder's output conv weight (for the adaptive GAN weight of Esser et al. 2021)."""
+        return self.decoder.conv_out.weight
+
+    def posterior(self, x: Tensor) -> DiagonalGaussianDistribution:
+        """q(z|x) for images x (B, C, H, W) in [-1, 1]."""
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))  # (B, 2z, H/f, W/f)
+
+    def encode(self, x: Tensor, *, sample: bool = False,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Return the posterior mode, or a sample when ``sample`` is true: (B, z, H/f, W/f)."""
+        post = self.posterior(x)
+        return post.sample(generator) if sample else post.mode()
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Map latents (B, z, h, w) to images (B, C, h*f, w*f)."""
+        return self.decoder(self.post_quant_conv(z))
+
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> AEOutput:
+        """Training pass: reconstruct from a posterior sample; reg_loss is the mean per-image KL."""
+        post = self.posterior(x)
+        recon = self.decode(post.sample(generator))
+        kl = post.kl().mean()
+        return AEOutput(recon=recon, reg_loss=kl, stats={"kl": float(kl.detach())})
+
+
+__all__ = ["AutoencoderKL", "DiagonalGaussianDistribution"]

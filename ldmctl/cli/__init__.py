@@ -1,0 +1,54 @@
+"""The ``ldmctl`` command line: sub-commands assembled here, and the one error boundary."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from ldmctl import __version__
+from ldmctl.cli import eval_ae, reconstruct, train_ae
+from ldmctl.cli._console import err_console
+from ldmctl.errors import LdmctlError
+
+app = typer.Typer(
+    name="ldmctl",
+    help="Latent diffusion models you can train on your own images, on your own machine.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+app.command("train-ae")(train_ae.command)
+app.command("reconstruct")(reconstruct.command)
+app.command("eval-ae")(eval_ae.command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logs."),
+) -> None:
+    """Latent diffusion models you can train on your own images, on your own machine."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point. LdmctlError becomes a message; anything else is a bug."""
+    try:
+        app(args=argv, prog_name="ldmctl", standalone_mode=True)
+    except LdmctlError as err:
+        if os.environ.get("LDMCTL_TRACEBACK"):
+            raise
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        if err.hint:
+            err_console.print(f"[dim]hint: {err.hint}[/]", highlight=False)
+        raise SystemExit(err.exit_code) from None

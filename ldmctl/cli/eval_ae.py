@@ -1,0 +1,65 @@
+"""``ldmctl eval-ae``: PSNR / SSIM (and LPIPS when its weights are here) of an autoencoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ldmctl.checkpoint import atomic_write, load_autoencoder
+from ldmctl.cli._console import console, err_console, metrics_table, to_uint8_image
+from ldmctl.errors import ConfigError, WeightsError
+from ldmctl.eval.report import autoencoder_restorer, evaluate_reconstructions, load_eval_images
+
+
+def _saver(out: Path | None):
+    """A callback writing ``OUT/<image stem>_<label>.png`` for each scored output, or None."""
+    if out is None:
+        return None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create output folder {str(out)!r}: {err.strerror}") from None
+
+    def save(name: str, label: str, image) -> None:
+        img = to_uint8_image(image * 2 - 1)
+        target = out / f"{Path(name).stem.replace('#', '_')}_{label}.png"
+        atomic_write(target, lambda tmp: img.save(tmp, format="PNG"))
+
+    return save
+
+
+def command(
+    ckpt: Annotated[Path, typer.Argument(help="Autoencoder checkpoint (.safetensors from train-ae).")],
+    data: Annotated[str, typer.Option(help="Image folder or builtin:NAME to evaluate on.")] = "builtin:photos-holdout",
+    size: Annotated[int, typer.Option(help="Center-crop each image to SIZE x SIZE; 0 keeps whole images.")] = 256,
+    limit: Annotated[int, typer.Option(help="Evaluate at most this many images (0: all).")] = 0,
+    baseline: Annotated[bool, typer.Option(help="Also score bicubic down-and-up by the same factor f.")] = True,
+    lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS backbone weights (default: torch hub cache).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also save each reconstruction (and bicubic baseline) as PNG here.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Score reconstructions against the originals: a table on stdout, optionally JSON."""
+    from ldmctl.autoencoder import build_perceptual
+
+    ae = load_autoencoder(ckpt)
+    images = load_eval_images(data, size=size, limit=limit)
+    try:
+        perceptual = build_perceptual("alex", weights=lpips_weights)
+    except WeightsError as err:
+        if lpips_weights is not None:
+            raise
+        perceptual = None
+        err_console.print(f"[dim]LPIPS skipped: {err}[/]", highlight=False)
+    f = ae.config.downsample_factor
+    report = evaluate_reconstructions(images, autoencoder_restorer(ae), baseline_factor=f if baseline else 0,
+                                      perceptual=perceptual, on_output=_saver(out))
+    report.update(checkpoint=str(ckpt), data=data, crop=size, f=f)
+    columns = ["image", "size"] + list(report["mean"])
+    rows = report["rows"] + [{"image": "mean", "size": "", **report["mean"]}]
+    console.print(metrics_table(f"eval-ae: {ckpt.name} on {data}", rows, columns))
+    if json_out is not None:
+        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        console.print(str(json_out), highlight=False)

@@ -1,0 +1,327 @@
+"""Every configuration dataclass, the presets, and the preset -> file -> --set -> resolve flow.
+
+Configs are frozen dataclasses: data, not behaviour. ``to_dict``/``from_dict`` round-trip them
+through JSON (checkpoints store that JSON in their safetensors metadata, so a file rebuilds its
+own model). ``from_dict`` is strict: an unknown key is a :class:`ConfigError`, never ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from ldmctl.errors import ConfigError
+
+T = TypeVar("T")
+
+AEKind = Literal["kl", "vq"]
+Perceptual = Literal["lpips", "none"]
+DiscLoss = Literal["hinge", "vanilla"]
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """First-stage autoencoder (Rombach et al. 2022, §3.1). f = 2 ** (len(channel_mult) - 1)."""
+
+    kind: AEKind = "kl"
+    in_channels: int = 3
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    z_channels: int = 4
+    # extra self-attention at these LEVEL INDICES (0 = full resolution, i = 1/2**i of it),
+    # not pixel sizes, so the architecture does not depend on the training image size
+    attn_resolutions: tuple[int, ...] = ()
+    mid_attention: bool = True  # self-attention in the middle block (LDM default)
+    dropout: float = 0.0
+    norm_groups: int = 32
+    # VQ only (VQModel): codebook and commitment (van den Oord et al. 2017, eq. 3)
+    n_embed: int = 1024
+    embed_dim: int = 4  # codebook vector width; the latent has this many channels for VQ
+    vq_beta: float = 0.25
+    vq_restart_dead: bool = True  # re-seed unused codes from encoder outputs
+    vq_restart_every: int = 100  # training steps between dead-code restarts
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.embed_dim if self.kind == "vq" else self.z_channels
+
+
+@dataclass(frozen=True)
+class AELossConfig:
+    """L1 + LPIPS + NLL log-variance + KL / codebook + PatchGAN (Esser et al. 2021; LDM)."""
+
+    rec_weight: float = 1.0  # L1 pixel term
+    perceptual: Perceptual = "lpips"
+    perceptual_net: Literal["alex", "vgg", "squeeze"] = "alex"
+    perceptual_weight: float = 1.0
+    logvar_init: float = 0.0  # learned log-variance of the NLL weighting
+    kl_weight: float = 1e-6
+    codebook_weight: float = 1.0
+    disc_start: int = 50001  # global step at which the GAN term switches on
+    disc_weight: float = 0.5
+    disc_factor: float = 1.0
+    disc_loss: DiscLoss = "hinge"
+    disc_layers: int = 3
+    disc_channels: int = 64
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are cropped."""
+
+    source: str = "builtin:photos"  # a folder or builtin:NAME
+    size: int = 64
+    crop: Literal["random", "center"] = "random"
+    resize: bool = False  # resize the short side to `size` before cropping
+    flip: bool = True
+    max_pixels: int = 89_478_485  # decompression-bomb guard (PIL's default limit)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by train-ae and, later, train-ldm."""
+
+    batch_size: int = 8
+    max_steps: int = 1000
+    lr: float = 1e-4
+    adam_betas: tuple[float, float] = (0.5, 0.9)
+    warmup_steps: int = 0
+    seed: int = 0
+    grad_clip: float = 0.0  # 0 disables
+    log_every: int = 10
+    sample_every: int = 200  # reconstruction / sample grid PNG
+    save_every: int = 500
+    keep_last: int = 2
+    num_workers: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    scale_samples: int = 64  # images used to estimate the latent scale factor
+
+
+@dataclass(frozen=True)
+class AETrainingConfig:
+    """Everything `ldmctl train-ae` needs; stored beside the weights for --resume."""
+
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    loss: AELossConfig = field(default_factory=AELossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# presets: real, selectable configurations. `tiny` is what the tests use.
+
+_MULT_TEMPLATE = {"tiny": (1, 2, 2, 2, 2), "small": (1, 2, 2, 4, 4), "base": (1, 2, 4, 4, 4)}
+
+PRESETS: dict[str, AETrainingConfig] = {
+    "tiny": AETrainingConfig(
+        model=AutoencoderConfig(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+                                norm_groups=4, n_embed=64),
+        loss=AELossConfig(disc_start=1, disc_layers=2, disc_channels=8),
+        data=DataConfig(size=16),
+        train=TrainConfig(batch_size=4, max_steps=20, lr=1e-3, sample_every=10, save_every=10,
+                          scale_samples=8),
+    ),
+    "small": AETrainingConfig(
+        model=AutoencoderConfig(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2),
+        data=DataConfig(size=64),
+        train=TrainConfig(batch_size=8, max_steps=5000, lr=2e-4),
+    ),
+    "base": AETrainingConfig(
+        model=AutoencoderConfig(base_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2),
+        loss=AELossConfig(disc_start=50001),
+        data=DataConfig(size=256),
+        train=TrainConfig(batch_size=8, max_steps=100_000, lr=4.5e-6 * 8),
+    ),
+}
+
+
+def preset(name: str) -> AETrainingConfig:
+    """Return the named preset, or raise ConfigError listing the choices."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def channel_mult_for_f(f: int, preset_name: str = "small") -> tuple[int, ...]:
+    """Channel multipliers giving downsampling factor ``f`` (4, 8 or 16) in a preset's style."""
+    if f not in (4, 8, 16):
+        raise ConfigError(f"--f {f} is not supported; choose one of [4, 8, 16]")
+    levels = int(math.log2(f)) + 1
+    return _MULT_TEMPLATE.get(preset_name, _MULT_TEMPLATE["small"])[:levels]
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass, strict
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Convert a config dataclass (nested) into plain JSON-able dicts and lists."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = [to_dict(v) if is_dataclass(v) else v for v in value]
+        out[f.name] = value
+    return out
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build ``cls`` from a dict, strictly: unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected a table/object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}", hint=f"known keys: {sorted(known)}")
+    kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a missing required field
+        raise ConfigError(f"{cls.__name__}: {err}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check/convert one JSON value against a type annotation."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if is_dataclass(tp):
+        return from_dict(tp, value)  # type: ignore[arg-type]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# config files and --set overrides
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a .toml or .json config file into a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        if p.suffix == ".toml":
+            return tomllib.loads(p.read_text())
+        if p.suffix == ".json":
+            return json.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid: {err}") from None
+    raise ConfigError(f"config file {str(p)!r}: use a .toml or .json file")
+
+
+def merge(cfg: T, data: dict[str, Any]) -> T:
+    """Return ``cfg`` with the (possibly partial, nested) dict ``data`` applied on top."""
+    base = to_dict(cfg)
+    _deep_update(base, data, type(cfg).__name__)
+    return from_dict(type(cfg), base)
+
+
+def _deep_update(base: dict[str, Any], data: dict[str, Any], where: str) -> None:
+    for key, value in data.items():
+        if key not in base:
+            raise ConfigError(f"{where}: unknown key {key!r}", hint=f"known keys: {sorted(base)}")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            _deep_update(base[key], value, f"{where}.{key}")
+        else:
+            base[key] = value
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """Turn ``["model.z_channels=8", "loss.disc_start=0"]`` into a nested dict.
+
+    Values are parsed as JSON when they can be (numbers, booleans, lists), else kept as strings.
+    """
+    out: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.z_channels=8")
+        key, raw = item.split("=", 1)
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def with_updates(cfg: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that drops ``None`` values (options the user did not give)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return replace(cfg, **changes) if changes else cfg  # type: ignore[type-var]
+
+
+def validate_ae(cfg: AETrainingConfig) -> AETrainingConfig:
+    """Check cross-field constraints of a train-ae config; return it unchanged if valid."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    widths = {m.base_channels * k for k in m.channel_mult}
+    if any(w % m.norm_groups for w in widths):
+        raise ConfigError(f"model.norm_groups={m.norm_groups} must divide every width {sorted(widths)}")
+    if d.size % m.downsample_factor:
+        raise ConfigError(f"data.size={d.size} is not a multiple of f={m.downsample_factor}")
+    for name in ("batch_size", "max_steps"):
+        if getattr(t, name) <= 0:
+            raise ConfigError(f"train.{name} must be positive, got {getattr(t, name)}")
+    if not (t.lr > 0 and math.isfinite(t.lr)):
+        raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
+    return cfg
+
+
+__all__ = [
+    "AEKind", "AELossConfig", "AETrainingConfig", "AutoencoderConfig", "DataConfig", "PRESETS",
+    "TrainConfig", "channel_mult_for_f", "from_dict", "load_file", "merge", "parse_set",
+    "preset", "to_dict", "validate_ae", "with_updates",
+]

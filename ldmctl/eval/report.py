@@ -1,0 +1,96 @@
+"""Evaluation reports: which images, which metrics, per-image rows and means, as JSON-able dicts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ldmctl.config import DataConfig
+from ldmctl.data import holdout_photos, iter_image_files, load_image, open_dataset, pil_to_tensor
+from ldmctl.errors import DataError
+from ldmctl.eval.metrics import bicubic_roundtrip, lpips_distance, psnr, quantize_8bit, ssim
+
+
+def center_crop(x: Tensor, size: int) -> Tensor:
+    """Center-crop (C, H, W) to ``size`` x ``size``; an image too small for it is a DataError."""
+    h, w = x.shape[-2:]
+    if min(h, w) < size:
+        raise DataError(f"an image of {w}x{h} px is smaller than the evaluation crop {size}",
+                        hint="pass a smaller --size, or --size 0 for whole images")
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def load_eval_images(source: str, *, size: int = 0, limit: int = 0) -> list[tuple[str, Tensor]]:
+    """Images to evaluate on, as ``(name, (3, H, W) in [0, 1])``; ``size`` > 0 center-crops.
+
+    ``source`` is a folder (every image in it, recursively), ``builtin:photos-holdout`` (the
+    photos never used for training) or another ``builtin:NAME`` (its first ``limit`` items).
+    """
+    if source == "builtin:photos-holdout":
+        items = [(name, pil_to_tensor(img)) for name, img in holdout_photos()]
+    elif source.startswith("builtin:"):
+        ds = open_dataset(DataConfig(source=source, size=size or 64, crop="center", flip=False))
+        n = min(len(ds), limit or 64)
+        items = [(f"{source}#{i}", ds[i]["image"]) for i in range(n)]
+    else:
+        files = iter_image_files(Path(source))
+        if limit:
+            files = files[:limit]
+        items = [(str(p), pil_to_tensor(load_image(p))) for p in files]
+    items = [(name, (x + 1) / 2) for name, x in items]
+    if size:
+        items = [(name, center_crop(x, size)) for name, x in items]
+    if not items:
+        raise DataError(f"no image to evaluate in {source!r}")
+    return items
+
+
+def evaluate_reconstructions(images: list[tuple[str, Tensor]], restore: Callable[[Tensor], Tensor], *,
+                             baseline_factor: int = 0, perceptual: nn.Module | None = None,
+                             on_output: Callable[[str, str, Tensor], None] | None = None) -> dict[str, Any]:
+    """Score ``restore(x)`` (and bicubic x``baseline_factor`` down-up, if > 0) against each image.
+
+    Outputs are rounded to 8 bits first, exactly as the PNGs ``reconstruct`` writes.
+    Returns ``{"rows": [...per image...], "mean": {...}}`` with psnr/ssim (and lpips) columns.
+    ``on_output(name, label, image)`` receives every scored output (e.g. to save it).
+    """
+    rows: list[dict[str, Any]] = []
+    for name, x in images:
+        x = x.unsqueeze(0)
+        outputs = {"model": quantize_8bit(restore(x))}
+        if baseline_factor:
+            outputs["bicubic"] = quantize_8bit(bicubic_roundtrip(x, baseline_factor))
+        row: dict[str, Any] = {"image": name, "size": f"{x.shape[-1]}x{x.shape[-2]}"}
+        for label, y in outputs.items():
+            if on_output is not None:
+                on_output(name, label, y[0])
+            row[f"{label}_psnr"] = float(psnr(y, x)[0])
+            row[f"{label}_ssim"] = float(ssim(y, x)[0])
+            if perceptual is not None:
+                row[f"{label}_lpips"] = float(lpips_distance(perceptual, y, x)[0])
+        rows.append(row)
+    keys = [k for k in rows[0] if k not in ("image", "size")]
+    mean = {k: _finite_mean([r[k] for r in rows]) for k in keys}
+    return {"rows": rows, "mean": mean, "n": len(rows)}
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def autoencoder_restorer(ae: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``x in [0, 1] -> reconstruction in [0, 1]`` for :func:`evaluate_reconstructions`."""
+    from ldmctl.autoencoder.apply import reconstruct
+
+    def restore(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return (reconstruct(ae, x * 2 - 1) + 1) / 2
+
+    return restore

@@ -1,0 +1,252 @@
+"""Train a first-stage autoencoder: L1 + LPIPS + KL/VQ, then a PatchGAN from ``disc_start``.
+
+Generator and discriminator are optimised in alternation (Esser et al. 2021; LDM §3.1). A run
+folder holds::
+
+    config.json                  the full AETrainingConfig (what --resume reads)
+    ae.safetensors               the latest autoencoder: weights, scale factor, config
+    checkpoints/step_XXXXXXX.safetensors + .state.pt   the last K checkpoints (K = keep_last)
+    log.jsonl                    one JSON line per log step
+    summary.json                 written at the end of the run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ldmctl.autoencoder import AELoss, build_autoencoder, build_perceptual
+from ldmctl.checkpoint import (load_autoencoder, load_state, read_checkpoint, save_autoencoder,
+                               load_train_state, save_train_state)
+from ldmctl.config import AETrainingConfig, from_dict, to_dict, validate_ae
+from ldmctl.data import open_dataset
+from ldmctl.errors import CheckpointError, ConfigError
+from ldmctl.train.loop import Callbacks, Throughput, batch_stream, rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AERun:
+    """The live objects of one autoencoder training run."""
+
+    cfg: AETrainingConfig
+    ae: nn.Module
+    loss: AELoss
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+
+
+def prepare_run_dir(cfg: AETrainingConfig, out: Path, *, resume: bool) -> AETrainingConfig:
+    """Create the run folder, or on --resume read its stored config (only max_steps may change)."""
+    stored = out / "config.json"
+    if resume:
+        if not stored.is_file():
+            raise CheckpointError(f"--resume: {str(out)!r} holds no run (no config.json)",
+                                  hint="drop --resume to start a new run")
+        old = from_dict(AETrainingConfig, json.loads(stored.read_text()))
+        merged = replace(old, train=replace(old.train, max_steps=cfg.train.max_steps))
+        if replace(cfg, train=replace(cfg.train, max_steps=0)) != replace(merged, train=replace(merged.train, max_steps=0)):
+            log.warning("--resume: using the run's stored config; other options were ignored")
+        return merged
+    if stored.exists():
+        raise ConfigError(f"{str(out)!r} already holds a run",
+                          hint="pass --resume to continue it, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints").mkdir(exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create output folder {str(out)!r}: {err.strerror}") from None
+    stored.write_text(json.dumps(to_dict(cfg), indent=2))
+    return cfg
+
+
+def build_run(cfg: AETrainingConfig, perceptual: nn.Module | None) -> AERun:
+    """Build model, loss and optimizers from the config, seeded by ``cfg.train.seed``."""
+    torch.manual_seed(cfg.train.seed)
+    ae = build_autoencoder(cfg.model)
+    loss = AELoss(cfg.loss, kind=cfg.model.kind, perceptual=perceptual)
+    t = cfg.train
+    g_params = list(ae.parameters()) + [loss.logvar]
+    opt_g = torch.optim.Adam(g_params, lr=t.lr, betas=t.adam_betas)
+    opt_d = torch.optim.Adam(loss.discriminator.parameters(), lr=t.lr, betas=t.adam_betas)
+    gen = torch.Generator().manual_seed(t.seed)
+    return AERun(cfg, ae, loss, opt_g, opt_d, gen)
+
+
+def _autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(run: AERun, x: Tensor) -> dict[str, float]:
+    """One generator step, then (once the GAN is on) one discriminator step."""
+    cfg, step = run.cfg, run.step
+    run.ae.train()
+    with _autocast(cfg.train.precision):
+        out = run.ae(x, generator=run.generator)
+    out.recon = out.recon.float()
+    loss_g, logs = run.loss.generator_loss(x, out, step=step, last_layer=run.ae.last_layer)
+    run.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    if cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.ae.parameters(), cfg.train.grad_clip)
+    run.opt_g.step()
+    if run.loss.gan_active(step):
+        loss_d, d_logs = run.loss.discriminator_loss(x, out.recon.detach(), step=step)
+        run.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        run.opt_d.step()
+        logs.update(d_logs)
+    if cfg.model.kind == "vq" and cfg.model.vq_restart_dead and (step + 1) % cfg.model.vq_restart_every == 0:
+        with torch.no_grad():
+            run.ae.restart_dead_codes(run.ae.encode(x))
+    logs.update(out.stats)
+    return logs
+
+
+@torch.no_grad()
+def estimate_scale_factor(ae: nn.Module, images: Tensor, *, seed: int) -> float:
+    """Return 1 / std of posterior-sampled latents of ``images`` (LDM's ``scale_by_std``)."""
+    was_training = ae.training
+    ae.eval()
+    g = torch.Generator().manual_seed(seed)
+    z = torch.cat([ae.encode(chunk, sample=True, generator=g) for chunk in images.split(16)])
+    ae.train(was_training)
+    std = z.float().flatten().std().item()
+    return 1.0 / max(std, 1e-8)
+
+
+def fixed_images(dataset: Any, n: int) -> Tensor:
+    """The first ``n`` items of epoch 0 (deterministic): used for grids and the scale factor."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(0)
+    n = min(n, len(dataset))
+    return torch.stack([dataset[i]["image"] for i in range(n)])
+
+
+def save_run(run: AERun, out: Path, scale_images: Tensor, extra: dict[str, Any]) -> Path:
+    """Write the step checkpoint + training state, refresh ``ae.safetensors``, prune old ones."""
+    scale = estimate_scale_factor(run.ae, scale_images, seed=run.cfg.train.seed)
+    run.ae.scale_factor.fill_(scale)
+    ckpt_dir = out / "checkpoints"
+    ckpt = ckpt_dir / f"step_{run.step:07d}.safetensors"
+    meta = {"step": run.step, "train_config": to_dict(run.cfg), **extra}
+    save_autoencoder(run.ae, ckpt, extra=meta)
+    state = {
+        "step": run.step,
+        "loss": run.loss.state_dict(),
+        "opt_g": run.opt_g.state_dict(),
+        "opt_d": run.opt_d.state_dict(),
+        "rng": rng_state(run.generator),
+    }
+    save_train_state(ckpt.with_suffix(".state.pt"), state)
+    save_autoencoder(run.ae, out / "ae.safetensors", extra=meta)
+    for old in sorted(ckpt_dir.glob("step_*.safetensors"))[: -run.cfg.train.keep_last]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".state.pt").unlink(missing_ok=True)
+    return ckpt
+
+
+def restore_run(run: AERun, out: Path) -> None:
+    """Load the newest complete checkpoint of ``out`` into ``run`` (model, optimizers, RNG, step)."""
+    ckpts = sorted((out / "checkpoints").glob("step_*.safetensors"))
+    ckpts = [c for c in ckpts if c.with_suffix(".state.pt").is_file()]
+    if not ckpts:
+        raise CheckpointError(f"--resume: {str(out)!r} has no complete checkpoint yet",
+                              hint="drop --resume and start again, or use a new --out")
+    ckpt = read_checkpoint(ckpts[-1], expect_kind="autoencoder")
+    load_state(run.ae, ckpt.tensors, str(ckpts[-1]))
+    state = load_train_state(ckpts[-1].with_suffix(".state.pt"))
+    run.loss.load_state_dict(state["loss"])
+    run.opt_g.load_state_dict(state["opt_g"])
+    run.opt_d.load_state_dict(state["opt_d"])
+    set_rng_state(state["rng"], run.generator)
+    run.step = int(state["step"])
+
+
+def train_ae(cfg: AETrainingConfig, out_dir: str | Path, *, resume: bool = False,
+             perceptual: nn.Module | None = None, lpips_weights: str | Path | None = None,
+             callbacks: Callbacks | None = None) -> dict[str, Any]:
+    """Train an autoencoder into ``out_dir`` and return the run summary.
+
+    ``perceptual`` injects the LPIPS network (tests pass a random-backbone one); when it is
+    None and the config asks for LPIPS, it is loaded from ``lpips_weights`` or the torch cache
+    before anything else happens, so missing weights fail at once.
+    """
+    cb = callbacks or Callbacks()
+    out = Path(out_dir)
+    cfg = validate_ae(cfg)
+    if perceptual is None and cfg.loss.perceptual == "lpips":
+        perceptual = build_perceptual(cfg.loss.perceptual_net, weights=lpips_weights)
+    if resume:  # the run's stored config (data source included) wins over the flags
+        cfg = prepare_run_dir(cfg, out, resume=True)
+    dataset = open_dataset(cfg.data, seed=cfg.train.seed)
+    if not resume:
+        cfg = prepare_run_dir(cfg, out, resume=False)
+    run = build_run(cfg, perceptual)
+    if resume:
+        restore_run(run, out)
+        cb.message(f"resumed at step {run.step}")
+    grid_images = fixed_images(dataset, min(8, cfg.train.scale_samples))
+    scale_images = fixed_images(dataset, cfg.train.scale_samples)
+    return _loop(run, dataset, out, grid_images, scale_images, cb)
+
+
+def _loop(run: AERun, dataset: Any, out: Path, grid_images: Tensor, scale_images: Tensor,
+          cb: Callbacks) -> dict[str, Any]:
+    t = run.cfg.train
+    batches = batch_stream(dataset, t.batch_size, seed=t.seed, start_step=run.step,
+                           num_workers=t.num_workers)
+    speed, started, logs = Throughput(), time.time(), {}
+    with (out / "log.jsonl").open("a") as logfile:
+        while run.step < t.max_steps:
+            batch = next(batches)
+            logs = train_step(run, batch["image"])
+            run.step += 1
+            logs["steps_per_s"] = speed.tick()
+            cb.step(run.step, logs)
+            if run.step % t.log_every == 0 or run.step == t.max_steps:
+                logfile.write(json.dumps({"step": run.step, **logs}) + "\n")
+                logfile.flush()
+            if run.step % t.sample_every == 0 or run.step == t.max_steps:
+                cb.images(run.step, f"recon_{run.step:07d}", reconstruct_grid(run.ae, grid_images))
+            if run.step % t.save_every == 0 or run.step == t.max_steps:
+                path = save_run(run, out, scale_images, {"skipped_files": len(dataset.skipped)})
+                cb.saved(run.step, str(path))
+    summary = {
+        "steps": run.step,
+        "seconds": round(time.time() - started, 2),
+        "steps_per_s": round(logs.get("steps_per_s", 0.0), 3),
+        "final": {k: round(v, 6) for k, v in logs.items() if isinstance(v, float)},
+        "scale_factor": float(run.ae.scale_factor),
+        "skipped_files": [{"path": p, "reason": r} for p, r in dataset.skipped],
+        "checkpoint": str(out / "ae.safetensors"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@torch.no_grad()
+def reconstruct_grid(ae: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """Originals and their deterministic reconstructions, for a grid."""
+    was_training = ae.training
+    ae.eval()
+    recon = ae.decode(ae.encode(x))
+    ae.train(was_training)
+    return {"input": x, "reconstruction": recon.clamp(-1, 1)}
+
+
+__all__ = ["train_ae", "estimate_scale_factor", "load_autoencoder"]

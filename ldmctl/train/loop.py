@@ -1,0 +1,119 @@
+"""The generic pieces of every training run: deterministic batches, callbacks, RNG state.
+
+Batch order depends only on ``(seed, step)``: epoch ``e`` uses the permutation drawn from
+``seed`` and ``e``, and a run resumed at step ``s`` starts from the same position without
+replaying the data. Model code never imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+log = logging.getLogger(__name__)
+
+StepLogs = dict[str, float]
+
+
+@dataclass
+class Callbacks:
+    """Hooks a caller (the CLI, a notebook) uses to watch a run. Every field is optional.
+
+    ``on_step(step, logs)`` after each optimisation step (step counts from 1);
+    ``on_images(step, name, tensors)`` with named image tensors in [-1, 1] to show;
+    ``on_save(step, path)`` after a checkpoint is written;
+    ``on_message(text)`` for a one-line notice (skipped files, resume point).
+    """
+
+    on_step: Callable[[int, StepLogs], None] | None = None
+    on_images: Callable[[int, str, dict[str, Tensor]], None] | None = None
+    on_save: Callable[[int, str], None] | None = None
+    on_message: Callable[[str], None] | None = None
+
+    def step(self, step: int, logs: StepLogs) -> None:
+        if self.on_step:
+            self.on_step(step, logs)
+
+    def images(self, step: int, name: str, tensors: dict[str, Tensor]) -> None:
+        if self.on_images:
+            self.on_images(step, name, tensors)
+
+    def saved(self, step: int, path: str) -> None:
+        if self.on_save:
+            self.on_save(step, path)
+
+    def message(self, text: str) -> None:
+        log.info(text)
+        if self.on_message:
+            self.on_message(text)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """Return the data order of ``epoch``: a permutation of range(n) fixed by (seed, epoch)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+    return torch.randperm(n, generator=g)
+
+
+def batch_stream(dataset: Dataset, batch_size: int, *, seed: int, start_step: int = 0,
+                 num_workers: int = 0) -> Iterator[dict[str, Any]]:
+    """Yield collated batches forever, in an order fixed by ``seed``, starting at ``start_step``.
+
+    Every batch has exactly ``batch_size`` items; the incomplete tail of an epoch is dropped,
+    and a data set smaller than one batch is repeated within the batch.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    per_epoch = max(1, n // batch_size)
+    epoch, offset = divmod(start_step, per_epoch)
+    while True:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        perm = epoch_permutation(n, seed, epoch)
+        if n < batch_size:
+            perm = perm.repeat(math.ceil(batch_size / n))
+        batches = [perm[b * batch_size:(b + 1) * batch_size].tolist() for b in range(offset, per_epoch)]
+        if num_workers > 0:
+            loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                collate_fn=default_collate)
+            yield from loader
+        else:
+            for idx in batches:
+                yield default_collate([dataset[i] for i in idx])
+        epoch, offset = epoch + 1, 0
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Capture every RNG a run touches (torch global, Python, the run's own generator)."""
+    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+            "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2]}
+
+
+def set_rng_state(state: Mapping[str, Any], generator: torch.Generator) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+
+
+@dataclass
+class Throughput:
+    """Steps per second over the run so far, excluding the first (warm-up) step."""
+
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+
+    def tick(self) -> float:
+        self.steps += 1
+        if self.steps == 1:
+            self.start = time.perf_counter()
+            return 0.0
+        return (self.steps - 1) / max(time.perf_counter() - self.start, 1e-9)

@@ -1,0 +1,117 @@
+"""End-to-end CLI tests of train-ae, reconstruct and eval-ae with the tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ldmctl.checkpoint import load_autoencoder, read_checkpoint
+from ldmctl.cli import app, main
+
+TINY = ["--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run shared by the tests that only read its outputs."""
+    out = tmp_path_factory.mktemp("run") / "ae"
+    result = CliRunner().invoke(app, ["train-ae", *TINY, "--max-steps", "4", "--out", str(out),
+                                      "--sample-every", "2", "--save-every", "2"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_ae_writes_checkpoint_grid_and_summary(trained):
+    ckpt = trained / "ae.safetensors"
+    meta = read_checkpoint(ckpt, expect_kind="autoencoder")
+    assert meta.config["base_channels"] == 8 and meta.extra["step"] == 4
+    ae = load_autoencoder(ckpt)
+    assert 0 < float(ae.scale_factor) < 1e4 and float(ae.scale_factor) != 1.0
+    assert (trained / "samples" / "recon_0000002.png").is_file()
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["steps"] == 4
+    lines = (trained / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 4
+    assert len(list((trained / "checkpoints").glob("*.safetensors"))) <= 2
+
+
+def test_reconstruct_any_size(trained, tmp_path):
+    img_path = tmp_path / "odd.png"
+    Image.new("RGB", (19, 13), (200, 30, 30)).save(img_path)
+    gray = tmp_path / "gray.jpg"
+    Image.new("L", (24, 24), 128).save(gray)
+    result = CliRunner().invoke(app, ["reconstruct", str(trained / "ae.safetensors"), str(img_path),
+                                      str(gray), "--out", str(tmp_path / "rec")])
+    assert result.exit_code == 0, result.output
+    out = Image.open(tmp_path / "rec" / "odd.png")
+    assert out.size == (19, 13) and out.mode == "RGB"
+    assert Image.open(tmp_path / "rec" / "gray.png").size == (24, 24)
+
+
+def test_eval_ae_table_and_json(trained, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        arr = (torch.rand(20, 20, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(folder / f"{i}.png")
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["eval-ae", str(trained / "ae.safetensors"), "--data", str(folder),
+                                      "--size", "16", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["n"] == 2 and {"model_psnr", "model_ssim", "bicubic_psnr"} <= set(data["mean"])
+    assert "mean" in result.output
+
+
+def test_resume_continues_to_new_max_steps(trained, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    result = CliRunner().invoke(app, ["train-ae", *TINY, "--max-steps", "6", "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(out / "ae.safetensors").extra["step"] == 6
+
+
+def _run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.err
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
+    code, err = _run_main(["train-ae", *TINY, "--data", str(tmp_path / "nowhere"), "--out",
+                           str(tmp_path / "o")], capsys)
+    assert code == 1 and "error:" in err and "Traceback" not in err
+    code, err = _run_main(["reconstruct", str(tmp_path / "missing.safetensors"), "x.png"], capsys)
+    assert code == 1 and "does not exist" in err and "Traceback" not in err
+    code, err = _run_main(["train-ae", "--preset", "nope", "--out", str(tmp_path / "o2")], capsys)
+    assert code == 1 and "unknown preset" in err
+    code, err = _run_main(["train-ae", *TINY, "--f", "3", "--out", str(tmp_path / "o3")], capsys)
+    assert code == 1 and "--f 3" in err
+
+
+def test_existing_run_needs_resume(trained, capsys):
+    code, err = _run_main(["train-ae", *TINY, "--out", str(trained)], capsys)
+    assert code == 1 and "already holds a run" in err and "--resume" in err
+
+
+def test_missing_lpips_weights_stop_at_once(tmp_path, capsys, isolated_torch_hub):
+    argv = ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--out", str(tmp_path / "o")]
+    code, err = _run_main(argv, capsys)
+    assert code == 1 and "LPIPS" in err and "--perceptual none" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_kind_of_checkpoint(tmp_path, capsys):
+    from ldmctl.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "x.safetensors", {"w": torch.ones(1)}, kind="ldm", config={})
+    code, err = _run_main(["eval-ae", str(path), "--data", "builtin:synthetic"], capsys)
+    assert code == 1 and "is a ldm checkpoint" in err
