@@ -29,22 +29,22 @@ DiscLoss = Literal["hinge", "vanilla"]
 class AutoencoderConfig:
     """First-stage autoencoder (Rombach et al. 2022, §3.1). f = 2 ** (len(channel_mult) - 1)."""
 
-    kind: AEKind = "kl"
-    in_channels: int = 3
-    base_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    z_channels: int = 4
+    kind: AEKind = "kl"  # kl: AutoencoderKL; vq: VQModel
+    in_channels: int = 3  # image channels
+    base_channels: int = 64  # width of the first level
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # width multipliers per level; sets f
+    num_res_blocks: int = 2  # ResNet blocks per encoder level (decoder: one more)
+    z_channels: int = 4  # latent channels (KL)
     # extra self-attention at these LEVEL INDICES (0 = full resolution, i = 1/2**i of it),
     # not pixel sizes, so the architecture does not depend on the training image size
-    attn_resolutions: tuple[int, ...] = ()
+    attn_resolutions: tuple[int, ...] = ()  # level indices with extra self-attention
     mid_attention: bool = True  # self-attention in the middle block (LDM default)
-    dropout: float = 0.0
-    norm_groups: int = 32
+    dropout: float = 0.0  # in the ResNet blocks
+    norm_groups: int = 32  # GroupNorm groups; must divide every width
     # VQ only (VQModel): codebook and commitment (van den Oord et al. 2017, eq. 3)
-    n_embed: int = 1024
+    n_embed: int = 1024  # codebook size (VQ)
     embed_dim: int = 4  # codebook vector width; the latent has this many channels for VQ
-    vq_beta: float = 0.25
+    vq_beta: float = 0.25  # commitment weight beta (VQ)
     vq_restart_dead: bool = True  # re-seed unused codes from encoder outputs
     vq_restart_every: int = 100  # training steps between dead-code restarts
 
@@ -62,18 +62,18 @@ class AELossConfig:
     """L1 + LPIPS + NLL log-variance + KL / codebook + PatchGAN (Esser et al. 2021; LDM)."""
 
     rec_weight: float = 1.0  # L1 pixel term
-    perceptual: Perceptual = "lpips"
-    perceptual_net: Literal["alex", "vgg", "squeeze"] = "alex"
-    perceptual_weight: float = 1.0
+    perceptual: Perceptual = "lpips"  # none trains without the LPIPS term
+    perceptual_net: Literal["alex", "vgg", "squeeze"] = "alex"  # LPIPS backbone
+    perceptual_weight: float = 1.0  # weight of LPIPS against L1
     logvar_init: float = 0.0  # learned log-variance of the NLL weighting
-    kl_weight: float = 1e-6
-    codebook_weight: float = 1.0
+    kl_weight: float = 1e-6  # KL to N(0, I) (KL models)
+    codebook_weight: float = 1.0  # codebook + commitment loss (VQ models)
     disc_start: int = 50001  # global step at which the GAN term switches on
-    disc_weight: float = 0.5
-    disc_factor: float = 1.0
-    disc_loss: DiscLoss = "hinge"
-    disc_layers: int = 3
-    disc_channels: int = 64
+    disc_weight: float = 0.5  # scales the adaptive GAN weight
+    disc_factor: float = 1.0  # multiplies both GAN losses once active
+    disc_loss: DiscLoss = "hinge"  # hinge or vanilla (non-saturating)
+    disc_layers: int = 3  # PatchGAN stride-2 layers
+    disc_channels: int = 64  # PatchGAN first-layer width
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,11 @@ class DataConfig:
     """Where images come from and how they are cropped."""
 
     source: str = "builtin:photos"  # a folder or builtin:NAME
-    size: int = 64
-    crop: Literal["random", "center"] = "random"
+    size: int = 64  # training crop size in pixels
+    crop: Literal["random", "center"] = "random"  # crop position
     resize: bool = False  # resize the short side to `size` before cropping
-    flip: bool = True
+    flip: bool = True  # random horizontal flip
+    channel_shuffle: bool = False  # random RGB permutation (colour augmentation)
     max_pixels: int = 89_478_485  # decompression-bomb guard (PIL's default limit)
 
 
@@ -92,19 +93,21 @@ class DataConfig:
 class TrainConfig:
     """Optimisation settings shared by train-ae and, later, train-ldm."""
 
-    batch_size: int = 8
-    max_steps: int = 1000
-    lr: float = 1e-4
-    adam_betas: tuple[float, float] = (0.5, 0.9)
-    warmup_steps: int = 0
-    seed: int = 0
+    batch_size: int = 8  # images per optimisation step
+    max_steps: int = 1000  # total optimisation steps
+    lr: float = 1e-4  # peak Adam learning rate (generator and discriminator)
+    adam_betas: tuple[float, float] = (0.5, 0.9)  # Adam betas (GAN-style default)
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine decays to lr * lr_min_ratio
+    lr_min_ratio: float = 0.1  # final lr / peak lr for cosine
+    seed: int = 0  # init, data order, posterior sampling
     grad_clip: float = 0.0  # 0 disables
-    log_every: int = 10
+    log_every: int = 10  # steps between log.jsonl lines
     sample_every: int = 200  # reconstruction / sample grid PNG
-    save_every: int = 500
-    keep_last: int = 2
-    num_workers: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    save_every: int = 500  # steps between checkpoints
+    keep_last: int = 2  # step checkpoints kept
+    num_workers: int = 0  # DataLoader worker processes
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for the forward pass
     scale_samples: int = 64  # images used to estimate the latent scale factor
 
 
@@ -320,8 +323,32 @@ def validate_ae(cfg: AETrainingConfig) -> AETrainingConfig:
     return cfg
 
 
+def reference_markdown() -> str:
+    """The configuration reference (every field, its value in each preset and its comment).
+
+    ``docs/config.md`` embeds this text and a test keeps the two equal.
+    """
+    import inspect
+    import re
+
+    lines: list[str] = []
+    sections = [("model", AutoencoderConfig), ("loss", AELossConfig), ("data", DataConfig), ("train", TrainConfig)]
+    names = list(PRESETS)
+    for sec, cls in sections:
+        src = inspect.getsource(cls)
+        lines += [f"### `{sec}` ({cls.__name__})", "", "| field | " + " | ".join(names) + " | meaning |",
+                  "|---" * (len(names) + 2) + "|"]
+        for f in fields(cls):
+            m = re.search(rf"^ +{f.name}: .*?#\s*(.*)$", src, re.M)
+            vals = [getattr(getattr(PRESETS[p], sec), f.name) for p in names]
+            shown = [str(list(v) if isinstance(v, tuple) else v) for v in vals]
+            lines.append(f"| `{sec}.{f.name}` | " + " | ".join(shown) + f" | {m.group(1) if m else ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 __all__ = [
     "AEKind", "AELossConfig", "AETrainingConfig", "AutoencoderConfig", "DataConfig", "PRESETS",
     "TrainConfig", "channel_mult_for_f", "from_dict", "load_file", "merge", "parse_set",
-    "preset", "to_dict", "validate_ae", "with_updates",
+    "preset", "reference_markdown", "to_dict", "validate_ae", "with_updates",
 ]

@@ -65,3 +65,31 @@ def test_train_state_is_weights_only(tmp_path):
 def test_atomic_write_into_missing_folder(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         atomic_write(tmp_path / "missing" / "x.json", lambda tmp: tmp.write_text(json.dumps({})))
+
+
+def test_autoencoder_file_alone_rebuilds_an_identical_model(tmp_path):
+    from ldmctl.autoencoder import build_autoencoder
+    from ldmctl.checkpoint import load_model, save_autoencoder
+    from ldmctl.config import preset
+
+    for kind in ("kl", "vq"):
+        cfg = preset("tiny").model.__class__(**{**preset("tiny").model.__dict__, "kind": kind})
+        torch.manual_seed(0)
+        ae = build_autoencoder(cfg).eval()
+        ae.scale_factor.fill_(0.37)
+        path = save_autoencoder(ae, tmp_path / f"{kind}.safetensors")
+        again = load_model(path)
+        assert again.config == cfg and float(again.scale_factor) == pytest.approx(0.37)
+        x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        with torch.no_grad():
+            assert torch.equal(ae.decode(ae.encode(x)), again.decode(again.encode(x)))
+
+
+def test_tampered_weights_are_a_checkpoint_error(tmp_path):
+    from ldmctl.checkpoint import load_autoencoder, save_checkpoint
+    from ldmctl.config import preset, to_dict
+
+    path = save_checkpoint(tmp_path / "bad.safetensors", {"w": torch.ones(1)}, kind="autoencoder",
+                           config=to_dict(preset("tiny").model))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_autoencoder(path)

@@ -162,7 +162,9 @@ def crop_and_flip(img: Image.Image, cfg: DataConfig, rng: random.Random) -> Imag
     """Apply ``cfg``: optional short-side resize, random/center crop of ``cfg.size``, h-flip.
 
     An image smaller than the crop is upscaled (bicubic) first. The RNG draws, in this order,
-    the crop offset and the flip, so center crops with flip=True still flip half the items.
+    the crop offset and the flip, so center crops with flip=True still flip half the items;
+    ``channel_shuffle`` then permutes R, G and B at random (colour augmentation for
+    autoencoders: every hue arrangement is a valid image to reconstruct).
     """
     size = cfg.size
     if cfg.resize or min(img.size) < size:
@@ -176,6 +178,10 @@ def crop_and_flip(img: Image.Image, cfg: DataConfig, rng: random.Random) -> Imag
         img = img.crop((left, top, left + size, top + size))
     if cfg.flip and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if cfg.channel_shuffle:  # drawn last, so runs without it keep the same crops and flips
+        bands = img.split()
+        order = rng.sample(range(3), 3)
+        img = Image.merge("RGB", [bands[i] for i in order])
     return img
 
 

@@ -30,7 +30,8 @@ from ldmctl.checkpoint import (load_autoencoder, load_state, read_checkpoint, sa
 from ldmctl.config import AETrainingConfig, from_dict, to_dict, validate_ae
 from ldmctl.data import open_dataset
 from ldmctl.errors import CheckpointError, ConfigError
-from ldmctl.train.loop import Callbacks, Throughput, batch_stream, rng_state, set_rng_state
+from ldmctl.train.loop import (Callbacks, Throughput, batch_stream, lr_at, rng_state, set_lr,
+                               set_rng_state)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,11 @@ def _autocast(precision: str) -> contextlib.AbstractContextManager:
 
 def train_step(run: AERun, x: Tensor) -> dict[str, float]:
     """One generator step, then (once the GAN is on) one discriminator step."""
-    cfg, step = run.cfg, run.step
+    cfg, step, t = run.cfg, run.step, run.cfg.train
+    lr = lr_at(step, base=t.lr, warmup=t.warmup_steps, total=t.max_steps, schedule=t.lr_schedule,
+               min_ratio=t.lr_min_ratio)
+    set_lr(run.opt_g, lr)
+    set_lr(run.opt_d, lr)
     run.ae.train()
     with _autocast(cfg.train.precision):
         out = run.ae(x, generator=run.generator)
@@ -114,6 +119,7 @@ def train_step(run: AERun, x: Tensor) -> dict[str, float]:
         with torch.no_grad():
             run.ae.restart_dead_codes(run.ae.encode(x))
     logs.update(out.stats)
+    logs["lr"] = lr
     return logs
 
 

@@ -104,6 +104,25 @@ def set_rng_state(state: Mapping[str, Any], generator: torch.Generator) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
 
 
+def lr_at(step: int, *, base: float, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, then constant or cosine decay.
+
+    A pure function of the step, so a resumed run follows the same schedule with no state.
+    """
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return base
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 @dataclass
 class Throughput:
     """Steps per second over the run so far, excluding the first (warm-up) step."""

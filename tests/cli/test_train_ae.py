@@ -115,3 +115,30 @@ def test_wrong_kind_of_checkpoint(tmp_path, capsys):
     path = save_checkpoint(tmp_path / "x.safetensors", {"w": torch.ones(1)}, kind="ldm", config={})
     code, err = _run_main(["eval-ae", str(path), "--data", "builtin:synthetic"], capsys)
     assert code == 1 and "is a ldm checkpoint" in err
+
+
+@pytest.mark.parametrize("extra", [["--kind", "vq"], ["--f", "8"]])
+def test_train_ae_variants(tmp_path, extra):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train-ae", *TINY, *extra, "--max-steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ae = load_autoencoder(out / "ae.safetensors")
+    if "--f" in extra:
+        assert ae.config.downsample_factor == 8
+    else:
+        assert ae.config.kind == "vq"
+
+
+def test_bad_image_in_folder_is_skipped_and_counted(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (20, 20), (40 * i, 90, 200)).save(folder / f"ok{i}.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "fake.jpg").write_text("not an image")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train-ae", "--preset", "tiny", "--perceptual", "none", "--data",
+                                      str(folder), "--max-steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["skipped_files"]) == 2

@@ -314,3 +314,19 @@ def test_out_of_range_index_raises_index_error(tmp_path: Path) -> None:
     ds = open_dataset(_cfg(_noise_folder(tmp_path, 2)))
     with pytest.raises(IndexError):
         ds[2]
+
+
+def test_channel_shuffle_permutes_colours_deterministically():
+    import random as _random
+
+    from PIL import Image as _Image
+
+    from ldmctl.config import DataConfig as _DataConfig
+    from ldmctl.data.images import crop_and_flip
+
+    img = _Image.new("RGB", (8, 8), (10, 100, 200))
+    cfg = _DataConfig(size=8, flip=False, channel_shuffle=True)
+    seen = {crop_and_flip(img, cfg, _random.Random(i)).getpixel((0, 0)) for i in range(40)}
+    assert len(seen) == 6 and all(sorted(p) == [10, 100, 200] for p in seen)
+    a = crop_and_flip(img, cfg, _random.Random(3)).getpixel((0, 0))
+    assert a == crop_and_flip(img, cfg, _random.Random(3)).getpixel((0, 0))

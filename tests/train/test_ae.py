@@ -58,3 +58,15 @@ def test_scale_factor_is_inverse_std():
     x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     scale = estimate_scale_factor(Fixed(), x, seed=0)
     assert abs(scale - 1 / (4 * x.std().item())) < 1e-6
+
+
+def test_lr_schedule_warmup_and_cosine():
+    from ldmctl.train.loop import lr_at
+
+    kw = dict(base=1.0, warmup=10, total=110, min_ratio=0.1)
+    assert lr_at(0, schedule="cosine", **kw) == 0.1
+    assert lr_at(9, schedule="cosine", **kw) == 1.0
+    assert lr_at(10, schedule="cosine", **kw) == 1.0
+    assert abs(lr_at(60, schedule="cosine", **kw) - 0.55) < 1e-9
+    assert abs(lr_at(110, schedule="cosine", **kw) - 0.1) < 1e-9
+    assert lr_at(80, schedule="constant", **kw) == 1.0
