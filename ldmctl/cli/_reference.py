@@ -1,0 +1,30 @@
+"""Generate the CLI reference (docs/cli.md) from the Typer app itself, so it cannot drift."""
+
+from __future__ import annotations
+
+import typer
+
+
+def cli_reference_markdown(app: typer.Typer) -> str:
+    """Markdown with one section per command: its summary and a table of its parameters."""
+    group = typer.main.get_command(app)  # a click-style group (Typer vendors click)
+    ctx = group.context_class(group, info_name="ldmctl")
+    lines: list[str] = []
+    for name in sorted(group.list_commands(ctx)):
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None
+        args = [p.name.upper() + ("..." if p.nargs == -1 else "") for p in cmd.params
+                if p.param_type_name == "argument"]
+        usage = " ".join(["[OPTIONS]", *args])
+        lines += [f"## `ldmctl {name}`", "", (cmd.help or "").strip().split("\n")[0], "",
+                  f"`ldmctl {name} {usage}`", "", "| parameter | default | meaning |", "|---|---|---|"]
+        for p in cmd.params:
+            if p.name == "help":
+                continue
+            is_option = p.param_type_name == "option"
+            flag = " / ".join(p.opts + list(p.secondary_opts)) if is_option else p.name.upper()
+            default = "" if p.required or p.default is None else f"`{p.default}`"
+            helptext = (getattr(p, "help", None) or "").replace("|", "\\|")
+            lines.append(f"| `{flag}` | {default} | {helptext} |")
+        lines.append("")
+    return "\n".join(lines)
