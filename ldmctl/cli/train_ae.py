@@ -37,6 +37,7 @@ def command(
     save_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="A .toml or .json file of config overrides.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any field: --set model.z_channels=8")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Start from the weights of this autoencoder checkpoint (fine-tuning).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
 ) -> None:
     """Train a KL- or VQ-regularised autoencoder (L1 + LPIPS + PatchGAN)."""
@@ -55,7 +56,8 @@ def command(
             on_images=lambda step, name, rows: save_grid(rows, out / "samples" / f"{name}.png"),
             on_message=lambda text: progress.console.print(text),
         )
-        summary = train_ae(cfg, out, resume=resume, lpips_weights=lpips_weights, callbacks=callbacks)
+        summary = train_ae(cfg, out, resume=resume, lpips_weights=lpips_weights, init_from=init,
+                           callbacks=callbacks)
     if summary["skipped_files"]:
         err_console.print(f"[yellow]skipped {len(summary['skipped_files'])} unusable file(s)[/] (see {out / 'summary.json'})")
     err_console.print(f"{summary['steps']} steps, {summary['steps_per_s']} steps/s, scale factor {summary['scale_factor']:.4g}")

@@ -166,6 +166,21 @@ def save_run(run: AERun, out: Path, scale_images: Tensor, extra: dict[str, Any])
     return ckpt
 
 
+def init_weights(ae: nn.Module, path: str | Path) -> None:
+    """Load the weights of autoencoder checkpoint ``path``; its architecture must match."""
+    ckpt = read_checkpoint(path, expect_kind="autoencoder")
+    ours = to_dict(ae.config)
+    diff = sorted(k for k in ours if k not in _TRAINING_ONLY and ckpt.config.get(k) != ours[k])
+    if diff:
+        raise ConfigError(f"--init {str(path)!r}: its architecture differs from this run's in {diff}",
+                          hint="use the same --preset/--config model settings as the run that made it")
+    load_state(ae, ckpt.tensors, str(path))
+
+
+# model fields that only affect training, so --init may change them
+_TRAINING_ONLY = {"vq_restart_dead", "vq_restart_every", "dropout"}
+
+
 def restore_run(run: AERun, out: Path) -> None:
     """Load the newest complete checkpoint of ``out`` into ``run`` (model, optimizers, RNG, step)."""
     ckpts = sorted((out / "checkpoints").glob("step_*.safetensors"))
@@ -185,12 +200,14 @@ def restore_run(run: AERun, out: Path) -> None:
 
 def train_ae(cfg: AETrainingConfig, out_dir: str | Path, *, resume: bool = False,
              perceptual: nn.Module | None = None, lpips_weights: str | Path | None = None,
-             callbacks: Callbacks | None = None) -> dict[str, Any]:
+             init_from: str | Path | None = None, callbacks: Callbacks | None = None) -> dict[str, Any]:
     """Train an autoencoder into ``out_dir`` and return the run summary.
 
     ``perceptual`` injects the LPIPS network (tests pass a random-backbone one); when it is
     None and the config asks for LPIPS, it is loaded from ``lpips_weights`` or the torch cache
-    before anything else happens, so missing weights fail at once.
+    before anything else happens, so missing weights fail at once. ``init_from`` starts a new
+    run (fresh optimizers, step 0) from the weights of an existing autoencoder checkpoint,
+    e.g. to fine-tune at a larger crop size or on your own photos.
     """
     cb = callbacks or Callbacks()
     out = Path(out_dir)
@@ -206,6 +223,9 @@ def train_ae(cfg: AETrainingConfig, out_dir: str | Path, *, resume: bool = False
     if resume:
         restore_run(run, out)
         cb.message(f"resumed at step {run.step}")
+    elif init_from is not None:
+        init_weights(run.ae, init_from)
+        cb.message(f"initialised the autoencoder from {init_from}")
     grid_images = fixed_images(dataset, min(8, cfg.train.scale_samples))
     scale_images = fixed_images(dataset, cfg.train.scale_samples)
     return _loop(run, dataset, out, grid_images, scale_images, cb)

@@ -70,3 +70,25 @@ def test_lr_schedule_warmup_and_cosine():
     assert abs(lr_at(60, schedule="cosine", **kw) - 0.55) < 1e-9
     assert abs(lr_at(110, schedule="cosine", **kw) - 0.1) < 1e-9
     assert lr_at(80, schedule="constant", **kw) == 1.0
+
+
+def test_init_from_checkpoint_starts_a_new_run_from_its_weights(tmp_path):
+    import pytest
+
+    from ldmctl.errors import ConfigError
+
+    train_ae(_cfg(2), tmp_path / "a")
+    start = _weights(tmp_path / "a" / "ae.safetensors")
+    fine = merge(_cfg(2), {"data": {"size": 32}, "train": {"lr": 1e-9, "seed": 5}})
+    summary = train_ae(fine, tmp_path / "b", init_from=tmp_path / "a" / "ae.safetensors")
+    assert summary["steps"] == 2
+    after = _weights(tmp_path / "b" / "ae.safetensors")
+    fresh = train_ae(merge(fine, {"train": {"seed": 6}}), tmp_path / "d")
+    assert fresh["steps"] == 2 and not torch.allclose(start["decoder.conv_out.weight"],
+                                                      _weights(tmp_path / "d" / "ae.safetensors")["decoder.conv_out.weight"])
+    for key, value in start.items():
+        if key != "scale_factor":  # re-estimated on the new run's data
+            assert torch.allclose(value, after[key], atol=1e-6), key  # lr ~0: the loaded weights
+    other = merge(_cfg(2), {"model": {"z_channels": 3}})
+    with pytest.raises(ConfigError, match="z_channels"):
+        train_ae(other, tmp_path / "c", init_from=tmp_path / "a" / "ae.safetensors")
