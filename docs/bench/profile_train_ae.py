@@ -15,7 +15,6 @@ import json
 import statistics
 import time
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ldmctl.config import merge, preset
