@@ -2,7 +2,7 @@
 
 Metadata keys (all strings, as safetensors requires):
 
-- ``ldmctl.kind``    what the file holds: ``autoencoder`` (later ``ldm``)
+- ``ldmctl.kind``    what the file holds: ``autoencoder``, ``ldm`` or ``classifier``
 - ``ldmctl.config``  JSON of ``to_dict(model_config)``, enough to rebuild the model
 - ``ldmctl.schema``  format version of this layout, checked on load
 - ``ldmctl.version`` the ldmctl version that wrote it
@@ -149,8 +149,11 @@ def load_autoencoder(path: str | Path) -> nn.Module:
 
 def load_model(path: str | Path) -> nn.Module:
     """Rebuild whatever model a checkpoint holds, dispatching on ``ldmctl.kind``."""
+    from ldmctl.eval.classifier import load_classifier
+    from ldmctl.train.ldm import load_ldm
+
     ckpt = read_checkpoint(path)
-    loaders = {"autoencoder": load_autoencoder}
+    loaders = {"autoencoder": load_autoencoder, "ldm": load_ldm, "classifier": load_classifier}
     if ckpt.kind not in loaders:
         raise CheckpointError(f"{str(path)!r}: unknown checkpoint kind {ckpt.kind!r}; "
                               f"this ldmctl knows {sorted(loaders)}", hint="upgrade ldmctl")

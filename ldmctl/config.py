@@ -112,6 +112,84 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class UNetConfig:
+    """Time-conditional denoising UNet (ADM / LDM style); conditioning widths are derived.
+
+    The four ``*_channels``/``*_dim`` conditioning fields are filled in by the conditioners a
+    model is built with (0 = that entry point is absent); the UNet never knows who feeds them.
+    """
+
+    in_channels: int = 4  # latent channels of z_t (the conv_in also takes concat_channels)
+    out_channels: int = 0  # 0: same as in_channels
+    model_channels: int = 64  # width of the first level
+    channel_mult: tuple[int, ...] = (1, 2, 4)  # width multipliers per level (one 2x down per level)
+    num_res_blocks: int = 2  # ResBlocks per level on the way down (one more on the way up)
+    attention_levels: tuple[int, ...] = (1, 2)  # level indices with a SpatialTransformer after each ResBlock
+    mid_attention: bool = True  # SpatialTransformer between the two middle ResBlocks
+    head_channels: int = 32  # width of one attention head (heads = width // head_channels)
+    num_heads: int = 0  # > 0: this many heads everywhere instead of head_channels
+    transformer_depth: int = 1  # transformer blocks per SpatialTransformer
+    ff_mult: int = 4  # GEGLU feed-forward inner width multiplier
+    dropout: float = 0.0  # in the ResBlocks
+    norm_groups: int = 32  # GroupNorm groups; must divide every width
+    scale_shift_norm: bool = False  # time embedding as GroupNorm scale and shift (ADM) instead of a bias
+    conv_resample: bool = True  # strided conv / nearest + conv; False: average pool / nearest
+    time_embed_mult: int = 4  # timestep-embedding MLP width = time_embed_mult * model_channels
+    concat_channels: int = 0  # extra input channels joined to z_t (concat conditioners)
+    add_dim: int = 0  # width of the vector added to the time embedding (add conditioners)
+    context_dim: int = 0  # cross-attention context width (crossattn conditioners)
+    token_dim: int = 0  # width of tokens joined to the self-attention sequence (tokens conditioners)
+    checkpointing: bool = False  # gradient checkpointing of each block (less memory, more compute)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process and the training objective (Ho et al. 2020; Rombach et al. 2022)."""
+
+    schedule: Literal["linear", "sqrt_linear", "cosine"] = "sqrt_linear"  # beta schedule (sqrt_linear: LDM's)
+    timesteps: int = 1000  # T, diffusion steps of training
+    linear_start: float = 0.00085  # first beta (linear, sqrt_linear)
+    linear_end: float = 0.012  # last beta (linear, sqrt_linear)
+    prediction: Literal["eps", "x0", "v"] = "eps"  # what the UNet predicts
+    loss: Literal["l2", "l1"] = "l2"  # norm of L_simple
+    vlb_weight: float = 0.0  # lambda of L_vlb (CompVis original_elbo_weight); 0 = L_simple only
+    min_snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5
+    offset_noise: float = 0.0  # > 0: add this much per-channel constant noise (offset noise)
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """Exponential moving average of the UNet weights, used for sampling."""
+
+    decay: float = 0.9999  # target decay
+    warmup: bool = True  # decay_n = min(decay, (1 + n) / (10 + n)) as CompVis' LitEma
+    every: int = 1  # update every this many optimisation steps
+
+
+@dataclass(frozen=True)
+class LDMConfig:
+    """A latent diffusion model: its UNet, its diffusion process and the latent it lives in."""
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    latent_size: int = 16  # side of the latent the model is trained (and by default sampled) at
+    scale_factor: float = 1.0  # latents are multiplied by this (from the autoencoder checkpoint)
+
+
+@dataclass(frozen=True)
+class LDMTrainingConfig:
+    """Everything `ldmctl train-ldm` needs; stored beside the weights for --resume."""
+
+    model: LDMConfig = field(default_factory=LDMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    cache_latents: bool = True  # encode the data set once (no random crops/flips after that)
+    sample_steps: int = 50  # DDIM steps for the preview grids
+    sample_count: int = 16  # images in each preview grid
+
+
+@dataclass(frozen=True)
 class AETrainingConfig:
     """Everything `ldmctl train-ae` needs; stored beside the weights for --resume."""
 
@@ -147,6 +225,39 @@ PRESETS: dict[str, AETrainingConfig] = {
         train=TrainConfig(batch_size=8, max_steps=100_000, lr=4.5e-6 * 8),
     ),
 }
+
+
+_LDM_TRAIN = dict(adam_betas=(0.9, 0.999), lr_schedule="cosine", lr_min_ratio=0.1)
+
+LDM_PRESETS: dict[str, LDMTrainingConfig] = {
+    "tiny": LDMTrainingConfig(
+        model=LDMConfig(unet=UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                                        attention_levels=(1,), head_channels=8, norm_groups=4)),
+        data=DataConfig(size=16),
+        train=TrainConfig(batch_size=4, max_steps=20, lr=1e-3, sample_every=10, save_every=10, **_LDM_TRAIN),
+        ema=EMAConfig(decay=0.99), sample_steps=5, sample_count=4,
+    ),
+    # the bench's `small` UNet (diffusers block_out (64, 128, 256), attention at levels 1 and 2)
+    "small": LDMTrainingConfig(
+        model=LDMConfig(unet=UNetConfig(model_channels=64, channel_mult=(1, 2, 4))),
+        data=DataConfig(size=64),
+        train=TrainConfig(batch_size=32, max_steps=20_000, lr=2e-4, warmup_steps=500, sample_every=1000,
+                          save_every=1000, **_LDM_TRAIN),
+    ),
+    "base": LDMTrainingConfig(
+        model=LDMConfig(unet=UNetConfig(model_channels=128, channel_mult=(1, 2, 4))),
+        data=DataConfig(size=128),
+        train=TrainConfig(batch_size=32, max_steps=100_000, lr=1e-4, warmup_steps=1000, sample_every=2000,
+                          save_every=2000, **_LDM_TRAIN),
+    ),
+}
+
+
+def ldm_preset(name: str) -> LDMTrainingConfig:
+    """Return the named train-ldm preset, or raise ConfigError listing the choices."""
+    if name not in LDM_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(LDM_PRESETS)}")
+    return LDM_PRESETS[name]
 
 
 def preset(name: str) -> AETrainingConfig:
@@ -328,27 +439,67 @@ def reference_markdown() -> str:
 
     ``docs/config.md`` embeds this text and a test keeps the two equal.
     """
+    lines = ["## train-ae", ""]
+    lines += _reference_tables(PRESETS, [("model", AutoencoderConfig), ("loss", AELossConfig),
+                                         ("data", DataConfig), ("train", TrainConfig)])
+    lines += ["## train-ldm", ""]
+    lines += _reference_tables(LDM_PRESETS, [("model.unet", UNetConfig), ("model.diffusion", DiffusionConfig),
+                                             ("model", LDMConfig), ("data", DataConfig), ("train", TrainConfig),
+                                             ("ema", EMAConfig), ("", LDMTrainingConfig)])
+    return "\n".join(lines)
+
+
+def _reference_tables(presets: dict[str, Any], sections: list[tuple[str, type]]) -> list[str]:
     import inspect
     import re
 
     lines: list[str] = []
-    sections = [("model", AutoencoderConfig), ("loss", AELossConfig), ("data", DataConfig), ("train", TrainConfig)]
-    names = list(PRESETS)
+    names = list(presets)
     for sec, cls in sections:
         src = inspect.getsource(cls)
-        lines += [f"### `{sec}` ({cls.__name__})", "", "| field | " + " | ".join(names) + " | meaning |",
+        title = f"`{sec}` ({cls.__name__})" if sec else f"top level ({cls.__name__})"
+        lines += [f"### {title}", "", "| field | " + " | ".join(names) + " | meaning |",
                   "|---" * (len(names) + 2) + "|"]
         for f in fields(cls):
-            m = re.search(rf"^ +{f.name}: .*?#\s*(.*)$", src, re.M)
-            vals = [getattr(getattr(PRESETS[p], sec), f.name) for p in names]
+            m = re.search(rf"^ +{f.name}: .*?#\s*(.*)$", src, re.MULTILINE)
+            if m is None:  # a nested section, listed in its own table
+                continue
+            vals = []
+            for p in names:
+                obj = presets[p]
+                for part in filter(None, sec.split(".")):
+                    obj = getattr(obj, part)
+                vals.append(getattr(obj, f.name))
             shown = [str(list(v) if isinstance(v, tuple) else v) for v in vals]
-            lines.append(f"| `{sec}.{f.name}` | " + " | ".join(shown) + f" | {m.group(1) if m else ''} |")
+            key = f"{sec}.{f.name}" if sec else f.name
+            lines.append(f"| `{key}` | " + " | ".join(shown) + f" | {m.group(1)} |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 __all__ = [
-    "AEKind", "AELossConfig", "AETrainingConfig", "AutoencoderConfig", "DataConfig", "PRESETS",
-    "TrainConfig", "channel_mult_for_f", "from_dict", "load_file", "merge", "parse_set",
-    "preset", "reference_markdown", "to_dict", "validate_ae", "with_updates",
+    "LDM_PRESETS",
+    "PRESETS",
+    "AEKind",
+    "AELossConfig",
+    "AETrainingConfig",
+    "AutoencoderConfig",
+    "DataConfig",
+    "DiffusionConfig",
+    "EMAConfig",
+    "LDMConfig",
+    "LDMTrainingConfig",
+    "TrainConfig",
+    "UNetConfig",
+    "channel_mult_for_f",
+    "from_dict",
+    "ldm_preset",
+    "load_file",
+    "merge",
+    "parse_set",
+    "preset",
+    "reference_markdown",
+    "to_dict",
+    "validate_ae",
+    "with_updates",
 ]

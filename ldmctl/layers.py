@@ -13,7 +13,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 
-def Normalize(channels: int, groups: int) -> nn.GroupNorm:  # noqa: N802 (reads like a layer)
+def Normalize(channels: int, groups: int) -> nn.GroupNorm:
     """Return the GroupNorm used everywhere (eps 1e-6, affine)."""
     return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
@@ -22,16 +22,19 @@ class ResnetBlock(nn.Module):
     """Pre-activation residual block: (GroupNorm, SiLU, 3x3 conv) twice, plus a shortcut.
 
     With ``temb_channels > 0`` a projected time embedding ``temb`` (B, temb_channels) is added
-    after the first convolution (Ho et al. 2020). The shortcut is a 1x1 conv when the widths
-    differ, else the identity.
+    after the first convolution (Ho et al. 2020), or, with ``scale_shift``, applied as
+    ``norm2(h) * (1 + scale) + shift`` (ADM, Dhariwal & Nichol 2021). The shortcut is a 1x1 conv
+    when the widths differ, else the identity.
     """
 
     def __init__(self, in_ch: int, out_ch: int, *, groups: int, dropout: float = 0.0,
-                 temb_channels: int = 0) -> None:
+                 temb_channels: int = 0, scale_shift: bool = False) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = Normalize(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1)
-        self.temb_proj = nn.Linear(temb_channels, out_ch) if temb_channels > 0 else None
+        self.temb_proj = (nn.Linear(temb_channels, out_ch * (2 if scale_shift else 1))
+                          if temb_channels > 0 else None)
         self.norm2 = Normalize(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, kernel_size=3, padding=1)
@@ -39,11 +42,18 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        if self.temb_proj is not None:
+        if self.temb_proj is None:
+            h = self.norm2(h)
+        else:
             if temb is None:
                 raise ValueError("this ResnetBlock was built with temb_channels > 0; pass temb")
-            h = h + rearrange(self.temb_proj(F.silu(temb)), "b c -> b c 1 1")
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+            emb = rearrange(self.temb_proj(F.silu(temb)), "b c -> b c 1 1")
+            if self.scale_shift:
+                scale, shift = emb.chunk(2, dim=1)
+                h = self.norm2(h) * (1 + scale) + shift
+            else:
+                h = self.norm2(h + emb)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.shortcut(x) + h
 
 

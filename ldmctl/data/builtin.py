@@ -1,4 +1,6 @@
-"""Built-in data sets, by name, that work offline: ``builtin:photos``, its holdout, synthetic.
+"""Built-in data sets, by name, that work offline: photos, digits, Fashion-MNIST, synthetic.
+
+The digits and Fashion-MNIST sets live in :mod:`ldmctl.data.labelled` (Debian packages).
 
 ``builtin:photos`` is made of the real photographs that ship inside scikit-image's package data
 folder (no download) and scikit-learn's sample images. There are only a handful, so it yields
@@ -23,7 +25,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ldmctl.config import DataConfig
-from ldmctl.data.images import Item, crop_and_flip, item_rng, pil_to_tensor, resize_short_side, to_rgb
+from ldmctl.data.images import (
+    Item,
+    crop_and_flip,
+    item_rng,
+    pil_to_tensor,
+    resize_short_side,
+    to_rgb,
+)
+from ldmctl.data.labelled import open_digits, open_fashion
 from ldmctl.data.synthetic import SyntheticDataset
 from ldmctl.errors import DataError
 
@@ -159,6 +169,10 @@ def _synthetic(cfg: DataConfig, seed: int) -> Dataset:
 
 
 BUILTINS: dict[str, Callable[[DataConfig, int], Dataset]] = {
+    "digits": lambda cfg, seed: open_digits(cfg, seed, holdout=False),
+    "digits-holdout": lambda cfg, seed: open_digits(cfg, seed, holdout=True),
+    "fashion-mnist": lambda cfg, seed: open_fashion(cfg, seed, test=False),
+    "fashion-mnist-test": lambda cfg, seed: open_fashion(cfg, seed, test=True),
     "photos": _photos,
     "photos-holdout": _photos_holdout,
     "synthetic": _synthetic,

@@ -1,6 +1,6 @@
 """Time and profile one train-ae step of a preset (default: small, batch 8, 64x64).
 
-    python docs/bench/profile_train_ae.py [--preset small] [--steps 20] [--precision fp32 bf16]
+    python bench/profile_train_ae.py [--preset small] [--steps 20] [--precision fp32 bf16]
 
 Prints, per precision, the median step time and steps/s over ``--steps`` timed steps after two
 warm-up steps, then the top operators by self CPU time (torch.profiler) for the first precision.

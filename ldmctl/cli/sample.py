@@ -1,0 +1,79 @@
+"""``ldmctl sample``: draw images from a trained latent diffusion checkpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from ldmctl.checkpoint import atomic_write
+from ldmctl.cli._console import (
+    console,
+    err_console,
+    grid_shape,
+    step_progress,
+    to_uint8_image,
+)
+from ldmctl.errors import ConfigError
+from ldmctl.samplers import get_sampler
+from ldmctl.train.ldm import load_ldm
+
+
+def _check(n: int, steps: int, eta: float, batch_size: int) -> None:
+    if n < 1 or steps < 1 or batch_size < 1:
+        raise ConfigError("--n, --steps and --batch-size must be positive")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ConfigError(f"--eta must be a finite number >= 0, got {eta}")
+
+
+def _grid(images: torch.Tensor) -> torch.Tensor:
+    rows, cols = grid_shape(images.shape[0])
+    pad = rows * cols - images.shape[0]
+    x = torch.nn.functional.pad(images, (1, 1, 1, 1), value=1.0)
+    if pad:
+        x = torch.cat([x, torch.ones((pad, *x.shape[1:]))])
+    x = x.reshape(rows, cols, *x.shape[1:]).permute(2, 0, 3, 1, 4)  # (3, rows, H, cols, W)
+    return x.reshape(x.shape[0], rows * x.shape[2], cols * x.shape[4])
+
+
+def command(
+    ckpt: Annotated[Path, typer.Argument(help="LDM checkpoint (.safetensors from train-ldm).")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 16,
+    sampler: Annotated[str, typer.Option(help="ddim, plms, ddpm or dpmpp (DPM-Solver++ 2M).")] = "ddim",
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
+    eta: Annotated[float, typer.Option(help="DDIM stochasticity (0: deterministic).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the initial noise and of every random draw.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per UNet batch.")] = 64,
+    weights: Annotated[str, typer.Option(help="ema (default) or raw UNet weights.")] = "ema",
+    out: Annotated[Path, typer.Option(help="Grid PNG of all samples.")] = Path("samples.png"),
+    out_dir: Annotated[Path | None, typer.Option(help="Also write each sample as its own PNG here.")] = None,
+    save_tensor: Annotated[Path | None, typer.Option(help="Also save the samples as a .pt tensor (N, 3, H, W) in [-1, 1].")] = None,
+) -> None:
+    """Sample images from a latent diffusion checkpoint: a grid, and optionally one PNG each."""
+    _check(n, steps, eta, batch_size)
+    fn = get_sampler(sampler)
+    for target in [out] + ([save_tensor] if save_tensor else []):
+        if not target.parent.is_dir():
+            raise ConfigError(f"output folder {str(target.parent)!r} does not exist")
+    model = load_ldm(ckpt, weights=weights)
+    g = torch.Generator().manual_seed(seed)
+    chunks = []
+    with step_progress(n * steps, description=f"sample {sampler}") as (progress, task):
+        for start in range(0, n, batch_size):
+            done = start * steps
+            z = model.sample_latents(fn, min(batch_size, n - start), steps=steps, eta=eta, generator=g,
+                                     callback=lambda i, total, _z, d=done: progress.update(task, completed=d + (i + 1) * (_z.shape[0])))
+            chunks.append(model.decode(z))
+    images = torch.cat(chunks)
+    atomic_write(out, lambda tmp: to_uint8_image(_grid(images)).save(tmp, format="PNG"))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(images):
+            atomic_write(out_dir / f"{i:05d}.png", lambda tmp, im=img: to_uint8_image(im).save(tmp, format="PNG"))
+    if save_tensor is not None:
+        atomic_write(save_tensor, lambda tmp: torch.save(images.clone(), tmp))
+    err_console.print(f"{n} samples, {sampler} {steps} steps, seed {seed}")
+    console.print(str(out), highlight=False)

@@ -1,0 +1,63 @@
+"""``ldmctl train-ldm``: train a latent diffusion model on a frozen autoencoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ldmctl.cli._console import (
+    console,
+    err_console,
+    format_logs,
+    save_grid,
+    step_progress,
+)
+from ldmctl.cli._options import resolve_ldm_config
+from ldmctl.train.ldm import train_ldm
+from ldmctl.train.loop import Callbacks
+
+_SHOWN = ("loss", "vlb", "lr", "steps_per_s")
+
+
+def command(
+    ae: Annotated[Path | None, typer.Option(help="Autoencoder checkpoint from train-ae (its scale factor is used).")] = None,
+    data: Annotated[str | None, typer.Option(help="Image folder or builtin:NAME (e.g. builtin:digits).")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, sample grids, logs.")] = Path("runs/ldm"),
+    preset: Annotated[str, typer.Option(help="Starting configuration: tiny, small or base.")] = "small",
+    size: Annotated[int | None, typer.Option(help="Image size in pixels (latent side = size / f).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Total optimisation steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Latents per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate.")] = None,
+    ema_decay: Annotated[float | None, typer.Option(help="EMA decay of the sampling weights.")] = None,
+    prediction: Annotated[str | None, typer.Option(help="What the UNet predicts: eps, v or x0.")] = None,
+    schedule: Annotated[str | None, typer.Option(help="Beta schedule: linear, sqrt_linear or cosine.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for init, data order, timesteps and noise.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
+    sample_every: Annotated[int | None, typer.Option(help="Steps between EMA sample grids.")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
+    config: Annotated[Path | None, typer.Option(help="A .toml or .json file of config overrides.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any field: --set model.unet.model_channels=32")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+) -> None:
+    """Train a latent diffusion model (UNet + DDPM objective + EMA) on an autoencoder's latents."""
+    flags = {
+        "model": {"diffusion": {"prediction": prediction, "schedule": schedule}},
+        "data": {"source": data, "size": size},
+        "train": {"batch_size": batch_size, "max_steps": max_steps, "lr": lr, "seed": seed, "precision": precision,
+                  "sample_every": sample_every, "save_every": save_every},
+        "ema": {"decay": ema_decay},
+    }
+    cfg = resolve_ldm_config(preset, config, flags, set_ or [])
+    with step_progress(cfg.train.max_steps, description="train-ldm") as (progress, task):
+        callbacks = Callbacks(
+            on_step=lambda step, logs: progress.update(task, completed=step, stats=format_logs(logs, _SHOWN)),
+            on_images=lambda step, name, rows: save_grid(rows, out / "samples" / f"{name}.png", max_cols=16),
+            on_message=lambda text: progress.console.print(text),
+        )
+        summary = train_ldm(cfg, ae, out, resume=resume, callbacks=callbacks)
+    if summary["skipped_files"]:
+        err_console.print(f"[yellow]skipped {len(summary['skipped_files'])} unusable file(s)[/] (see {out / 'summary.json'})")
+    err_console.print(f"{summary['steps']} steps, {summary['steps_per_s']} steps/s, final loss {summary['final'].get('loss', float('nan')):.4g}")
+    console.print(summary["checkpoint"], highlight=False)

@@ -1,0 +1,328 @@
+"""Train a latent diffusion model on a frozen first stage (Rombach et al. 2022, §3.2).
+
+A run folder holds::
+
+    config.json            the full LDMTrainingConfig, with the derived UNet/latent fields
+    ldm.safetensors        the latest model: UNet, its EMA, the autoencoder, config (one file samples)
+    checkpoints/step_XXXXXXX.safetensors + .state.pt   the last K checkpoints (optimizer, RNG, step)
+    samples/               preview grids drawn with the EMA weights
+    log.jsonl, summary.json
+
+With ``cache_latents`` the data set is encoded once (epoch-0 crops, posterior mode) and training
+runs at UNet speed; batch order is still a pure function of (seed, step), so ``--resume`` continues
+bit-identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ldmctl.checkpoint import (
+    load_autoencoder,
+    load_state,
+    load_train_state,
+    read_checkpoint,
+    save_checkpoint,
+    save_train_state,
+)
+from ldmctl.config import LDMConfig, LDMTrainingConfig, from_dict, to_dict
+from ldmctl.data import open_dataset
+from ldmctl.diffusion.ema import EMA
+from ldmctl.diffusion.ldm import LatentDiffusion
+from ldmctl.errors import CheckpointError, ConfigError
+from ldmctl.samplers.ddim import ddim
+from ldmctl.train.loop import (
+    Callbacks,
+    Throughput,
+    batch_stream,
+    epoch_permutation,
+    lr_at,
+    rng_state,
+    set_lr,
+    set_rng_state,
+)
+from ldmctl.unet import UNet, check_unet_config, downsample_factor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LDMRun:
+    """The live objects of one train-ldm run."""
+
+    cfg: LDMTrainingConfig
+    model: LatentDiffusion
+    ema: EMA
+    opt: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+
+
+def resolve_ldm(cfg: LDMTrainingConfig, ae: nn.Module) -> LDMTrainingConfig:
+    """Derive what the autoencoder fixes: latent channels, latent size, scale factor; validate."""
+    f, c = ae.config.downsample_factor, ae.config.latent_channels
+    if cfg.data.size % f:
+        raise ConfigError(f"data.size={cfg.data.size} is not a multiple of the autoencoder's f={f}")
+    latent = cfg.data.size // f
+    unet = replace(cfg.model.unet, in_channels=c)
+    check_unet_config(unet)
+    if latent % downsample_factor(unet):
+        raise ConfigError(f"latent side {latent} (= {cfg.data.size} px / f {f}) is not a multiple of the UNet's "
+                          f"{downsample_factor(unet)} (one 2x downsampling per unet.channel_mult level)",
+                          hint="use a larger --size or fewer unet.channel_mult levels")
+    model = replace(cfg.model, unet=unet, latent_size=latent, scale_factor=float(ae.scale_factor))
+    for name in ("batch_size", "max_steps"):
+        if getattr(cfg.train, name) <= 0:
+            raise ConfigError(f"train.{name} must be positive, got {getattr(cfg.train, name)}")
+    if not cfg.train.lr > 0:
+        raise ConfigError(f"train.lr must be positive, got {cfg.train.lr}")
+    return replace(cfg, model=model)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _autocast(precision: str) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def encode_dataset(model: LatentDiffusion, dataset: Any, *, batch_size: int = 64,
+                   callback: Any = None) -> Tensor:
+    """Scaled latents of every item of epoch 0 (deterministic crops), (N, C, h, w) float32."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(0)
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        x = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
+        out.append(model.encode(x))
+        if callback:
+            callback(min(start + batch_size, len(dataset)), len(dataset))
+    return torch.cat(out)
+
+
+def latent_batches(latents: Tensor, batch_size: int, *, seed: int, start_step: int):
+    """Yield batches of cached latents forever, order fixed by (seed, step) like batch_stream."""
+    n = latents.shape[0]
+    per_epoch = max(1, n // batch_size)
+    epoch, offset = divmod(start_step, per_epoch)
+    while True:
+        perm = epoch_permutation(n, seed, epoch)
+        if n < batch_size:
+            perm = perm.repeat(-(-batch_size // n))
+        for b in range(offset, per_epoch):
+            yield latents[perm[b * batch_size:(b + 1) * batch_size]]
+        epoch, offset = epoch + 1, 0
+
+
+def build_run(cfg: LDMTrainingConfig, ae: nn.Module) -> LDMRun:
+    torch.manual_seed(cfg.train.seed)
+    model = LatentDiffusion(cfg.model, ae)
+    ema = EMA(model.unet, cfg.ema.decay, warmup=cfg.ema.warmup)
+    opt = torch.optim.AdamW(model.unet.parameters(), lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=0.0)
+    return LDMRun(cfg, model, ema, opt, torch.Generator().manual_seed(cfg.train.seed))
+
+
+def train_step(run: LDMRun, z0: Tensor) -> dict[str, float]:
+    t = run.cfg.train
+    lr = lr_at(run.step, base=t.lr, warmup=t.warmup_steps, total=t.max_steps, schedule=t.lr_schedule,
+               min_ratio=t.lr_min_ratio)
+    set_lr(run.opt, lr)
+    run.model.unet.train()
+    with _autocast(t.precision):
+        loss, logs = run.model.loss(z0, generator=run.generator)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if t.grad_clip > 0:
+        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(run.model.unet.parameters(), t.grad_clip))
+    run.opt.step()
+    if (run.step + 1) % run.cfg.ema.every == 0:
+        run.ema.update(run.model.unet)
+    logs["lr"] = lr
+    return logs
+
+
+def ldm_tensors(model: LatentDiffusion, ema: EMA) -> dict[str, Tensor]:
+    """Everything one checkpoint file holds: ``unet.*``, ``ema.*`` and ``ae.*``."""
+    tensors = {f"unet.{k}": v for k, v in model.unet.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tensors.update({f"ae.{k}": v for k, v in model.autoencoder.state_dict().items()})
+    return tensors
+
+
+def save_ldm(model: LatentDiffusion, ema: EMA, path: str | Path, *, extra: dict[str, Any]) -> Path:
+    """Write a self-contained LDM checkpoint (the autoencoder included, so one file samples)."""
+    config = {"ldm": to_dict(model.config), "autoencoder": to_dict(model.autoencoder.config)}
+    return save_checkpoint(path, ldm_tensors(model, ema), kind="ldm", config=config, extra=extra)
+
+
+def load_ldm(path: str | Path, *, weights: str = "ema") -> LatentDiffusion:
+    """Rebuild a LatentDiffusion from one checkpoint; ``weights`` = ema (default) or raw UNet weights."""
+    from ldmctl.autoencoder import build_autoencoder
+    from ldmctl.config import AutoencoderConfig
+
+    if weights not in ("ema", "raw"):
+        raise ConfigError(f"--weights {weights!r}: choose ema or raw")
+    ckpt = read_checkpoint(path, expect_kind="ldm")
+    try:
+        cfg = from_dict(LDMConfig, ckpt.config["ldm"])
+        ae_cfg = from_dict(AutoencoderConfig, ckpt.config["autoencoder"])
+    except (ConfigError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{str(ckpt.path)!r}: stored config is invalid: {err}") from None
+    parts: dict[str, dict[str, Tensor]] = {"unet": {}, "ema": {}, "ae": {}}
+    for key, value in ckpt.tensors.items():
+        prefix, _, rest = key.partition(".")
+        if prefix not in parts:
+            raise CheckpointError(f"{str(ckpt.path)!r}: unexpected tensor {key!r}", hint="the file may have been tampered with")
+        parts[prefix][rest] = value
+    ae = build_autoencoder(ae_cfg)
+    load_state(ae, parts["ae"], f"{ckpt.path} (autoencoder)")
+    unet = UNet(cfg.unet)
+    load_state(unet, parts["ema" if weights == "ema" else "unet"], f"{ckpt.path} ({weights} UNet)")
+    return LatentDiffusion(cfg, ae, unet).eval()
+
+
+def prepare_run_dir(cfg: LDMTrainingConfig, out: Path, *, resume: bool) -> LDMTrainingConfig:
+    """Create the run folder, or on --resume read its stored config (only max_steps may change)."""
+    stored = out / "config.json"
+    if resume:
+        if not stored.is_file():
+            raise CheckpointError(f"--resume: {str(out)!r} holds no run (no config.json)",
+                                  hint="drop --resume to start a new run")
+        old = from_dict(LDMTrainingConfig, json.loads(stored.read_text()))
+        return replace(old, train=replace(old.train, max_steps=cfg.train.max_steps))
+    if stored.exists():
+        raise ConfigError(f"{str(out)!r} already holds a run", hint="pass --resume to continue it, or choose another --out")
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create output folder {str(out)!r}: {err.strerror}") from None
+    stored.write_text(json.dumps(to_dict(cfg), indent=2))
+    return cfg
+
+
+def save_run(run: LDMRun, out: Path, extra: dict[str, Any]) -> Path:
+    ckpt_dir = out / "checkpoints"
+    ckpt = ckpt_dir / f"step_{run.step:07d}.safetensors"
+    meta = {"step": run.step, "train_config": to_dict(run.cfg), **extra}
+    save_ldm(run.model, run.ema, ckpt, extra=meta)
+    state = {"step": run.step, "opt": run.opt.state_dict(), "ema_updates": run.ema.updates,
+             "rng": rng_state(run.generator)}
+    save_train_state(ckpt.with_suffix(".state.pt"), state)
+    save_ldm(run.model, run.ema, out / "ldm.safetensors", extra=meta)
+    for old in sorted(ckpt_dir.glob("step_*.safetensors"))[: -run.cfg.train.keep_last]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".state.pt").unlink(missing_ok=True)
+    return ckpt
+
+
+def restore_run(run: LDMRun, out: Path) -> None:
+    ckpts = [c for c in sorted((out / "checkpoints").glob("step_*.safetensors")) if c.with_suffix(".state.pt").is_file()]
+    if not ckpts:
+        raise CheckpointError(f"--resume: {str(out)!r} has no complete checkpoint yet",
+                              hint="drop --resume and start again, or use a new --out")
+    tensors = read_checkpoint(ckpts[-1], expect_kind="ldm").tensors
+    load_state(run.model.unet, {k[5:]: v for k, v in tensors.items() if k.startswith("unet.")}, str(ckpts[-1]))
+    state = load_train_state(ckpts[-1].with_suffix(".state.pt"))
+    run.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, state["ema_updates"])
+    run.opt.load_state_dict(state["opt"])
+    set_rng_state(state["rng"], run.generator)
+    run.step = int(state["step"])
+
+
+@torch.no_grad()
+def preview(run: LDMRun, ema_unet: UNet) -> Tensor:
+    """A fixed-seed DDIM grid from the EMA weights (images in [-1, 1])."""
+    run.ema.copy_to(ema_unet)
+    g = torch.Generator().manual_seed(run.cfg.train.seed + 1)
+    z = run.model.sample_latents(ddim, run.cfg.sample_count, steps=run.cfg.sample_steps, generator=g,
+                                 model_fn=run.model.model_fn(unet=ema_unet.eval()))
+    return run.model.decode(z)
+
+
+def train_ldm(cfg: LDMTrainingConfig, ae_path: str | Path | None, out_dir: str | Path, *, resume: bool = False,
+              callbacks: Callbacks | None = None) -> dict[str, Any]:
+    """Train an unconditional LDM on the latents of autoencoder ``ae_path``; return the run summary.
+
+    On ``resume`` the autoencoder defaults to the one the run started with, and must be unchanged
+    (same SHA-256), since the cached latents and the UNet depend on it.
+    """
+    cb = callbacks or Callbacks()
+    out = Path(out_dir)
+    if resume:
+        cfg = prepare_run_dir(cfg, out, resume=True)
+        source = json.loads((out / "ae_source.json").read_text())
+        ae_path = ae_path or source["path"]
+        if file_sha256(ae_path) != source["sha256"]:
+            raise CheckpointError(f"--resume: autoencoder {str(ae_path)!r} is not the one this run started with",
+                                  hint=f"pass --ae with the original file ({source['path']})")
+    elif ae_path is None:
+        raise ConfigError("train-ldm needs --ae: an autoencoder checkpoint from train-ae")
+    ae = load_autoencoder(ae_path)
+    cfg = resolve_ldm(cfg, ae)
+    dataset = open_dataset(cfg.data, seed=cfg.train.seed)
+    if not resume:
+        cfg = prepare_run_dir(cfg, out, resume=False)
+        (out / "ae_source.json").write_text(json.dumps({"path": str(ae_path), "sha256": file_sha256(ae_path)}))
+    run = build_run(cfg, ae)
+    if resume:
+        restore_run(run, out)
+        cb.message(f"resumed at step {run.step}")
+    t = cfg.train
+    if cfg.cache_latents:
+        started = time.time()
+        latents = encode_dataset(run.model, dataset)
+        cb.message(f"cached {latents.shape[0]} latents of shape {tuple(latents.shape[1:])} in {time.time() - started:.1f} s")
+        batches = latent_batches(latents, t.batch_size, seed=t.seed, start_step=run.step)
+    else:
+        images = batch_stream(dataset, t.batch_size, seed=t.seed, start_step=run.step, num_workers=t.num_workers)
+        batches = (run.model.encode(b["image"]) for b in images)
+    return _loop(run, batches, out, dataset, cb, ae_path)
+
+
+def _loop(run: LDMRun, batches: Any, out: Path, dataset: Any, cb: Callbacks, ae_path: str | Path) -> dict[str, Any]:
+    t = run.cfg.train
+    ema_unet = copy.deepcopy(run.model.unet).requires_grad_(False)
+    speed, started, logs = Throughput(), time.time(), {}
+    extra = {"autoencoder": str(ae_path), "skipped_files": len(dataset.skipped)}
+    with (out / "log.jsonl").open("a") as logfile:
+        while run.step < t.max_steps:
+            logs = train_step(run, next(batches))
+            run.step += 1
+            logs["steps_per_s"] = speed.tick()
+            cb.step(run.step, logs)
+            if run.step % t.log_every == 0 or run.step == t.max_steps:
+                logfile.write(json.dumps({"step": run.step, **logs}) + "\n")
+                logfile.flush()
+            if run.step % t.sample_every == 0 or run.step == t.max_steps:
+                cb.images(run.step, f"samples_{run.step:07d}", {"samples": preview(run, ema_unet)})
+            if run.step % t.save_every == 0 or run.step == t.max_steps:
+                cb.saved(run.step, str(save_run(run, out, extra)))
+    summary = {
+        "steps": run.step, "seconds": round(time.time() - started, 2),
+        "steps_per_s": round(logs.get("steps_per_s", 0.0), 3),
+        "final": {k: round(v, 6) for k, v in logs.items() if isinstance(v, float)},
+        "skipped_files": [{"path": p, "reason": r} for p, r in dataset.skipped],
+        "checkpoint": str(out / "ldm.safetensors"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+__all__ = ["encode_dataset", "load_ldm", "resolve_ldm", "save_ldm", "train_ldm"]

@@ -1,0 +1,74 @@
+"""End-to-end CLI: train-ae -> train-ldm -> sample with the tiny presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ldmctl.cli import app, main
+
+
+@pytest.fixture(scope="module")
+def ldm_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ldm")
+    runner = CliRunner()
+    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
+                            "--max-steps", "2", "--out", str(root / "ae")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(root / "ae" / "ae.safetensors"),
+                            "--data", "builtin:synthetic", "--max-steps", "4", "--sample-every", "2",
+                            "--prediction", "v", "--out", str(root / "ldm")])
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def test_train_ldm_writes_checkpoint_and_grids(ldm_run):
+    assert (ldm_run / "ldm" / "ldm.safetensors").is_file()
+    assert (ldm_run / "ldm" / "samples" / "samples_0000002.png").is_file()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "plms", "ddpm", "dpmpp"])
+def test_sample_every_sampler_is_seeded(ldm_run, tmp_path, sampler):
+    ckpt = str(ldm_run / "ldm" / "ldm.safetensors")
+    args = ["sample", ckpt, "--n", "3", "--steps", "3", "--sampler", sampler, "--seed", "7"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a.png"), "--save-tensor", str(tmp_path / "a.pt")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b.png"), "--out-dir", str(tmp_path / "each"),
+                                 "--save-tensor", str(tmp_path / "b.pt")])
+    assert r.exit_code == 0, r.output
+    a = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert a.shape == (3, 3, 16, 16) and torch.equal(a, torch.load(tmp_path / "b.pt", weights_only=True))
+    assert len(list((tmp_path / "each").glob("*.png"))) == 3
+    assert Image.open(tmp_path / "a.png").size[0] > 16
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--sampler", "euler"], "unknown sampler"),
+    (["--steps", "0"], "must be positive"),
+    (["--eta", "nan"], "eta"),
+    (["--out", "/nonexistent/dir/x.png"], "does not exist"),
+])
+def test_sample_user_errors(ldm_run, capsys, args, match):
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", str(ldm_run / "ldm" / "ldm.safetensors"), "--n", "1", "--steps", "2", *args])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and match in err and "Traceback" not in err
+
+
+def test_sample_rejects_an_autoencoder_checkpoint(ldm_run, capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", str(ldm_run / "ae" / "ae.safetensors")])
+    assert "autoencoder checkpoint" in capsys.readouterr().err
+
+
+def test_train_ae_config_file_data_source_is_not_overridden(tmp_path):
+    """Regression: --data's default must not replace [data] source from --config."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[data]\nsource = "builtin:synthetic"\nsize = 16\n')
+    r = CliRunner().invoke(app, ["train-ae", "--preset", "tiny", "--config", str(cfg), "--perceptual", "none",
+                                 "--max-steps", "1", "--out", str(tmp_path / "ae")])
+    assert r.exit_code == 0, r.output
+    assert '"source": "builtin:synthetic"' in (tmp_path / "ae" / "config.json").read_text()
