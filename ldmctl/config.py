@@ -167,6 +167,15 @@ class EMAConfig:
 
 
 @dataclass(frozen=True)
+class ConditionerSpec:
+    """One conditioner of a model: a registered plugin name and its options."""
+
+    name: str  # a registered conditioner name (ldmctl plugins lists them), never an import path
+    options: dict[str, Any] = field(default_factory=dict)  # fields of that conditioner's Config
+    dropout: float = 0.1  # probability of replacing the condition by its null output in training (CFG)
+
+
+@dataclass(frozen=True)
 class LDMConfig:
     """A latent diffusion model: its UNet, its diffusion process and the latent it lives in."""
 
@@ -174,6 +183,7 @@ class LDMConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     latent_size: int = 16  # side of the latent the model is trained (and by default sampled) at
     scale_factor: float = 1.0  # latents are multiplied by this (from the autoencoder checkpoint)
+    conditioners: tuple[ConditionerSpec, ...] = ()  # conditioning plugins (empty: unconditional)
 
 
 @dataclass(frozen=True)
@@ -485,6 +495,7 @@ __all__ = [
     "AETrainingConfig",
     "AutoencoderConfig",
     "DataConfig",
+    "ConditionerSpec",
     "DiffusionConfig",
     "EMAConfig",
     "LDMConfig",

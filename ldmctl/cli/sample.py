@@ -29,6 +29,21 @@ def _check(n: int, steps: int, eta: float, batch_size: int) -> None:
         raise ConfigError(f"--eta must be a finite number >= 0, got {eta}")
 
 
+def sampling_conditions(model, n: int, labels: list[int] | None) -> dict[str, torch.Tensor]:
+    """The batch entries the model's conditioners read, for ``n`` samples (empty if unconditional)."""
+    keys = {c.input_key: c for c in model.conditioners.items}
+    out: dict[str, torch.Tensor] = {}
+    for key, c in keys.items():
+        if key == "label":
+            classes = labels or list(range(c.config.num_classes))
+            out[key] = torch.tensor([classes[i % len(classes)] for i in range(n)])
+        else:
+            raise ConfigError(f"this model's {c.name!r} conditioner reads {key!r}, which `sample` cannot provide yet")
+    if labels and "label" not in out:
+        raise ConfigError("--label was given but this model is not class-conditional")
+    return out
+
+
 def _grid(images: torch.Tensor) -> torch.Tensor:
     rows, cols = grid_shape(images.shape[0])
     pad = rows * cols - images.shape[0]
@@ -46,6 +61,8 @@ def command(
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
     eta: Annotated[float, typer.Option(help="DDIM stochasticity (0: deterministic).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the initial noise and of every random draw.")] = 0,
+    label: Annotated[list[int] | None, typer.Option(help="Class label(s) for class-conditional models, repeatable; cycled over the samples (default: all classes in turn).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (1 = none; default 3 for conditional models).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per UNet batch.")] = 64,
     weights: Annotated[str, typer.Option(help="ema (default) or raw UNet weights.")] = "ema",
     out: Annotated[Path, typer.Option(help="Grid PNG of all samples.")] = Path("samples.png"),
@@ -54,17 +71,26 @@ def command(
 ) -> None:
     """Sample images from a latent diffusion checkpoint: a grid, and optionally one PNG each."""
     _check(n, steps, eta, batch_size)
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise ConfigError(f"--guidance must be a finite number >= 0, got {guidance}")
     fn = get_sampler(sampler)
     for target in [out] + ([save_tensor] if save_tensor else []):
         if not target.parent.is_dir():
             raise ConfigError(f"output folder {str(target.parent)!r} does not exist")
     model = load_ldm(ckpt, weights=weights)
+    conditions = sampling_conditions(model, n, label)
+    scale = guidance if guidance is not None else (3.0 if conditions else 1.0)
     g = torch.Generator().manual_seed(seed)
     chunks = []
     with step_progress(n * steps, description=f"sample {sampler}") as (progress, task):
         for start in range(0, n, batch_size):
-            done = start * steps
-            z = model.sample_latents(fn, min(batch_size, n - start), steps=steps, eta=eta, generator=g,
+            done, size = start * steps, min(batch_size, n - start)
+            model_fn = None
+            if conditions:
+                batch = {k: v[start:start + size] for k, v in conditions.items()}
+                cond = model.cond(batch)
+                model_fn = model.model_fn(cond, model.conditioners.null(size, like=cond), guidance=scale)
+            z = model.sample_latents(fn, size, steps=steps, eta=eta, generator=g, model_fn=model_fn,
                                      callback=lambda i, total, _z, d=done: progress.update(task, completed=d + (i + 1) * (_z.shape[0])))
             chunks.append(model.decode(z))
     images = torch.cat(chunks)
@@ -75,5 +101,5 @@ def command(
             atomic_write(out_dir / f"{i:05d}.png", lambda tmp, im=img: to_uint8_image(im).save(tmp, format="PNG"))
     if save_tensor is not None:
         atomic_write(save_tensor, lambda tmp: torch.save(images.clone(), tmp))
-    err_console.print(f"{n} samples, {sampler} {steps} steps, seed {seed}")
+    err_console.print(f"{n} samples, {sampler} {steps} steps, seed {seed}" + (f", guidance {scale}" if conditions else ""))
     console.print(str(out), highlight=False)

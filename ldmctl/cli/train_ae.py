@@ -17,7 +17,7 @@ _SHOWN = ("loss", "rec", "p", "kl", "vq", "perplexity", "g", "d", "steps_per_s")
 
 
 def command(
-    data: Annotated[Optional[str], typer.Option(help="Image folder or builtin:NAME (photos, digits, fashion-mnist, synthetic; see docs/data.md). Default: the preset's, builtin:photos.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Image folder or builtin:NAME (photos, digits, fashion, synthetic; see docs/data.md). Default: the preset's, builtin:photos.")] = None,
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, grids, logs.")] = Path("runs/ae"),
     kind: Annotated[Optional[str], typer.Option(help="Regularisation: kl or vq.")] = None,
     f: Annotated[Optional[int], typer.Option("--f", help="Downsampling factor: 4, 8 or 16.")] = None,

@@ -25,6 +25,7 @@ def command(
     ae: Annotated[Path | None, typer.Option(help="Autoencoder checkpoint from train-ae (its scale factor is used).")] = None,
     data: Annotated[str | None, typer.Option(help="Image folder or builtin:NAME (e.g. builtin:digits).")] = None,
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, sample grids, logs.")] = Path("runs/ldm"),
+    cond: Annotated[list[str] | None, typer.Option(help="Conditioning plugin, repeatable: --cond class --cond concat (ldmctl plugins lists them). Options go in --config [[model.conditioners]].")] = None,
     preset: Annotated[str, typer.Option(help="Starting configuration: tiny, small or base.")] = "small",
     size: Annotated[int | None, typer.Option(help="Image size in pixels (latent side = size / f).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Total optimisation steps.")] = None,
@@ -43,7 +44,8 @@ def command(
 ) -> None:
     """Train a latent diffusion model (UNet + DDPM objective + EMA) on an autoencoder's latents."""
     flags = {
-        "model": {"diffusion": {"prediction": prediction, "schedule": schedule}},
+        "model": {"diffusion": {"prediction": prediction, "schedule": schedule},
+                  "conditioners": [{"name": name} for name in cond] if cond else None},
         "data": {"source": data, "size": size},
         "train": {"batch_size": batch_size, "max_steps": max_steps, "lr": lr, "seed": seed, "precision": precision,
                   "sample_every": sample_every, "save_every": save_every},

@@ -1,5 +1,5 @@
-"""Conditioning: the :class:`Cond` the UNet consumes (mechanisms arrive as plugins)."""
+"""Conditioning: the :class:`Cond` the UNet consumes and the :class:`Conditioner` plugin contract."""
 
-from ldmctl.conditioning.base import Cond
+from ldmctl.conditioning.base import KINDS, Cond, CondKind, CondOutput, Conditioner, LatentSpec
 
-__all__ = ["Cond"]
+__all__ = ["KINDS", "Cond", "CondKind", "CondOutput", "Conditioner", "LatentSpec"]

@@ -1,7 +1,7 @@
-"""What conditioning hands the UNet: a :class:`Cond`, one optional tensor per entry point.
+"""The conditioning contract: :class:`Cond` (what the UNet reads) and :class:`Conditioner` (plugins).
 
-The UNet reads these four fields and nothing else, so it never knows which mechanism (or
-plugin) produced them:
+The UNet reads the fields of a :class:`Cond` and nothing else, so it never knows which mechanism
+(or plugin) produced them:
 
 * ``concat``  (B, Cc, h, w): joined to z_t on the channel axis (the UNet is built with
   ``UNetConfig.concat_channels = Cc``);
@@ -11,13 +11,25 @@ plugin) produced them:
   (``UNetConfig.context_dim = D_ctx``); ``context_mask`` (B, L) bool marks real tokens;
 * ``tokens``  (B, M, D_tok): joined in front of the image tokens for joint self-attention in every
   SpatialTransformer (``UNetConfig.token_dim = D_tok``); ``tokens_mask`` (B, M) bool.
+
+A :class:`Conditioner` declares its ``kind`` (which field it fills), its options as a frozen
+dataclass ``Config``, the batch key it reads, its output width, and a ``null`` output for "no
+condition" (classifier-free guidance). Several conditioners of one kind are joined: concat and
+add outputs on the feature axis, context and token sequences on the sequence axis.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+
+CondKind = Literal["concat", "add", "crossattn", "tokens"]
+KINDS: tuple[str, ...] = ("concat", "add", "crossattn", "tokens")
 
 
 @dataclass
@@ -32,4 +44,64 @@ class Cond:
     tokens_mask: Tensor | None = None
 
 
-__all__ = ["Cond"]
+@dataclass(frozen=True)
+class LatentSpec:
+    """What a conditioner may know about the model it feeds."""
+
+    channels: int  # latent channels of z_t
+    size: int  # latent side (h = w) at training resolution
+    factor: int  # autoencoder downsampling factor f (pixels per latent cell)
+
+
+@dataclass
+class CondOutput:
+    """A conditioner's output: a tensor and, for sequences, which positions are real (B, L) bool."""
+
+    value: Tensor
+    mask: Tensor | None = None
+
+
+class Conditioner(nn.Module, ABC):
+    """Base class of every conditioning mechanism, built-in or third-party.
+
+    Subclasses set the class attributes, take ``(config, latent)`` in ``__init__`` and implement
+    :meth:`out_dim`, :meth:`forward` and :meth:`null`. ``forward(batch)`` reads
+    ``batch[input_key]`` and returns a :class:`CondOutput` whose value is (B, out_dim, h, w) for
+    concat, (B, out_dim) for add and (B, L, out_dim) for crossattn/tokens.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[CondKind]
+    Config: ClassVar[type]
+    input_key: ClassVar[str]
+
+    def __init__(self, config: Any, latent: LatentSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.latent = latent
+
+    @property
+    @abstractmethod
+    def out_dim(self) -> int:
+        """Channels (concat) or feature width (add, crossattn, tokens)."""
+
+    @abstractmethod
+    def forward(self, batch: Mapping[str, Any]) -> CondOutput:
+        """Encode ``batch[input_key]`` for the UNet."""
+
+    @abstractmethod
+    def null(self, batch_size: int, device: torch.device | None = None) -> CondOutput:
+        """The "no condition" output used for classifier-free guidance."""
+
+    @classmethod
+    def configure(cls, config: Any, dataset: Any) -> Any:
+        """Fill options that depend on the training data (e.g. the number of classes); default: as is."""
+        return config
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+
+__all__ = ["KINDS", "Cond", "CondKind", "CondOutput", "Conditioner", "LatentSpec"]

@@ -171,8 +171,8 @@ def _synthetic(cfg: DataConfig, seed: int) -> Dataset:
 BUILTINS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "digits": lambda cfg, seed: open_digits(cfg, seed, holdout=False),
     "digits-holdout": lambda cfg, seed: open_digits(cfg, seed, holdout=True),
-    "fashion-mnist": lambda cfg, seed: open_fashion(cfg, seed, test=False),
-    "fashion-mnist-test": lambda cfg, seed: open_fashion(cfg, seed, test=True),
+    "fashion": lambda cfg, seed: open_fashion(cfg, seed, test=False),
+    "fashion-test": lambda cfg, seed: open_fashion(cfg, seed, test=True),
     "photos": _photos,
     "photos-holdout": _photos_holdout,
     "synthetic": _synthetic,

@@ -5,7 +5,7 @@
   class, five tile rows per digit. Tile ``k`` of a class (``k = 100 * row + column`` within the
   class block) is a training tile when ``k < 450``; tiles 450-499 of each class are the holdout
   split, reserved for evaluation (never trained on).
-* ``builtin:fashion-mnist`` / ``builtin:fashion-mnist-test``: the 60k/10k 28x28 images of
+* ``builtin:fashion`` / ``builtin:fashion-test``: the 60k/10k 28x28 images of
   Debian ``dataset-fashion-mnist``.
 
 Tiles are grayscale; items are RGB (three equal channels) resized to ``cfg.size`` with bicubic
@@ -71,7 +71,7 @@ def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = FASHION_DIR / f"{split}-images-idx3-ubyte.gz", FASHION_DIR / f"{split}-labels-idx1-ubyte.gz"
     for p in (images, labels):
         if not p.is_file():
-            raise _missing("builtin:fashion-mnist", p, "dataset-fashion-mnist")
+            raise _missing("builtin:fashion", p, "dataset-fashion-mnist")
     return _read_idx(images), _read_idx(labels).astype(np.int64)
 
 
@@ -123,7 +123,7 @@ def open_digits(cfg: DataConfig, seed: int, *, holdout: bool) -> LabelledTiles:
 
 def open_fashion(cfg: DataConfig, seed: int, *, test: bool) -> LabelledTiles:
     images, labels = fashion_mnist("t10k" if test else "train")
-    name = "builtin:fashion-mnist-test" if test else "builtin:fashion-mnist"
+    name = "builtin:fashion-test" if test else "builtin:fashion"
     return LabelledTiles(name, images, labels, FASHION_NAMES, "a photo of {a} {name}", cfg, seed=seed,
                          flip=cfg.flip and not test)
 

@@ -9,26 +9,35 @@ The autoencoder is frozen (eval mode, no gradients). Training state (optimizer, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ldmctl.conditioning.base import Cond
+from ldmctl.conditioning.base import Cond, LatentSpec
+from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import LDMConfig
 from ldmctl.diffusion.objective import Objective
 from ldmctl.samplers.guidance import cfg_model_fn, plain_model_fn
 from ldmctl.unet import UNet
 
 
-class LatentDiffusion(nn.Module):
-    """Holds ``autoencoder`` (frozen), ``unet``, ``schedule`` and ``objective``."""
+def latent_spec(cfg: LDMConfig, autoencoder: nn.Module) -> LatentSpec:
+    return LatentSpec(channels=cfg.unet.in_channels, size=cfg.latent_size, factor=autoencoder.config.downsample_factor)
 
-    def __init__(self, cfg: LDMConfig, autoencoder: nn.Module, unet: UNet | None = None) -> None:
+
+class LatentDiffusion(nn.Module):
+    """Holds ``autoencoder`` (frozen), ``unet``, ``conditioners``, ``schedule`` and ``objective``."""
+
+    def __init__(self, cfg: LDMConfig, autoencoder: nn.Module, unet: UNet | None = None,
+                 conditioners: ConditionerSet | None = None) -> None:
         super().__init__()
         self.config = cfg
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.unet = unet if unet is not None else UNet(cfg.unet)
+        self.conditioners = conditioners if conditioners is not None else ConditionerSet(
+            cfg.conditioners, latent_spec(cfg, autoencoder))
         self.objective = Objective(cfg.diffusion)
         self.schedule = self.objective.schedule
 
@@ -51,6 +60,13 @@ class LatentDiffusion(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """Scaled latents -> images in [-1, 1] (clamped)."""
         return self.autoencoder.decode(z.float() / self.config.scale_factor).clamp(-1, 1)
+
+    def cond(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None,
+             train_dropout: bool = False) -> Cond | None:
+        """The UNet's conditioning for a batch (None for an unconditional model)."""
+        if not len(self.conditioners):
+            return None
+        return self.conditioners(batch, generator=generator, train_dropout=train_dropout)
 
     def loss(self, z0: Tensor, cond: Cond | None = None,
              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:

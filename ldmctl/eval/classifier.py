@@ -2,7 +2,7 @@
 
 ldmctl cannot download Inception weights, so it judges generated images in the features of a
 classifier it trains itself on the training split of a labelled data set (``builtin:digits``,
-``builtin:fashion-mnist``, a folder with class sub-folders). The Fréchet distance in that
+``builtin:fashion``, a folder with class sub-folders). The Fréchet distance in that
 space is **FD_cls** (see :mod:`ldmctl.eval.frechet`); never call it FID.
 
 The network is three stages of (conv-GroupNorm-ReLU) x 2 + 2x2 average pooling, a flattened

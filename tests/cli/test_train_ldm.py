@@ -72,3 +72,32 @@ def test_train_ae_config_file_data_source_is_not_overridden(tmp_path):
                                  "--max-steps", "1", "--out", str(tmp_path / "ae")])
     assert r.exit_code == 0, r.output
     assert '"source": "builtin:synthetic"' in (tmp_path / "ae" / "config.json").read_text()
+
+
+def test_class_conditional_train_and_sample_with_guidance(tmp_path, monkeypatch, capsys):
+    runner = CliRunner()
+    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
+                            "--max-steps", "1", "--out", str(tmp_path / "ae")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
+                            "--data", "builtin:synthetic", "--max-steps", "2", "--cond", "class",
+                            "--out", str(tmp_path / "ldm")])
+    assert r.exit_code == 0, r.output
+    ckpt = tmp_path / "ldm" / "ldm.safetensors"
+    from ldmctl.checkpoint import read_checkpoint
+
+    meta = read_checkpoint(ckpt).config
+    assert meta["plugins"]["class"]["package"] == "ldmctl"
+    assert meta["ldm"]["unet"]["add_dim"] > 0 and meta["ldm"]["conditioners"][0]["options"]["num_classes"] >= 2
+    for extra in (["--label", "1", "--guidance", "2"], []):
+        r = runner.invoke(app, ["sample", str(ckpt), "--n", "2", "--steps", "2", *extra,
+                                "--out", str(tmp_path / "s.png"), "--save-tensor", str(tmp_path / "s.pt")])
+        assert r.exit_code == 0, r.output
+    # the same checkpoint where its plugin is not installed: a clear error naming the package
+    from ldmctl.conditioning import registry
+
+    monkeypatch.setattr(registry, "conditioners", lambda pm=None: {})
+    with pytest.raises(SystemExit):
+        main(["sample", str(ckpt), "--n", "1", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert "no conditioner named 'class'" in err and "pip install ldmctl" in err

@@ -50,7 +50,7 @@ def test_missing_debian_packages_name_the_install_command(tmp_path, monkeypatch)
         open_dataset(DataConfig(source="builtin:digits"))
     assert err.value.hint == "apt-get install opencv-doc"
     with pytest.raises(DataError) as err:
-        open_dataset(DataConfig(source="builtin:fashion-mnist"))
+        open_dataset(DataConfig(source="builtin:fashion"))
     assert err.value.hint == "apt-get install dataset-fashion-mnist"
     labelled.digits_tiles.cache_clear()
     labelled.fashion_mnist.cache_clear()
@@ -70,7 +70,7 @@ def test_fashion_mnist_reads_idx_files(tmp_path, monkeypatch):
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
     monkeypatch.setattr(labelled, "FASHION_DIR", tmp_path)
     labelled.fashion_mnist.cache_clear()
-    ds = open_dataset(DataConfig(source="builtin:fashion-mnist-test", size=28))
+    ds = open_dataset(DataConfig(source="builtin:fashion-test", size=28))
     assert len(ds) == 5 and ds[1]["label"] == 9 and ds[1]["caption"] == "a photo of an ankle boot"
     np.testing.assert_allclose((ds[2]["image"][0].numpy() + 1) * 127.5, images[2], atol=1e-3)
     labelled.fashion_mnist.cache_clear()

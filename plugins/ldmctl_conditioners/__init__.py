@@ -1,0 +1,19 @@
+"""ldmctl's built-in conditioning mechanisms, registered through the ``ldmctl`` entry-point group
+exactly as a third-party plugin registers its own (see ``pyproject.toml``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ldmctl import hookimpl
+from ldmctl_conditioners.classes import ClassAdd, ClassToken
+from ldmctl_conditioners.concat import ImageConcat
+
+
+@hookimpl
+def ldmctl_register_conditioners(register: Callable[[type], None]) -> None:
+    for cls in (ImageConcat, ClassAdd, ClassToken):
+        register(cls)
+
+
+__all__ = ["ClassAdd", "ClassToken", "ImageConcat"]

@@ -1,0 +1,103 @@
+"""The built-in conditioners: discovery through entry points, the contract kit, composition, CFG dropout."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from ldmctl import hookimpl
+from ldmctl.conditioning import Cond, Conditioner, LatentSpec
+from ldmctl.conditioning.compose import ConditionerSet
+from ldmctl.conditioning.registry import check_conditioner_class, conditioners, make_plugin_manager
+from ldmctl.config import ConditionerSpec
+from ldmctl.errors import ConfigError, PluginError
+from ldmctl.testing import check_conditioner
+from ldmctl_conditioners import ClassAdd, ClassToken, ImageConcat
+
+LATENT = LatentSpec(channels=4, size=8, factor=4)
+
+
+def labels(b: int, seed: int) -> dict:
+    return {"label": (torch.arange(b) + 3 * seed + 1) % 5}
+
+
+def images(b: int, seed: int) -> dict:
+    return {"cond_image": torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1}
+
+
+def test_builtins_are_discovered_through_the_entry_point_group():
+    found = conditioners()
+    assert {"concat", "class", "class-token"} <= set(found)
+    assert found["class"].package == "ldmctl" and found["class"].cls is ClassAdd
+
+
+@pytest.mark.parametrize("cls,config,make", [
+    (ImageConcat, ImageConcat.Config(), images),
+    (ClassAdd, ClassAdd.Config(num_classes=5, dim=16), labels),
+    (ClassToken, ClassToken.Config(num_classes=5, dim=16), labels),
+])
+def test_builtins_pass_the_contract_kit(cls, config, make):
+    check_conditioner(cls, config, make, LATENT)
+
+
+def test_a_misspelt_hook_is_caught():
+    bad = types.ModuleType("ldmctl_bad_plugin")
+
+    @hookimpl
+    def ldmctl_register_conditioner(register):  # missing the final "s"
+        pass
+
+    bad.ldmctl_register_conditioner = ldmctl_register_conditioner
+    with pytest.raises(PluginError, match="does not have"):
+        make_plugin_manager((bad,), entry_points=False)
+
+
+def test_malformed_classes_are_rejected():
+    class NoKind(Conditioner):
+        name, input_key = "x", "label"
+        kind = "sideways"
+        Config = ClassAdd.Config
+
+    with pytest.raises(PluginError, match="kind"):
+        check_conditioner_class(NoKind)
+    with pytest.raises(PluginError, match="not a subclass"):
+        check_conditioner_class(dict)
+
+
+def test_set_joins_outputs_and_derives_unet_widths():
+    specs = (ConditionerSpec("class", {"num_classes": 5, "dim": 16}), ConditionerSpec("concat"),
+             ConditionerSpec("class-token", {"num_classes": 5, "dim": 12}))
+    s = ConditionerSet(specs, LATENT)
+    assert s.unet_widths() == {"concat_channels": 3, "add_dim": 16, "context_dim": 12, "token_dim": 0}
+    cond = s({**labels(2, 0), **images(2, 0)})
+    assert cond.add.shape == (2, 16) and cond.concat.shape == (2, 3, 8, 8) and cond.context.shape == (2, 1, 12)
+    null = s.null(2, like=cond)
+    assert null.concat.abs().sum() == 0 and not torch.equal(null.add, cond.add)
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ConditionerSet((ConditionerSpec("class", {"classes": 3}),), LATENT)
+    with pytest.raises(PluginError, match="no conditioner named 'foo'") as err:
+        ConditionerSet((ConditionerSpec("foo"),), LATENT, packages={"foo": "ldmctl-foo"})
+    assert err.value.hint == "pip install ldmctl-foo"
+
+
+def test_training_dropout_replaces_conditions_by_null_at_the_configured_rate():
+    s = ConditionerSet((ConditionerSpec("class", {"num_classes": 5, "dim": 8}, dropout=0.3),), LATENT)
+    batch = {"label": torch.zeros(4000, dtype=torch.long)}
+    cond = s(batch, generator=torch.Generator().manual_seed(0), train_dropout=True)
+    null = s.null(1).add[0]
+    dropped = (cond.add == null).all(dim=1).float().mean()
+    assert abs(float(dropped) - 0.3) < 0.03
+    assert torch.equal(s(batch).add, s(batch).add)  # no dropout outside training
+
+
+def test_guidance_arithmetic():
+    from ldmctl.samplers.guidance import cfg_model_fn
+
+    def unet(z, t, cond: Cond):
+        return z * 0 + cond.add[:, :1, None, None]
+
+    fn = cfg_model_fn(unet, Cond(add=torch.full((2, 1), 3.0)), Cond(add=torch.full((2, 1), 1.0)), scale=2.5)
+    out = fn(torch.zeros(2, 1, 2, 2), torch.tensor([5, 5]))
+    torch.testing.assert_close(out, torch.full((2, 1, 2, 2), 1.0 + 2.5 * (3.0 - 1.0)))
