@@ -32,6 +32,8 @@ from ldmctl import __version__
 from ldmctl.errors import CheckpointError, ConfigError
 
 SCHEMA = "1"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @dataclass
@@ -53,6 +55,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         raise CheckpointError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     tmp = Path(tmp_name)
     try:
         write(tmp)

@@ -29,18 +29,24 @@ def _check(n: int, steps: int, eta: float, batch_size: int) -> None:
         raise ConfigError(f"--eta must be a finite number >= 0, got {eta}")
 
 
-def sampling_conditions(model, n: int, labels: list[int] | None) -> dict[str, torch.Tensor]:
+def sampling_conditions(model, n: int, labels: list[int] | None, prompts: list[str] | None = None) -> dict:
     """The batch entries the model's conditioners read, for ``n`` samples (empty if unconditional)."""
     keys = {c.input_key: c for c in model.conditioners.items}
-    out: dict[str, torch.Tensor] = {}
+    out: dict = {}
     for key, c in keys.items():
         if key == "label":
             classes = labels or list(range(c.config.num_classes))
             out[key] = torch.tensor([classes[i % len(classes)] for i in range(n)])
+        elif key == "caption":
+            if not prompts:
+                raise ConfigError("this model is text-conditional: give --prompt \"...\"")
+            out[key] = [prompts[i % len(prompts)] for i in range(n)]
         else:
             raise ConfigError(f"this model's {c.name!r} conditioner reads {key!r}, which `sample` cannot provide yet")
     if labels and "label" not in out:
         raise ConfigError("--label was given but this model is not class-conditional")
+    if prompts and "caption" not in out:
+        raise ConfigError("--prompt was given but this model is not text-conditional")
     return out
 
 
@@ -61,6 +67,8 @@ def command(
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
     eta: Annotated[float, typer.Option(help="DDIM stochasticity (0: deterministic).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the initial noise and of every random draw.")] = 0,
+    prompt: Annotated[list[str] | None, typer.Option(help="Prompt(s) for text-conditional models, repeatable; cycled over the samples.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Prompt for the unconditional branch of guidance (default: the empty prompt).")] = None,
     label: Annotated[list[int] | None, typer.Option(help="Class label(s) for class-conditional models, repeatable; cycled over the samples (default: all classes in turn).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (1 = none; default 3 for conditional models).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per UNet batch.")] = 64,
@@ -78,7 +86,7 @@ def command(
         if not target.parent.is_dir():
             raise ConfigError(f"output folder {str(target.parent)!r} does not exist")
     model = load_ldm(ckpt, weights=weights)
-    conditions = sampling_conditions(model, n, label)
+    conditions = sampling_conditions(model, n, label, prompt)
     scale = guidance if guidance is not None else (3.0 if conditions else 1.0)
     g = torch.Generator().manual_seed(seed)
     chunks = []
@@ -89,7 +97,8 @@ def command(
             if conditions:
                 batch = {k: v[start:start + size] for k, v in conditions.items()}
                 cond = model.cond(batch)
-                model_fn = model.model_fn(cond, model.conditioners.null(size, like=cond), guidance=scale)
+                negative = {"caption": [negative_prompt] * size} if negative_prompt is not None else None
+                model_fn = model.model_fn(cond, model.conditioners.null(size, like=cond, negative=negative), guidance=scale)
             z = model.sample_latents(fn, size, steps=steps, eta=eta, generator=g, model_fn=model_fn,
                                      callback=lambda i, total, _z, d=done: progress.update(task, completed=d + (i + 1) * (_z.shape[0])))
             chunks.append(model.decode(z))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -15,10 +16,27 @@ from ldmctl.cli._console import (
     step_progress,
 )
 from ldmctl.cli._options import resolve_ldm_config
+from ldmctl.config import LDMTrainingConfig
+from ldmctl.errors import ConfigError
 from ldmctl.train.ldm import train_ldm
 from ldmctl.train.loop import Callbacks
 
 _SHOWN = ("loss", "vlb", "lr", "steps_per_s")
+
+
+def with_text_encoder(cfg: LDMTrainingConfig, encoder: str) -> LDMTrainingConfig:
+    """Set the ``encoder`` option of every conditioner whose Config has one (the text conditioners)."""
+    from ldmctl.conditioning.registry import get_conditioner
+
+    specs, hit = [], False
+    for spec in cfg.model.conditioners:
+        names = {f.name for f in fields(get_conditioner(spec.name).cls.Config)}
+        if "encoder" in names:
+            spec, hit = replace(spec, options={**spec.options, "encoder": encoder}), True
+        specs.append(spec)
+    if not hit:
+        raise ConfigError("--text-encoder needs a text conditioner: add --cond crossattn, --cond add or --cond tokens")
+    return replace(cfg, model=replace(cfg.model, conditioners=tuple(specs)))
 
 
 def command(
@@ -26,6 +44,7 @@ def command(
     data: Annotated[str | None, typer.Option(help="Image folder or builtin:NAME (e.g. builtin:digits).")] = None,
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, sample grids, logs.")] = Path("runs/ldm"),
     cond: Annotated[list[str] | None, typer.Option(help="Conditioning plugin, repeatable: --cond class --cond concat (ldmctl plugins lists them). Options go in --config [[model.conditioners]].")] = None,
+    text_encoder: Annotated[str | None, typer.Option(help="Text encoder of the text conditioners: bert (trained jointly), minilm (frozen) or a local model folder.")] = None,
     preset: Annotated[str, typer.Option(help="Starting configuration: tiny, small or base.")] = "small",
     size: Annotated[int | None, typer.Option(help="Image size in pixels (latent side = size / f).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Total optimisation steps.")] = None,
@@ -52,6 +71,8 @@ def command(
         "ema": {"decay": ema_decay},
     }
     cfg = resolve_ldm_config(preset, config, flags, set_ or [])
+    if text_encoder is not None:
+        cfg = with_text_encoder(cfg, text_encoder)
     with step_progress(cfg.train.max_steps, description="train-ldm") as (progress, task):
         callbacks = Callbacks(
             on_step=lambda step, logs: progress.update(task, completed=step, stats=format_logs(logs, _SHOWN)),

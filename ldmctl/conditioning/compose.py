@@ -80,11 +80,15 @@ class ConditionerSet(nn.Module):
             outs[c.kind].append(out)
         return _join(outs)
 
-    def null(self, batch_size: int, like: Cond | None = None) -> Cond:
-        """The all-null condition (the unconditional branch of guidance); shapes follow ``like``."""
+    def null(self, batch_size: int, like: Cond | None = None, negative: Mapping[str, Any] | None = None) -> Cond:
+        """The unconditional branch of guidance: every conditioner's null output (shapes follow
+        ``like``), except those whose input key ``negative`` provides (e.g. a negative prompt)."""
         outs: dict[str, list[CondOutput]] = {k: [] for k in FIELD}
         for c in self.items:
-            out = c.null(batch_size, c.device)
+            if negative is not None and c.input_key in negative:
+                out = c(negative)
+            else:
+                out = c.null(batch_size, c.device)
             if c.kind == "concat" and like is not None and like.concat is not None:
                 out = CondOutput(torch.zeros((batch_size, out.value.shape[1], *like.concat.shape[-2:]),
                                              device=like.concat.device))

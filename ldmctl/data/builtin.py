@@ -34,6 +34,7 @@ from ldmctl.data.images import (
     to_rgb,
 )
 from ldmctl.data.labelled import open_digits, open_fashion
+from ldmctl.data.shapes import ShapesDataset
 from ldmctl.data.synthetic import SyntheticDataset
 from ldmctl.errors import DataError
 
@@ -173,6 +174,7 @@ BUILTINS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "digits-holdout": lambda cfg, seed: open_digits(cfg, seed, holdout=True),
     "fashion": lambda cfg, seed: open_fashion(cfg, seed, test=False),
     "fashion-test": lambda cfg, seed: open_fashion(cfg, seed, test=True),
+    "shapes": lambda cfg, seed: ShapesDataset(cfg, seed=seed),
     "photos": _photos,
     "photos-holdout": _photos_holdout,
     "synthetic": _synthetic,

