@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ldmctl.data.shapes import COLOURS, RELATIONS, SHAPE_NAMES

@@ -101,3 +101,15 @@ def test_guidance_arithmetic():
     fn = cfg_model_fn(unet, Cond(add=torch.full((2, 1), 3.0)), Cond(add=torch.full((2, 1), 1.0)), scale=2.5)
     out = fn(torch.zeros(2, 1, 2, 2), torch.tensor([5, 5]))
     torch.testing.assert_close(out, torch.full((2, 1, 2, 2), 1.0 + 2.5 * (3.0 - 1.0)))
+
+
+def test_guidance_joins_contexts_of_different_lengths_with_masks():
+    from ldmctl.samplers.guidance import stack_conds
+
+    cond = Cond(context=torch.ones(2, 5, 3), context_mask=torch.tensor([[1, 1, 1, 0, 0], [1] * 5]).bool())
+    uncond = Cond(context=torch.full((2, 2, 3), 2.0))
+    both = stack_conds(uncond, cond)
+    assert both.context.shape == (4, 5, 3)
+    assert both.context_mask.tolist()[0] == [True, True, False, False, False]
+    assert both.context_mask.tolist()[2] == [True, True, True, False, False]
+    assert torch.equal(both.context[0, :2], torch.full((2, 3), 2.0)) and both.context[0, 2:].abs().sum() == 0
