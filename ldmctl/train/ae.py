@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ from torch import Tensor, nn
 from ldmctl.autoencoder import AELoss, build_autoencoder, build_perceptual
 from ldmctl.checkpoint import (load_autoencoder, load_state, read_checkpoint, save_autoencoder,
                                load_train_state, save_train_state)
-from ldmctl.config import AETrainingConfig, from_dict, to_dict, validate_ae
+from ldmctl.config import AETrainingConfig, to_dict, validate_ae
 from ldmctl.data import open_dataset
 from ldmctl.errors import CheckpointError, ConfigError
-from ldmctl.train.loop import (Callbacks, Throughput, batch_stream, lr_at, rng_state, set_lr,
+from ldmctl.train.loop import (Callbacks, Throughput, batch_stream, lr_at, prepare_run_dir, rng_state, set_lr,
                                set_rng_state)
 
 log = logging.getLogger(__name__)
@@ -46,30 +46,6 @@ class AERun:
     opt_d: torch.optim.Optimizer
     generator: torch.Generator
     step: int = 0
-
-
-def prepare_run_dir(cfg: AETrainingConfig, out: Path, *, resume: bool) -> AETrainingConfig:
-    """Create the run folder, or on --resume read its stored config (only max_steps may change)."""
-    stored = out / "config.json"
-    if resume:
-        if not stored.is_file():
-            raise CheckpointError(f"--resume: {str(out)!r} holds no run (no config.json)",
-                                  hint="drop --resume to start a new run")
-        old = from_dict(AETrainingConfig, json.loads(stored.read_text()))
-        merged = replace(old, train=replace(old.train, max_steps=cfg.train.max_steps))
-        if replace(cfg, train=replace(cfg.train, max_steps=0)) != replace(merged, train=replace(merged.train, max_steps=0)):
-            log.warning("--resume: using the run's stored config; other options were ignored")
-        return merged
-    if stored.exists():
-        raise ConfigError(f"{str(out)!r} already holds a run",
-                          hint="pass --resume to continue it, or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create output folder {str(out)!r}: {err.strerror}") from None
-    stored.write_text(json.dumps(to_dict(cfg), indent=2))
-    return cfg
 
 
 def build_run(cfg: AETrainingConfig, perceptual: nn.Module | None) -> AERun:

@@ -50,6 +50,7 @@ from ldmctl.train.loop import (
     batch_stream,
     epoch_permutation,
     lr_at,
+    prepare_run_dir,
     rng_state,
     set_lr,
     set_rng_state,
@@ -250,25 +251,6 @@ def load_ldm(path: str | Path, *, weights: str = "ema") -> LatentDiffusion:
     use_ema = weights == "ema" and parts["ema_cond"]
     load_state(conds, parts["ema_cond" if use_ema else "cond"], f"{ckpt.path} (conditioners)")
     return LatentDiffusion(cfg, ae, unet, conds).eval()
-
-
-def prepare_run_dir(cfg: LDMTrainingConfig, out: Path, *, resume: bool) -> LDMTrainingConfig:
-    """Create the run folder, or on --resume read its stored config (only max_steps may change)."""
-    stored = out / "config.json"
-    if resume:
-        if not stored.is_file():
-            raise CheckpointError(f"--resume: {str(out)!r} holds no run (no config.json)",
-                                  hint="drop --resume to start a new run")
-        old = from_dict(LDMTrainingConfig, json.loads(stored.read_text()))
-        return replace(old, train=replace(old.train, max_steps=cfg.train.max_steps))
-    if stored.exists():
-        raise ConfigError(f"{str(out)!r} already holds a run", hint="pass --resume to continue it, or choose another --out")
-    try:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create output folder {str(out)!r}: {err.strerror}") from None
-    stored.write_text(json.dumps(to_dict(cfg), indent=2))
-    return cfg
 
 
 def save_run(run: LDMRun, out: Path, extra: dict[str, Any]) -> Path:
