@@ -32,8 +32,6 @@ from ldmctl import __version__
 from ldmctl.errors import CheckpointError, ConfigError
 
 SCHEMA = "1"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass
@@ -55,10 +53,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         raise CheckpointError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp (and safetensors) make 0600; give the usual permissions
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

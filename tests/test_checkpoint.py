@@ -93,3 +93,21 @@ def test_tampered_weights_are_a_checkpoint_error(tmp_path):
                            config=to_dict(preset("tiny").model))
     with pytest.raises(CheckpointError, match="do not match"):
         load_autoencoder(path)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """mkstemp and safetensors create 0600 files; checkpoints and images must follow the umask."""
+    import os
+
+    import torch
+
+    from ldmctl.checkpoint import atomic_write, save_checkpoint
+
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "a.safetensors", {"w": torch.zeros(2)}, kind="x", config={})
+        atomic_write(tmp_path / "b.txt", lambda p: p.write_text("hi"))
+    finally:
+        os.umask(umask)
+    for name in ("a.safetensors", "b.txt"):
+        assert oct(os.stat(tmp_path / name).st_mode & 0o777) == "0o644", name

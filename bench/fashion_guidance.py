@@ -1,0 +1,61 @@
+"""Class-conditional Fashion-MNIST LDM: accuracy of a classifier (trained on the training split) on
+generated samples, at guidance 1 and 3.
+
+    python bench/fashion_guidance.py --ldm runs/fashion-ldm/ldm.safetensors [--n 500] [--classifier PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ldmctl.config import DataConfig
+from ldmctl.data import open_dataset
+from ldmctl.eval.classifier import (ClassifierConfig, class_predictions, evaluate_accuracy, load_classifier,
+                                    save_classifier, train_classifier)
+from ldmctl.samplers import dpmpp
+from ldmctl.train.ldm import load_ldm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ldm", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--classifier", type=Path, default=Path("runs/fashion-classifier.safetensors"))
+    ap.add_argument("--classifier-steps", type=int, default=600)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    if args.classifier.is_file():
+        clf = load_classifier(args.classifier)
+    else:
+        train = open_dataset(DataConfig(source="builtin:fashion", size=32, flip=False))
+        clf = train_classifier(train, ClassifierConfig(), steps=args.classifier_steps)
+        save_classifier(clf, args.classifier)
+    test = open_dataset(DataConfig(source="builtin:fashion-test", size=32))
+    sub = torch.utils.data.Subset(test, range(2000))
+    sub.class_names = test.class_names
+    acc_real = evaluate_accuracy(clf, sub)
+    model = load_ldm(args.ldm)
+    labels = torch.arange(args.n) % 10
+    out = {"classifier_test_accuracy_2000": round(acc_real, 4), "n": args.n}
+    for guidance in (1.0, 3.0):
+        g = torch.Generator().manual_seed(0)
+        images = []
+        for start in range(0, args.n, 100):
+            lab = labels[start:start + 100]
+            cond = model.cond({"label": lab})
+            fn = model.model_fn(cond, model.conditioners.null(len(lab), like=cond), guidance=guidance)
+            images.append(model.decode(model.sample_latents(dpmpp, len(lab), steps=20, generator=g, model_fn=fn)))
+        pred = class_predictions(clf, torch.cat(images))
+        out[f"accuracy_guidance_{guidance:g}"] = round(float((pred == labels).float().mean()), 4)
+        print(f"guidance {guidance:g}: classifier accuracy on {args.n} samples {out[f'accuracy_guidance_{guidance:g}']:.3f}",
+              flush=True)
+    print(f"classifier accuracy on 2000 real test images: {acc_real:.3f}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
