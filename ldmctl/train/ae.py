@@ -29,8 +29,8 @@ from ldmctl.checkpoint import (load_autoencoder, load_state, read_checkpoint, sa
 from ldmctl.config import AETrainingConfig, to_dict, validate_ae
 from ldmctl.data import open_dataset
 from ldmctl.errors import CheckpointError, ConfigError
-from ldmctl.train.loop import (Callbacks, Throughput, batch_stream, lr_at, prepare_run_dir, rng_state, set_lr,
-                               set_rng_state)
+from ldmctl.train.loop import (Callbacks, Throughput, batch_stream, due, lr_at, prepare_run_dir, rng_state, set_lr,
+                               set_rng_state, write_log)
 
 log = logging.getLogger(__name__)
 
@@ -219,12 +219,11 @@ def _loop(run: AERun, dataset: Any, out: Path, grid_images: Tensor, scale_images
             run.step += 1
             logs["steps_per_s"] = speed.tick()
             cb.step(run.step, logs)
-            if run.step % t.log_every == 0 or run.step == t.max_steps:
-                logfile.write(json.dumps({"step": run.step, **logs}) + "\n")
-                logfile.flush()
-            if run.step % t.sample_every == 0 or run.step == t.max_steps:
+            if due(run.step, t.log_every, t.max_steps):
+                write_log(logfile, run.step, logs)
+            if due(run.step, t.sample_every, t.max_steps):
                 cb.images(run.step, f"recon_{run.step:07d}", reconstruct_grid(run.ae, grid_images))
-            if run.step % t.save_every == 0 or run.step == t.max_steps:
+            if due(run.step, t.save_every, t.max_steps):
                 path = save_run(run, out, scale_images, {"skipped_files": len(dataset.skipped)})
                 cb.saved(run.step, str(path))
     summary = {

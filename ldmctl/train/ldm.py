@@ -48,12 +48,14 @@ from ldmctl.train.loop import (
     Callbacks,
     Throughput,
     batch_stream,
+    due,
     epoch_permutation,
     lr_at,
     prepare_run_dir,
     rng_state,
     set_lr,
     set_rng_state,
+    write_log,
 )
 from ldmctl.unet import UNet, check_unet_config, downsample_factor
 
@@ -358,13 +360,12 @@ def _loop(run: LDMRun, batches: Any, out: Path, dataset: Any, cb: Callbacks, ae_
             run.step += 1
             logs["steps_per_s"] = speed.tick()
             cb.step(run.step, logs)
-            if run.step % t.log_every == 0 or run.step == t.max_steps:
-                logfile.write(json.dumps({"step": run.step, **logs}) + "\n")
-                logfile.flush()
-            if run.step % t.sample_every == 0 or run.step == t.max_steps:
+            if due(run.step, t.log_every, t.max_steps):
+                write_log(logfile, run.step, logs)
+            if due(run.step, t.sample_every, t.max_steps):
                 batch = preview_batch if preview_batch is not None else next(batches)
                 cb.images(run.step, f"samples_{run.step:07d}", {"samples": preview(run, ema_unet, ema_conds, batch)})
-            if run.step % t.save_every == 0 or run.step == t.max_steps:
+            if due(run.step, t.save_every, t.max_steps):
                 cb.saved(run.step, str(save_run(run, out, extra)))
     summary = {
         "steps": run.step, "seconds": round(time.time() - started, 2),

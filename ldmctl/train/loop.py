@@ -88,6 +88,17 @@ def prepare_run_dir(cfg: Any, out: Path, *, resume: bool) -> Any:
     return cfg
 
 
+def due(step: int, every: int, total: int) -> bool:
+    """True when a periodic action (log, grid, checkpoint) is due at ``step``: every N steps and at the end."""
+    return step % every == 0 or step == total
+
+
+def write_log(logfile: Any, step: int, logs: StepLogs) -> None:
+    """Append one JSON line ``{"step": ..., **logs}`` to an open log file and flush it."""
+    logfile.write(json.dumps({"step": step, **logs}) + "\n")
+    logfile.flush()
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     """Return the data order of ``epoch``: a permutation of range(n) fixed by (seed, epoch)."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
