@@ -184,6 +184,17 @@ class LDMConfig:
     latent_size: int = 16  # side of the latent the model is trained (and by default sampled) at
     scale_factor: float = 1.0  # latents are multiplied by this (from the autoencoder checkpoint)
     conditioners: tuple[ConditionerSpec, ...] = ()  # conditioning plugins (empty: unconditional)
+    sr_scale: int = 0  # > 0: a super-resolution model; its low-res input is this many times smaller
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """How (low-res, high-res) pairs are made for super-resolution (BSR-style options, all off by default)."""
+
+    scale: int = 4  # high-res side / low-res side
+    blur: float = 0.0  # > 0: Gaussian blur, sigma drawn from [0, blur] high-res px, before downscaling
+    noise: float = 0.0  # > 0: Gaussian noise, std drawn from [0, noise] (images in [0, 1]), after downscaling
+    jpeg: int = 0  # > 0: JPEG-compress the low-res image at a quality drawn from [jpeg, 95]
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,8 @@ class LDMTrainingConfig:
     cache_latents: bool = True  # encode the data set once (no random crops/flips after that)
     sample_steps: int = 50  # DDIM steps for the preview grids
     sample_count: int = 16  # images in each preview grid
+    task: Literal["generate", "superres"] = "generate"  # superres: learn high-res images from low-res ones
+    superres: DegradationConfig = field(default_factory=DegradationConfig)  # low-res inputs (task = superres)
 
 
 @dataclass(frozen=True)
@@ -455,7 +468,8 @@ def reference_markdown() -> str:
     lines += ["## train-ldm", ""]
     lines += _reference_tables(LDM_PRESETS, [("model.unet", UNetConfig), ("model.diffusion", DiffusionConfig),
                                              ("model", LDMConfig), ("data", DataConfig), ("train", TrainConfig),
-                                             ("ema", EMAConfig), ("", LDMTrainingConfig)])
+                                             ("ema", EMAConfig), ("superres", DegradationConfig),
+                                             ("", LDMTrainingConfig)])
     return "\n".join(lines)
 
 

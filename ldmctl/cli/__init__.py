@@ -8,7 +8,7 @@ import os
 import typer
 
 from ldmctl import __version__
-from ldmctl.cli import demo, eval_ae, plugins, reconstruct, sample, train_ae, train_ldm
+from ldmctl.cli import demo, eval_ae, eval_sr, export, plugins, reconstruct, sample, superres, train_ae, train_ldm
 from ldmctl.cli._console import err_console
 from ldmctl.errors import LdmctlError
 
@@ -24,6 +24,9 @@ app.command("reconstruct")(reconstruct.command)
 app.command("eval-ae")(eval_ae.command)
 app.command("train-ldm")(train_ldm.command)
 app.command("sample")(sample.command)
+app.command("export")(export.command)
+app.command("superres")(superres.command)
+app.command("eval-sr")(eval_sr.command)
 app.command("plugins")(plugins.command)
 app.command("demo")(demo.command)
 

@@ -61,7 +61,7 @@ def _grid(images: torch.Tensor) -> torch.Tensor:
 
 
 def command(
-    ckpt: Annotated[Path, typer.Argument(help="LDM checkpoint (.safetensors from train-ldm).")],
+    ckpt: Annotated[Path | None, typer.Argument(help="LDM checkpoint (.safetensors from train-ldm or export); default: the built-in builtin:shapes text-to-image model.")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 16,
     sampler: Annotated[str, typer.Option(help="ddim, plms, ddpm or dpmpp (DPM-Solver++ 2M).")] = "ddim",
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
@@ -85,6 +85,11 @@ def command(
     for target in [out] + ([save_tensor] if save_tensor else []):
         if not target.parent.is_dir():
             raise ConfigError(f"output folder {str(target.parent)!r} does not exist")
+    if ckpt is None:
+        from ldmctl.models import SHIPPED, shipped_model
+
+        ckpt = shipped_model("shapes")
+        err_console.print(f"built-in model: {SHIPPED['shapes'].about}")
     model = load_ldm(ckpt, weights=weights)
     conditions = sampling_conditions(model, n, label, prompt)
     scale = guidance if guidance is not None else (3.0 if conditions else 1.0)

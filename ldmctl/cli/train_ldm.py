@@ -44,6 +44,7 @@ def command(
     data: Annotated[str | None, typer.Option(help="Image folder or builtin:NAME (e.g. builtin:digits).")] = None,
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, sample grids, logs.")] = Path("runs/ldm"),
     cond: Annotated[list[str] | None, typer.Option(help="Conditioning plugin, repeatable: --cond class --cond concat (ldmctl plugins lists them). Options go in --config [[model.conditioners]].")] = None,
+    task: Annotated[str | None, typer.Option(help="generate (default) or superres: learn high-res images from their low-res versions (adds the concat conditioner; degradations in [superres]).")] = None,
     text_encoder: Annotated[str | None, typer.Option(help="Text encoder of the text conditioners: bert (trained jointly), minilm (frozen) or a local model folder.")] = None,
     preset: Annotated[str, typer.Option(help="Starting configuration: tiny, small or base.")] = "small",
     size: Annotated[int | None, typer.Option(help="Image size in pixels (latent side = size / f).")] = None,
@@ -69,6 +70,7 @@ def command(
         "train": {"batch_size": batch_size, "max_steps": max_steps, "lr": lr, "seed": seed, "precision": precision,
                   "sample_every": sample_every, "save_every": save_every},
         "ema": {"decay": ema_decay},
+        "task": task,
     }
     cfg = resolve_ldm_config(preset, config, flags, set_ or [])
     if text_encoder is not None:

@@ -7,6 +7,8 @@ Every data set yields ``{"image": (3, S, S) float in [-1, 1], "label": int, "cap
 
 from __future__ import annotations
 
+import bisect
+from dataclasses import replace
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -28,13 +30,50 @@ from ldmctl.errors import ConfigError, DataError
 BUILTIN_PREFIX = "builtin:"
 
 
+class JoinedDataset(Dataset):
+    """Several data sets one after the other (``data.source = "A,B"``); each keeps its own items."""
+
+    def __init__(self, parts: list[Dataset]) -> None:
+        self.parts = parts
+        self.name = ",".join(getattr(p, "name", "?") for p in parts)
+        self.offsets = [0]
+        for p in parts:
+            self.offsets.append(self.offsets[-1] + len(p))
+        self.class_names = list(getattr(parts[0], "class_names", []))
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [s for p in self.parts for s in getattr(p, "skipped", [])]
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            if hasattr(p, "set_epoch"):
+                p.set_epoch(epoch)
+
+    def summary(self) -> str:
+        return "; ".join(p.summary() if hasattr(p, "summary") else str(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> Item:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        k = bisect.bisect_right(self.offsets, index) - 1
+        return self.parts[k][index - self.offsets[k]]
+
+
 def open_dataset(cfg: DataConfig, *, seed: int = 0) -> Dataset:
-    """Open ``cfg.source``: a folder of images, or ``builtin:NAME`` (see ``BUILTINS``)."""
+    """Open ``cfg.source``: a folder of images, ``builtin:NAME`` (see ``BUILTINS``), or several
+    of them joined by commas (``builtin:photos,builtin:opencv-photos``)."""
     if cfg.size <= 0:
         raise ConfigError(f"data.size must be a positive number of pixels, got {cfg.size}")
     if cfg.max_pixels <= 0:
         raise ConfigError(f"data.max_pixels must be positive, got {cfg.max_pixels}")
     source = cfg.source
+    if "," in source and not Path(source).exists():
+        names = [s.strip() for s in source.split(",") if s.strip()]
+        return JoinedDataset([open_dataset(replace(cfg, source=n), seed=seed) for n in names])
     if source.startswith(BUILTIN_PREFIX):
         return open_builtin(source[len(BUILTIN_PREFIX):], cfg, seed=seed)
     if not Path(source).exists() and source in BUILTINS:
@@ -50,6 +89,7 @@ __all__ = [
     "TRAIN_PHOTOS",
     "ImageFolderDataset",
     "Item",
+    "JoinedDataset",
     "SyntheticDataset",
     "holdout_photos",
     "iter_image_files",

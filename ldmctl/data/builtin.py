@@ -18,6 +18,7 @@ import functools
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -76,13 +77,40 @@ TRAIN_PHOTOS: tuple[Photo, ...] = (
     Photo("flower", "sklearn", "flower.jpg", "a photo of an orange dahlia flower", (640, 427)),
 )
 
+# Colour photos of Debian's opencv-doc (examples/data). Stereo/flow partners of a kept photo
+# (aloeR, leuvenB, graf3, rubberwhale2, aero3), logos, text, charts and paintings are left out.
+OPENCV_PHOTOS: tuple[Photo, ...] = tuple(Photo(n, "opencv-doc", f, c, s) for n, f, c, s in (
+    ("aero", "aero1.jpg", "a photo of a street with a parked car", (640, 480)),
+    ("aloe", "aloeL.jpg", "a photo of an aloe plant", (1282, 1110)),
+    ("apple", "apple.jpg", "a photo of an apple", (512, 512)),
+    ("board", "board.jpg", "a photo of a cluttered desk", (640, 480)),
+    ("building", "building.jpg", "a photo of an office building", (868, 600)),
+    ("ela", "ela_original.jpg", "a photo of a city street", (902, 770)),
+    ("fruits", "fruits.jpg", "a photo of fruits", (512, 480)),
+    ("graffiti", "graf1.png", "a photo of a graffiti wall", (800, 640)),
+    ("home", "home.jpg", "a photo of a living room", (512, 384)),
+    ("leuven", "leuvenA.jpg", "a photo of houses along a street", (751, 563)),
+    ("messi", "messi5.jpg", "a photo of a football player on a pitch", (548, 342)),
+    ("orange", "orange.jpg", "a photo of an orange", (512, 512)),
+    ("rubberwhale", "rubberwhale1.png", "a photo of toys on a table", (584, 388)),
+    ("smarties", "smarties.png", "a photo of coloured sweets", (413, 356)),
+    ("squirrel", "squirrel_cls.jpg", "a photo of a squirrel", (535, 426)),
+    ("stuff", "stuff.jpg", "a photo of objects on a table", (640, 480)),
+    ("left", "left.jpg", "a photo of a room", (612, 459)),
+))
+OPENCV_HOLDOUT: tuple[Photo, ...] = (
+    Photo("baboon", "opencv-doc", "baboon.jpg", "a photo of a mandrill", (512, 512)),
+    Photo("butterfly", "opencv-doc", "butterfly.jpg", "a photo of a butterfly on a flower", (493, 356)),
+)
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+
 HOLDOUT: tuple[Photo, ...] = (
     Photo("astronaut", "skimage", "astronaut", "a photo of an astronaut", (512, 512)),
     Photo("coffee", "skimage", "coffee", "a photo of a cup of coffee on a saucer", (600, 400)),
     Photo("china", "sklearn", "china.jpg", "a photo of a Chinese temple by a lake", (640, 427)),
 )
 
-_DIST = {"skimage": "scikit-image", "sklearn": "scikit-learn"}  # import name -> pip name
+_DIST = {"skimage": "scikit-image", "sklearn": "scikit-learn", "opencv-doc": "opencv-doc"}  # -> package name
 
 
 def require(module: str, install: str, *, needed_by: str) -> ModuleType:
@@ -98,6 +126,14 @@ def require(module: str, install: str, *, needed_by: str) -> ModuleType:
 def load_photo(photo: Photo) -> Image.Image:
     """Load one bundled photo as full-size RGB (cached; treat the result as read-only)."""
     needed_by = "builtin:photos-holdout" if photo in HOLDOUT else "builtin:photos"
+    if photo.package == "opencv-doc":
+        path = OPENCV_DATA / photo.source
+        if not path.is_file():
+            kind = "builtin:opencv-photos-holdout" if photo in OPENCV_HOLDOUT else "builtin:opencv-photos"
+            raise DataError(f"{kind} needs {path}, from the Debian package opencv-doc, which is not installed",
+                            hint="apt-get install opencv-doc")
+        with Image.open(path) as img:
+            return to_rgb(img.convert("RGB"))
     if photo.package == "skimage":
         data = require("skimage.data", "pip install scikit-image", needed_by=needed_by)
         arr = getattr(data, photo.source)()
@@ -165,6 +201,14 @@ def _photos_holdout(cfg: DataConfig, seed: int) -> Dataset:
     return PhotoDataset("builtin:photos-holdout", HOLDOUT, cfg, seed=seed)
 
 
+def _opencv_photos(cfg: DataConfig, seed: int) -> Dataset:
+    return PhotoDataset("builtin:opencv-photos", OPENCV_PHOTOS, cfg, seed=seed, length=PHOTOS_EPOCH_LENGTH)
+
+
+def _opencv_holdout(cfg: DataConfig, seed: int) -> Dataset:
+    return PhotoDataset("builtin:opencv-photos-holdout", OPENCV_HOLDOUT, cfg, seed=seed)
+
+
 def _synthetic(cfg: DataConfig, seed: int) -> Dataset:
     return SyntheticDataset(cfg, seed=seed)
 
@@ -177,6 +221,8 @@ BUILTINS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "shapes": lambda cfg, seed: ShapesDataset(cfg, seed=seed),
     "photos": _photos,
     "photos-holdout": _photos_holdout,
+    "opencv-photos": _opencv_photos,
+    "opencv-photos-holdout": _opencv_holdout,
     "synthetic": _synthetic,
 }
 
@@ -192,6 +238,8 @@ def open_builtin(name: str, cfg: DataConfig, *, seed: int = 0) -> Dataset:
 __all__ = [
     "BUILTINS",
     "HOLDOUT",
+    "OPENCV_HOLDOUT",
+    "OPENCV_PHOTOS",
     "PHOTOS_EPOCH_LENGTH",
     "TRAIN_PHOTOS",
     "Photo",

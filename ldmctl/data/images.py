@@ -47,6 +47,16 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     Raises DataError (message names the file and the reason) for a missing, empty, truncated,
     non-image or oversized file.
     """
+    img = open_image(path, max_pixels=max_pixels)
+    try:
+        return to_rgb(img)
+    except ValueError as err:
+        raise DataError(f"image {str(path)!r}: {err}") from None
+
+
+def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` in its own mode (L, RGBA, I;16, ...) with its EXIF orientation applied;
+    the same checks and errors as :func:`load_image`."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"image {str(p)!r} does not exist or is not a file")
@@ -58,10 +68,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise DataError(f"image {str(p)!r}: {err}") from None
     except Exception as err:  # noqa: BLE001 - corrupt files make Pillow raise almost anything
         raise DataError(f"image {str(p)!r} cannot be decoded: {_reason(err)}") from None
-    try:
-        return to_rgb(img)
-    except ValueError as err:
-        raise DataError(f"image {str(p)!r}: {err}") from None
+    return img
 
 
 def probe_image(path: Path, max_pixels: int) -> str | None:

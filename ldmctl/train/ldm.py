@@ -99,6 +99,20 @@ def resolve_ldm(cfg: LDMTrainingConfig, ae: nn.Module, dataset: Any = None) -> L
     return replace(cfg, model=model)
 
 
+def with_task(cfg: LDMTrainingConfig) -> LDMTrainingConfig:
+    """For ``task = superres``: record the scale in the model and make sure a conditioner reads
+    the low-res image (a ``concat`` one, without condition dropout, is added when none does)."""
+    if cfg.task != "superres":
+        return cfg
+    scale = cfg.superres.scale
+    if scale < 1 or cfg.data.size % scale:
+        raise ConfigError(f"data.size={cfg.data.size} is not a multiple of superres.scale={scale}")
+    specs = cfg.model.conditioners
+    if not any(s.name == "concat" for s in specs):
+        specs = (ConditionerSpec("concat", {"channels": 3}, dropout=0.0), *specs)
+    return replace(cfg, model=replace(cfg.model, conditioners=specs, sr_scale=scale))
+
+
 def configure_spec(spec: ConditionerSpec, dataset: Any) -> ConditionerSpec:
     """Let a conditioner fill data-dependent options (e.g. the number of classes) into its spec."""
     from ldmctl.conditioning.compose import build_conditioner  # noqa: F401 - registry check first
@@ -243,6 +257,9 @@ def load_ldm(path: str | Path, *, weights: str = "ema") -> LatentDiffusion:
         if prefix not in parts:
             raise CheckpointError(f"{str(ckpt.path)!r}: unexpected tensor {key!r}", hint="the file may have been tampered with")
         parts[prefix][rest] = value
+    if weights == "raw" and not parts["unet"] and parts["ema"]:
+        raise CheckpointError(f"{str(ckpt.path)!r} is an exported checkpoint: it holds the EMA weights only",
+                              hint="use --weights ema, or the training checkpoint for the raw weights")
     ae = build_autoencoder(ae_cfg)
     load_state(ae, parts["ae"], f"{ckpt.path} (autoencoder)")
     unet = UNet(cfg.unet)
@@ -322,7 +339,12 @@ def train_ldm(cfg: LDMTrainingConfig, ae_path: str | Path | None, out_dir: str |
     elif ae_path is None:
         raise ConfigError("train-ldm needs --ae: an autoencoder checkpoint from train-ae")
     ae = load_autoencoder(ae_path)
+    cfg = with_task(cfg)
     dataset = open_dataset(cfg.data, seed=cfg.train.seed)
+    if cfg.task == "superres":
+        from ldmctl.data.degrade import SuperresDataset
+
+        dataset = SuperresDataset(dataset, cfg.superres, seed=cfg.train.seed)
     cfg = resolve_ldm(cfg, ae, dataset)
     if not resume:
         cfg = prepare_run_dir(cfg, out, resume=False)

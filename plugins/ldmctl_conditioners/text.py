@@ -28,6 +28,7 @@ class TextConfig:
     depth: int = 4  # bert only: transformer blocks
     heads: int = 4  # bert only: attention heads
     vocab: str = ""  # a vocab.txt for the WordPiece tokenizer ("" = the MiniLM package's)
+    keep_tokens: tuple[int, ...] = ()  # bert only: ids that have an embedding row (ldmctl export --prune-vocab)
 
 
 class _Text(Conditioner):
@@ -37,7 +38,8 @@ class _Text(Conditioner):
     def __init__(self, config: TextConfig, latent: LatentSpec) -> None:
         super().__init__(config, latent)
         self.text = TextEncoder(config.encoder, max_length=config.max_length, width=config.width,
-                                depth=config.depth, heads=config.heads, vocab=config.vocab)
+                                depth=config.depth, heads=config.heads, vocab=config.vocab,
+                                keep_tokens=config.keep_tokens)
 
     @property
     def out_dim(self) -> int:

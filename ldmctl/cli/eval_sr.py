@@ -1,0 +1,75 @@
+"""``ldmctl eval-sr``: PSNR / SSIM (and LPIPS when its weights are here) of super-resolved images
+against the originals, beside bicubic upscaling of the same low-res input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+
+from ldmctl.checkpoint import atomic_write
+from ldmctl.cli._console import console, err_console, metrics_table, step_progress
+from ldmctl.cli.eval_ae import _saver
+from ldmctl.errors import ConfigError, WeightsError
+from ldmctl.eval.report import evaluate_reconstructions, load_eval_images
+
+DEFAULT_DATA = "builtin:photos-holdout"
+
+
+def command(
+    model: Annotated[Optional[Path], typer.Option(help="LDM-SR checkpoint (default: the built-in x4 photo model).")] = None,
+    data: Annotated[str, typer.Option(help="Image folder or builtin:NAME (several joined by commas) of high-res originals.")] = DEFAULT_DATA,
+    size: Annotated[int, typer.Option(help="Center-crop each original to SIZE x SIZE (the high-res side); 0 keeps whole images.")] = 256,
+    limit: Annotated[int, typer.Option(help="Evaluate at most this many images (0: all).")] = 0,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
+    sampler: Annotated[str, typer.Option(help="ddim, plms, ddpm or dpmpp.")] = "ddim",
+    seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
+    lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS backbone weights (default: torch hub cache).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also save each super-resolved and bicubic image as PNG here.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Downscale each original by the model's factor (antialiased bicubic), super-resolve it, and
+    score the result and bicubic upscaling against the original."""
+    from ldmctl.autoencoder import build_perceptual
+    from ldmctl.data.degrade import resize
+    from ldmctl.diffusion.superres import sr_scale, upscale
+    from ldmctl.train.ldm import load_ldm
+
+    if model is None:
+        from ldmctl.models import shipped_model
+
+        model = shipped_model("superres")
+    ldm = load_ldm(model)
+    s = sr_scale(ldm)
+    if size % s:
+        raise ConfigError(f"--size {size} is not a multiple of the model's scale {s}")
+    images = load_eval_images(data, size=size, limit=limit)
+    images = [(n, x[..., : x.shape[-2] // s * s, : x.shape[-1] // s * s]) for n, x in images]
+    try:
+        perceptual = build_perceptual("alex", weights=lpips_weights)
+    except WeightsError as err:
+        if lpips_weights is not None:
+            raise
+        perceptual = None
+        err_console.print(f"[dim]LPIPS skipped: {err}[/]", highlight=False)
+
+    with step_progress(len(images), description=f"eval-sr x{s}") as (progress, task):
+        def restore(x: torch.Tensor) -> torch.Tensor:
+            lr = resize(x[0] * 2 - 1, (x.shape[-2] // s, x.shape[-1] // s)).clamp(-1, 1)
+            with torch.inference_mode():
+                hr = upscale(ldm, lr, sampler=sampler, steps=steps, seed=seed)
+            progress.advance(task)
+            return ((hr + 1) / 2)[None]
+
+        report = evaluate_reconstructions(images, restore, baseline_factor=s, perceptual=perceptual,
+                                          on_output=_saver(out))
+    report.update(checkpoint=str(model), data=data, crop=size, scale=s, sampler=sampler, steps=steps, seed=seed)
+    columns = ["image", "size"] + list(report["mean"])
+    rows = report["rows"] + [{"image": "mean", "size": "", **report["mean"]}]
+    console.print(metrics_table(f"eval-sr: {Path(model).name} x{s} on {data}", rows, columns))
+    if json_out is not None:
+        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        console.print(str(json_out), highlight=False)

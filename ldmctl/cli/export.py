@@ -1,0 +1,34 @@
+"""``ldmctl export``: an inference-only copy of an LDM checkpoint (EMA weights, fp16, pruned vocabulary)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ldmctl.cli._console import console, err_console
+from ldmctl.config import DataConfig
+from ldmctl.errors import ConfigError
+
+
+def command(
+    ckpt: Annotated[Path, typer.Argument(help="LDM checkpoint from train-ldm.")],
+    out: Annotated[Path, typer.Argument(help="Where to write the exported .safetensors.")],
+    half: Annotated[bool, typer.Option("--half/--fp32", help="Store the weights in fp16 (they load back as fp32).")] = True,
+    prune_vocab: Annotated[bool, typer.Option(help="Keep only the text-embedding rows of tokens in the training captions.")] = False,
+    captions_from: Annotated[str | None, typer.Option(help="Data set whose captions give the kept vocabulary (default: the one the model was trained on).")] = None,
+) -> None:
+    """Write the EMA weights, conditioners and autoencoder of CKPT as a small sampling-only checkpoint."""
+    from ldmctl.export import export_ldm
+
+    if out.resolve() == ckpt.resolve():
+        raise ConfigError("the export would overwrite its source checkpoint; choose another OUT")
+    if not out.parent.is_dir():
+        raise ConfigError(f"output folder {str(out.parent)!r} does not exist")
+    data = DataConfig(source=captions_from) if captions_from else None
+    summary = export_ldm(ckpt, out, half=half, prune_vocab=prune_vocab, captions_from=data)
+    kept = ", ".join(f"{k}: {v} tokens kept" for k, v in summary["kept_tokens"].items())
+    err_console.print(f"{summary['src_bytes'] / 1e6:.1f} MB -> {summary['dst_bytes'] / 1e6:.1f} MB"
+                      + (f" ({kept})" if kept else ""))
+    console.print(str(out), highlight=False)

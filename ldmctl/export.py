@@ -1,0 +1,101 @@
+"""Inference-only LDM checkpoints: EMA weights only, optionally in fp16, optionally with a pruned
+text vocabulary (``ldmctl export``).
+
+A training checkpoint holds the raw UNet, its EMA, both copies of the conditioners and the
+autoencoder in fp32. The exported file keeps what sampling uses — the EMA UNet (``ema.*``), the
+EMA conditioners (``cond.*``) and the autoencoder (``ae.*``) — and loads with the same
+:func:`~ldmctl.train.ldm.load_ldm` (weights are cast back to fp32 on load).
+
+``prune_vocab``: a jointly trained ``bert`` text encoder has one embedding row per WordPiece token
+(30,522 x width), but only the tokens of the training captions ever received a gradient; the
+others are still at their random initialisation. Pruning keeps the rows of the tokens found in
+the captions of ``captions_from`` (by default the data set the model was trained on) plus the
+special tokens; any other word reads ``[UNK]`` and is named in a warning when used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ldmctl.checkpoint import read_checkpoint, save_checkpoint
+from ldmctl.config import DataConfig, from_dict, to_dict
+from ldmctl.conditioning.base import LatentSpec
+from ldmctl.conditioning.compose import ConditionerSet
+from ldmctl.errors import ConfigError
+from ldmctl.text import TextEncoder
+from ldmctl.train.ldm import load_ldm
+
+MAX_CAPTION_ITEMS = 50_000  # captions read from a data set to collect the kept vocabulary
+
+
+def caption_token_ids(encoder: TextEncoder, captions: Iterable[str]) -> tuple[int, ...]:
+    """Sorted ids of every token in ``captions`` (untruncated) and of the special tokens."""
+    tok = encoder.tokenizer
+    keep = {i for i in (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id) if i is not None}
+    for caption in captions:
+        keep.update(tok(caption, truncation=False)["input_ids"])
+    return tuple(sorted(keep))
+
+
+def dataset_captions(data: DataConfig, *, seed: int = 0, limit: int = MAX_CAPTION_ITEMS) -> list[str]:
+    """Captions of the first ``limit`` items of a data set (every item of a finite folder)."""
+    from ldmctl.data import open_dataset
+
+    ds = open_dataset(data, seed=seed)
+    captions = [ds[i]["caption"] for i in range(min(len(ds), limit))]
+    if not any(captions):
+        raise ConfigError(f"{data.source!r} has no captions to collect a vocabulary from")
+    return captions
+
+
+def _text_encoders(conditioner: torch.nn.Module) -> list[tuple[str, TextEncoder]]:
+    return [(name, m) for name, m in conditioner.named_modules() if isinstance(m, TextEncoder) and m.kind == "bert"]
+
+
+def export_ldm(src: str | Path, dst: str | Path, *, half: bool = True, prune_vocab: bool = False,
+               captions_from: DataConfig | None = None) -> dict[str, Any]:
+    """Write the inference-only version of LDM checkpoint ``src`` to ``dst``; return a summary."""
+    ckpt = read_checkpoint(src, expect_kind="ldm")
+    model = load_ldm(src, weights="ema")
+    specs, states, kept = list(model.config.conditioners), [], {}
+    captions: list[str] | None = None
+    for i, (spec, c) in enumerate(zip(specs, model.conditioners.items)):
+        state = c.state_dict()
+        encoders = _text_encoders(c)
+        fields = {f.name for f in dataclasses.fields(type(c).Config)}
+        if prune_vocab and encoders and "keep_tokens" in fields:
+            if captions is None:
+                data = captions_from or from_dict(DataConfig, ckpt.extra.get("train_config", {}).get("data", {}))
+                captions = dataset_captions(data)
+            name, enc = encoders[0]
+            keep = caption_token_ids(enc, captions)
+            key = f"{name}.model.tokens.weight"
+            state[key] = state[key][torch.tensor(keep)]
+            specs[i] = dataclasses.replace(spec, options={**spec.options, "keep_tokens": list(keep)})
+            kept[spec.name] = len(keep)
+        states.append(state)
+    cfg = dataclasses.replace(model.config, conditioners=tuple(specs))
+    conds = ConditionerSet(cfg.conditioners, LatentSpec(cfg.unet.in_channels, cfg.latent_size,
+                                                        model.autoencoder.config.downsample_factor))
+    for c, state in zip(conds.items, states):
+        c.load_state_dict(state)
+    dtype = torch.float16 if half else torch.float32
+    tensors: dict[str, Tensor] = {}
+    for prefix, module in (("ema", model.unet), ("cond", conds), ("ae", model.autoencoder)):
+        for k, v in module.state_dict().items():
+            tensors[f"{prefix}.{k}"] = v.to(dtype) if v.is_floating_point() else v
+    config = {"ldm": to_dict(cfg), "autoencoder": to_dict(model.autoencoder.config), "plugins": conds.plugins()}
+    extra = {**{k: v for k, v in ckpt.extra.items() if k in ("step", "train_config", "autoencoder")},
+             "exported_from": Path(src).name, "export": {"half": half, "prune_vocab": prune_vocab, "weights": "ema"}}
+    save_checkpoint(dst, tensors, kind="ldm", config=config, extra=extra)
+    return {"src_bytes": Path(src).stat().st_size, "dst_bytes": Path(dst).stat().st_size,
+            "tensors": len(tensors), "kept_tokens": kept}
+
+
+__all__ = ["caption_token_ids", "dataset_captions", "export_ldm"]

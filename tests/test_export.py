@@ -1,0 +1,81 @@
+"""ldmctl export: EMA-only fp16 checkpoints with a pruned vocabulary sample like their source."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ldmctl.checkpoint import read_checkpoint
+from ldmctl.cli import app, main
+from ldmctl.train.ldm import load_ldm
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    cfg = root / "text.toml"
+    cfg.write_text('[[model.conditioners]]\nname = "crossattn"\n[model.conditioners.options]\n'
+                   'width = 16\ndepth = 1\nheads = 2\nmax_length = 16\n')
+    runner = CliRunner()
+    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:shapes", "--perceptual", "none",
+                            "--max-steps", "1", "--out", str(root / "ae")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(root / "ae" / "ae.safetensors"),
+                            "--data", "builtin:shapes", "--config", str(cfg), "--max-steps", "3", "--lr", "1e-2",
+                            "--set", "cache_latents=false", "--out", str(root / "ldm")])
+    assert r.exit_code == 0, r.output
+    return root / "ldm" / "ldm.safetensors"
+
+
+def _eps(model, prompts):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(len(prompts), *model.latent_shape, generator=g)
+    with torch.no_grad():
+        return model.model_fn(model.cond({"caption": prompts}))(z, torch.full((len(prompts),), 500))
+
+
+def test_export_prunes_vocab_and_keeps_the_model(text_run, tmp_path, caplog):
+    out = tmp_path / "small.safetensors"
+    r = CliRunner().invoke(app, ["export", str(text_run), str(out), "--prune-vocab"])
+    assert r.exit_code == 0, r.output
+    ckpt = read_checkpoint(out)
+    assert all(v.dtype in (torch.float16, torch.long, torch.int64) for v in ckpt.tensors.values()
+               if v.is_floating_point()) and not any(k.startswith("unet.") for k in ckpt.tensors)
+    keep = ckpt.config["ldm"]["conditioners"][0]["options"]["keep_tokens"]
+    assert 10 < len(keep) < 60  # the shapes caption language plus the special tokens, not 30,522 rows
+    assert out.stat().st_size < text_run.stat().st_size / 3
+    src, small = load_ldm(text_run), load_ldm(out)
+    prompts = ["a red circle to the left of a blue square", "a cyan triangle"]
+    ref = _eps(src, prompts)
+    torch.testing.assert_close(_eps(small, prompts), ref, atol=2e-2 * float(ref.abs().max()), rtol=0)
+    with caplog.at_level(logging.WARNING):
+        unknown = _eps(small, ["a red banana"])
+    assert "banana" in caplog.text
+    assert torch.isfinite(unknown).all()
+
+
+def test_exported_checkpoint_has_no_raw_weights(text_run, tmp_path, capsys):
+    out = tmp_path / "e.safetensors"
+    main_args = ["export", str(text_run), str(out), "--fp32"]
+    assert CliRunner().invoke(app, main_args).exit_code == 0
+    with pytest.raises(SystemExit):
+        main(["sample", str(out), "--weights", "raw", "--prompt", "a red circle", "--n", "1", "--steps", "1"])
+    assert "EMA weights only" in capsys.readouterr().err
+
+
+def test_export_refuses_to_overwrite_its_source(text_run, capsys):
+    with pytest.raises(SystemExit):
+        main(["export", str(text_run), str(text_run)])
+    assert "overwrite" in capsys.readouterr().err
+
+
+def test_sample_without_checkpoint_uses_the_shipped_model_or_says_it_is_missing(tmp_path, monkeypatch, capsys):
+    from ldmctl import models
+
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+    with pytest.raises(SystemExit):
+        main(["sample", "--prompt", "a red circle", "--n", "1", "--steps", "1", "--out", str(tmp_path / "s.png")])
+    assert "missing from this install" in capsys.readouterr().err
