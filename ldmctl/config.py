@@ -108,6 +108,7 @@ class TrainConfig:
     keep_last: int = 2  # step checkpoints kept
     num_workers: int = 0  # DataLoader worker processes
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for the forward pass
+    max_nonfinite: int = 5  # a NaN/inf loss skips its step; this many in a row stop the run
     scale_samples: int = 64  # images used to estimate the latent scale factor
 
 

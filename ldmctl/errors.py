@@ -37,3 +37,7 @@ class DataError(LdmctlError):
 
 class WeightsError(LdmctlError):
     """Pretrained weights (LPIPS backbone, Inception, ...) that are not on this machine."""
+
+
+class TrainingError(LdmctlError):
+    """A run that cannot go on: e.g. the loss stayed non-finite for too many steps in a row."""

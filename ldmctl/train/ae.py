@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from ldmctl.checkpoint import (load_autoencoder, load_state, read_checkpoint, sa
 from ldmctl.config import AETrainingConfig, to_dict, validate_ae
 from ldmctl.data import open_dataset
 from ldmctl.errors import CheckpointError, ConfigError
-from ldmctl.train.loop import (Callbacks, Throughput, batch_stream, due, lr_at, prepare_run_dir, rng_state, set_lr,
+from ldmctl.train.loop import (Callbacks, NonFiniteGuard, Throughput, batch_stream, due, lr_at, prepare_run_dir, rng_state, set_lr,
                                set_rng_state, write_log)
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class AERun:
     opt_d: torch.optim.Optimizer
     generator: torch.Generator
     step: int = 0
+    guard: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(5))
 
 
 def build_run(cfg: AETrainingConfig, perceptual: nn.Module | None) -> AERun:
@@ -58,7 +59,7 @@ def build_run(cfg: AETrainingConfig, perceptual: nn.Module | None) -> AERun:
     opt_g = torch.optim.Adam(g_params, lr=t.lr, betas=t.adam_betas)
     opt_d = torch.optim.Adam(loss.discriminator.parameters(), lr=t.lr, betas=t.adam_betas)
     gen = torch.Generator().manual_seed(t.seed)
-    return AERun(cfg, ae, loss, opt_g, opt_d, gen)
+    return AERun(cfg, ae, loss, opt_g, opt_d, gen, guard=NonFiniteGuard(cfg.train.max_nonfinite))
 
 
 def _autocast(precision: str) -> contextlib.AbstractContextManager:
@@ -79,6 +80,8 @@ def train_step(run: AERun, x: Tensor) -> dict[str, float]:
         out = run.ae(x, generator=run.generator)
     out.recon = out.recon.float()
     loss_g, logs = run.loss.generator_loss(x, out, step=step, last_layer=run.ae.last_layer)
+    if not run.guard.ok(loss_g, step):
+        return {**logs, **out.stats, "lr": lr, "skipped": 1.0}
     run.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     if cfg.train.grad_clip > 0:
@@ -86,9 +89,10 @@ def train_step(run: AERun, x: Tensor) -> dict[str, float]:
     run.opt_g.step()
     if run.loss.gan_active(step):
         loss_d, d_logs = run.loss.discriminator_loss(x, out.recon.detach(), step=step)
-        run.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        run.opt_d.step()
+        if run.guard.ok(loss_d, step, "discriminator loss"):
+            run.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            run.opt_d.step()
         logs.update(d_logs)
     if cfg.model.kind == "vq" and cfg.model.vq_restart_dead and (step + 1) % cfg.model.vq_restart_every == 0:
         with torch.no_grad():

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.samplers.ddim import ddim
 from ldmctl.train.loop import (
     Callbacks,
+    NonFiniteGuard,
     Throughput,
     batch_stream,
     due,
@@ -73,6 +74,7 @@ class LDMRun:
     generator: torch.Generator
     step: int = 0
     cond_ema: EMA | None = None  # EMA of the conditioners' weights, when they have any
+    guard: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(5))
 
 
 def resolve_ldm(cfg: LDMTrainingConfig, ae: nn.Module, dataset: Any = None) -> LDMTrainingConfig:
@@ -187,7 +189,8 @@ def build_run(cfg: LDMTrainingConfig, ae: nn.Module) -> LDMRun:
     cond_ema = EMA(model.conditioners, cfg.ema.decay, warmup=cfg.ema.warmup) if trainable else None
     opt = torch.optim.AdamW(list(model.unet.parameters()) + trainable, lr=cfg.train.lr, betas=cfg.train.adam_betas,
                             weight_decay=0.0)
-    return LDMRun(cfg, model, ema, opt, torch.Generator().manual_seed(cfg.train.seed), cond_ema=cond_ema)
+    return LDMRun(cfg, model, ema, opt, torch.Generator().manual_seed(cfg.train.seed), cond_ema=cond_ema,
+                  guard=NonFiniteGuard(cfg.train.max_nonfinite))
 
 
 def train_step(run: LDMRun, batch: dict[str, Any]) -> dict[str, float]:
@@ -200,6 +203,8 @@ def train_step(run: LDMRun, batch: dict[str, Any]) -> dict[str, float]:
     with _autocast(t.precision):
         cond = run.model.cond(batch, generator=run.generator, train_dropout=True)
         loss, logs = run.model.loss(batch["z0"], cond, generator=run.generator)
+    if not run.guard.ok(loss, run.step):
+        return {**logs, "lr": lr, "skipped": 1.0}
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if t.grad_clip > 0:

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ldmctl.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 StepLogs = dict[str, float]
@@ -178,3 +180,28 @@ class Throughput:
             self.start = time.perf_counter()
             return 0.0
         return (self.steps - 1) / max(time.perf_counter() - self.start, 1e-9)
+
+
+class NonFiniteGuard:
+    """Skip optimisation steps whose loss is NaN or inf; stop the run after ``limit`` in a row.
+
+    ``ok(loss, step)`` returns False (and logs a warning) for a non-finite loss, so the caller
+    skips backward and the optimizer step; the model, optimizer and EMA stay as they were.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_a_row, self.skipped = max(1, int(limit)), 0, 0
+
+    def ok(self, loss: Tensor, step: int, what: str = "loss") -> bool:
+        if bool(torch.isfinite(loss.detach()).all()):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        log.warning("step %d: %s is %s; step skipped (%d in a row)", step + 1, what, float(loss.detach().float()),
+                    self.in_a_row)
+        if self.in_a_row >= self.limit:
+            raise TrainingError(f"the {what} was not finite for {self.in_a_row} steps in a row (last at step "
+                                f"{step + 1}); stopped, the last checkpoint written is kept",
+                                hint="lower train.lr, set train.grad_clip, or train with --precision fp32")
+        return False
