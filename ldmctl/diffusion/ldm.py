@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldmctl.conditioning.base import Cond, LatentSpec
@@ -21,6 +22,16 @@ from ldmctl.config import LDMConfig
 from ldmctl.diffusion.objective import Objective
 from ldmctl.samplers.guidance import cfg_model_fn, plain_model_fn
 from ldmctl.unet import UNet
+
+
+DERIVED_KEYS = {"cond_latent": "cond_image"}  # batch key the model derives -> the key it is derived from
+
+
+def upscale_image(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bicubic resize of (B, C, H, W) images in [-1, 1] to ``size``, clamped."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x.float()
+    return F.interpolate(x.float(), size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
 def latent_spec(cfg: LDMConfig, autoencoder: nn.Module) -> LatentSpec:
@@ -66,7 +77,18 @@ class LatentDiffusion(nn.Module):
         """The UNet's conditioning for a batch (None for an unconditional model)."""
         if not len(self.conditioners):
             return None
-        return self.conditioners(batch, generator=generator, train_dropout=train_dropout)
+        return self.conditioners(self.derived_inputs(batch), generator=generator, train_dropout=train_dropout)
+
+    def derived_inputs(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Add the batch keys the model derives itself when a conditioner reads them (see DERIVED_KEYS):
+        ``cond_latent`` = the first stage's latent of ``cond_image`` upscaled (bicubic) to the output size."""
+        if "cond_latent" in batch or "cond_image" not in batch:
+            return batch
+        if not any(c.input_key == "cond_latent" for c in self.conditioners.items):
+            return batch
+        f = self.autoencoder.config.downsample_factor
+        hw = batch.get("latent_hw") or (self.config.latent_size, self.config.latent_size)
+        return {**batch, "cond_latent": self.encode(upscale_image(batch["cond_image"], (hw[0] * f, hw[1] * f)))}
 
     def loss(self, z0: Tensor, cond: Cond | None = None,
              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
@@ -96,4 +118,4 @@ class LatentDiffusion(nn.Module):
                        callback=callback)
 
 
-__all__ = ["LatentDiffusion"]
+__all__ = ["DERIVED_KEYS", "LatentDiffusion", "upscale_image"]

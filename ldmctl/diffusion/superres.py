@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ldmctl.conditioning.base import Cond
 from ldmctl.data.modes import crop_to, pad_to_multiple
-from ldmctl.diffusion.ldm import LatentDiffusion
+from ldmctl.diffusion.ldm import LatentDiffusion, upscale_image
 from ldmctl.diffusion.tiling import count_tiles, tiled_apply
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.samplers import get_sampler
@@ -39,7 +39,7 @@ Progress = Callable[[int, int], None]
 
 def sr_scale(model: LatentDiffusion) -> int:
     """The model's upscaling factor; a CheckpointError if it is not a super-resolution model."""
-    if model.config.sr_scale <= 0 or "cond_image" not in {c.input_key for c in model.conditioners.items}:
+    if model.config.sr_scale <= 0 or not {"cond_image", "cond_latent"} & {c.input_key for c in model.conditioners.items}:
         raise CheckpointError("this checkpoint is not a super-resolution model (train one with "
                               "`ldmctl train-ldm --task superres`)")
     return model.config.sr_scale
@@ -75,6 +75,22 @@ def tiled_model_fn(model: LatentDiffusion, cond: Cond, *, tile: int, overlap: in
     return model_fn
 
 
+def _inputs(model: LatentDiffusion, lr: Tensor, hw: tuple[int, int], *, tile: int, overlap: int) -> dict:
+    """The conditioners' batch for the whole image; a ``cond_latent`` (the latent of the bicubic
+    upscale) is encoded tile by tile, so memory stays bounded as for sampling."""
+    batch = {"cond_image": lr, "latent_hw": hw}
+    if any(c.input_key == "cond_latent" for c in model.conditioners.items):
+        f = model.autoencoder.config.downsample_factor
+        up = upscale_image(lr, (hw[0] * f, hw[1] * f))
+
+        def encode(t: Tensor, at: tuple[int, int]) -> Tensor:
+            y, x = at[0] * f, at[1] * f
+            return model.encode(up[..., y:y + t.shape[-2] * f, x:x + t.shape[-1] * f])
+
+        batch["cond_latent"] = tiled_apply(encode, torch.zeros(1, 1, *hw), tile=tile, overlap=overlap)
+    return batch
+
+
 @torch.no_grad()
 def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
             seed: int = 0, tile: int = 64, overlap: int = 16, progress: Progress | None = None) -> Tensor:
@@ -90,7 +106,7 @@ def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps:
     fn = get_sampler(sampler)
     padded, (h, w) = pad_to_multiple(lr.float(), input_multiple(model))
     lh, lw = padded.shape[-2] * s // f, padded.shape[-1] * s // f
-    cond = model.cond({"cond_image": padded[None], "latent_hw": (lh, lw)})
+    cond = model.cond(_inputs(model, padded[None], (lh, lw), tile=tile, overlap=overlap))
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, model.latent_shape[0], lh, lw), generator=g)
     per_step = count_tiles(lh, lw, tile, overlap)

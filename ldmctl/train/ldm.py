@@ -41,7 +41,7 @@ from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import ConditionerSpec, LDMConfig, LDMTrainingConfig, from_dict, to_dict
 from ldmctl.data import open_dataset
 from ldmctl.diffusion.ema import EMA
-from ldmctl.diffusion.ldm import LatentDiffusion
+from ldmctl.diffusion.ldm import DERIVED_KEYS, LatentDiffusion
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.samplers.ddim import ddim
 from ldmctl.train.loop import (
@@ -110,7 +110,7 @@ def with_task(cfg: LDMTrainingConfig) -> LDMTrainingConfig:
     if scale < 1 or cfg.data.size % scale:
         raise ConfigError(f"data.size={cfg.data.size} is not a multiple of superres.scale={scale}")
     specs = cfg.model.conditioners
-    if not any(s.name == "concat" for s in specs):
+    if not any(s.name in ("concat", "concat-latent") for s in specs):
         specs = (ConditionerSpec("concat", {"channels": 3}, dropout=0.0), *specs)
     return replace(cfg, model=replace(cfg.model, conditioners=specs, sr_scale=scale))
 
@@ -318,7 +318,7 @@ def preview(run: LDMRun, ema_unet: UNet, ema_conds: ConditionerSet, batch: dict[
     if run.cond_ema is not None:
         run.cond_ema.copy_to(ema_conds)
     n = min(run.cfg.sample_count, batch["z0"].shape[0]) if len(ema_conds) else run.cfg.sample_count
-    cond = ema_conds.eval()(take(batch, torch.arange(n))) if len(ema_conds) else None
+    cond = ema_conds.eval()(run.model.derived_inputs(take(batch, torch.arange(n)))) if len(ema_conds) else None
     g = torch.Generator().manual_seed(run.cfg.train.seed + 1)
     z = run.model.sample_latents(ddim, n, steps=run.cfg.sample_steps, generator=g,
                                  model_fn=run.model.model_fn(cond, unet=ema_unet.eval()))
@@ -359,7 +359,7 @@ def train_ldm(cfg: LDMTrainingConfig, ae_path: str | Path | None, out_dir: str |
         restore_run(run, out)
         cb.message(f"resumed at step {run.step}")
     t = cfg.train
-    keys = tuple(dict.fromkeys(c.input_key for c in run.model.conditioners.items))
+    keys = tuple(dict.fromkeys(DERIVED_KEYS.get(c.input_key, c.input_key) for c in run.model.conditioners.items))
     if cfg.cache_latents:
         started = time.time()
         cache = encode_dataset(run.model, dataset, keys=keys)

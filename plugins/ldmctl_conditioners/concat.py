@@ -55,3 +55,40 @@ class ImageConcat(Conditioner):
         """Zeros on the training latent grid (the composer uses zeros of the conditional shape)."""
         s = self.latent.size
         return CondOutput(torch.zeros(batch_size, self.config.channels, s, s, device=device))
+
+
+class LatentConcat(Conditioner):
+    """Reads ``batch["cond_latent"]``: the first stage's latent of the conditioning image upscaled
+    (bicubic) to the output size, which the model derives from ``batch["cond_image"]``
+    (``LatentDiffusion.derived_inputs``). Joined to z_t on the channel axis, it hands the UNet the
+    upscaled input already in latent coordinates, so super-resolution only has to learn the
+    difference (a latent-space analogue of predicting the residual over bicubic). Null: zeros.
+    """
+
+    name = "concat-latent"
+    kind = "concat"
+    input_key = "cond_latent"
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    @property
+    def out_dim(self) -> int:
+        return self.latent.channels
+
+    def forward(self, batch: Mapping[str, Any]) -> CondOutput:
+        z = batch.get(self.input_key)
+        if z is None:
+            raise DataError(f"the concat-latent conditioner needs batch[{self.input_key!r}] (or 'cond_image' "
+                            "for the model to derive it), which is missing")
+        if z.ndim != 4 or z.shape[1] != self.latent.channels:
+            raise DataError(f"concat-latent expects (B, {self.latent.channels}, h, w) latents, got {tuple(z.shape)}")
+        hw = batch.get("latent_hw") or (self.latent.size, self.latent.size)
+        if tuple(z.shape[-2:]) != tuple(hw):
+            z = F.interpolate(z.float(), size=tuple(hw), mode="bilinear", align_corners=False)
+        return CondOutput(z.float())
+
+    def null(self, batch_size: int, device: torch.device | None = None) -> CondOutput:
+        s = self.latent.size
+        return CondOutput(torch.zeros(batch_size, self.latent.channels, s, s, device=device))
