@@ -27,6 +27,7 @@ def command(
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
     sampler: Annotated[str, typer.Option(help="ddim, plms, ddpm or dpmpp.")] = "ddim",
     seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
+    strength: Annotated[float, typer.Option(help="< 1 (ddim only): start from the noised bicubic upscale (see superres).")] = 1.0,
     lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS backbone weights (default: torch hub cache).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also save each super-resolved and bicubic image as PNG here.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
@@ -60,13 +61,13 @@ def command(
         def restore(x: torch.Tensor) -> torch.Tensor:
             lr = resize(x[0] * 2 - 1, (x.shape[-2] // s, x.shape[-1] // s)).clamp(-1, 1)
             with torch.inference_mode():
-                hr = upscale(ldm, lr, sampler=sampler, steps=steps, seed=seed)
+                hr = upscale(ldm, lr, sampler=sampler, steps=steps, seed=seed, strength=strength)
             progress.advance(task)
             return ((hr + 1) / 2)[None]
 
         report = evaluate_reconstructions(images, restore, baseline_factor=s, perceptual=perceptual,
                                           on_output=_saver(out))
-    report.update(checkpoint=str(model), data=data, crop=size, scale=s, sampler=sampler, steps=steps, seed=seed)
+    report.update(checkpoint=str(model), data=data, crop=size, scale=s, sampler=sampler, steps=steps, seed=seed, strength=strength)
     columns = ["image", "size"] + list(report["mean"])
     rows = report["rows"] + [{"image": "mean", "size": "", **report["mean"]}]
     console.print(metrics_table(f"eval-sr: {Path(model).name} x{s} on {data}", rows, columns))

@@ -70,6 +70,7 @@ def command(
     seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
     tile: Annotated[int, typer.Option(help="Tile side in latent cells (memory grows with its square).")] = 64,
     overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles in latent cells.")] = 16,
+    strength: Annotated[float, typer.Option(help="< 1 (ddim only): start from the bicubic upscale noised to strength * T instead of pure noise.")] = 1.0,
 ) -> None:
     """Upscale photos with a super-resolution LDM; tiles keep memory bounded on large inputs."""
     from ldmctl.data.images import open_image
@@ -95,7 +96,7 @@ def command(
             report = (lambda done, total, i=i: progress.update(task, completed=i + done / total))
             with torch.inference_mode():
                 hr = upscale(ldm, rgb, sampler=sampler, steps=steps, eta=eta, seed=seed, tile=tile,
-                             overlap=overlap, progress=report)
+                             overlap=overlap, strength=strength, progress=report)
             a = upscale_alpha(alpha, tuple(hr.shape[-2:])) if alpha is not None else None
             _save(merge_image(hr, a, mode), target)
             progress.update(task, completed=i + 1)

@@ -32,6 +32,7 @@ from ldmctl.diffusion.ldm import LatentDiffusion, upscale_image
 from ldmctl.diffusion.tiling import count_tiles, tiled_apply
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.samplers import get_sampler
+from ldmctl.samplers.common import spacing
 from ldmctl.unet import downsample_factor
 
 Progress = Callable[[int, int], None]
@@ -75,11 +76,12 @@ def tiled_model_fn(model: LatentDiffusion, cond: Cond, *, tile: int, overlap: in
     return model_fn
 
 
-def _inputs(model: LatentDiffusion, lr: Tensor, hw: tuple[int, int], *, tile: int, overlap: int) -> dict:
+def _inputs(model: LatentDiffusion, lr: Tensor, hw: tuple[int, int], *, tile: int, overlap: int,
+            latent: bool = False) -> dict:
     """The conditioners' batch for the whole image; a ``cond_latent`` (the latent of the bicubic
     upscale) is encoded tile by tile, so memory stays bounded as for sampling."""
     batch = {"cond_image": lr, "latent_hw": hw}
-    if any(c.input_key == "cond_latent" for c in model.conditioners.items):
+    if latent or any(c.input_key == "cond_latent" for c in model.conditioners.items):
         f = model.autoencoder.config.downsample_factor
         up = upscale_image(lr, (hw[0] * f, hw[1] * f))
 
@@ -93,12 +95,19 @@ def _inputs(model: LatentDiffusion, lr: Tensor, hw: tuple[int, int], *, tile: in
 
 @torch.no_grad()
 def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-            seed: int = 0, tile: int = 64, overlap: int = 16, progress: Progress | None = None) -> Tensor:
+            seed: int = 0, tile: int = 64, overlap: int = 16, strength: float = 1.0,
+            progress: Progress | None = None) -> Tensor:
     """Super-resolve ``lr`` (3, h, w) in [-1, 1] to (3, s*h, s*w) in [-1, 1] (see the module doc).
 
-    ``tile`` and ``overlap`` are in latent cells (one cell is f output pixels). ``progress(done,
-    total)`` counts UNet tile evaluations, then decoder tiles.
+    ``tile`` and ``overlap`` are in latent cells (one cell is f output pixels). ``strength`` < 1
+    (DDIM only) starts sampling at t = strength * T from the latent of the bicubic upscale noised
+    to that level (SDEdit) instead of from pure noise: less is invented, more is kept of the
+    input. ``progress(done, total)`` counts UNet tile evaluations, then decoder tiles.
     """
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f"--strength {strength} must be in (0, 1]")
+    if strength < 1.0 and sampler != "ddim":
+        raise ConfigError("--strength below 1 needs --sampler ddim")
     if lr.ndim != 3 or lr.shape[0] != 3:
         raise ConfigError(f"upscale expects a (3, h, w) image, got {tuple(lr.shape)}")
     s, f = sr_scale(model), model.autoencoder.config.downsample_factor
@@ -106,17 +115,28 @@ def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps:
     fn = get_sampler(sampler)
     padded, (h, w) = pad_to_multiple(lr.float(), input_multiple(model))
     lh, lw = padded.shape[-2] * s // f, padded.shape[-1] * s // f
-    cond = model.cond(_inputs(model, padded[None], (lh, lw), tile=tile, overlap=overlap))
+    inputs = _inputs(model, padded[None], (lh, lw), tile=tile, overlap=overlap, latent=strength < 1.0)
+    cond = model.cond(inputs)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, model.latent_shape[0], lh, lw), generator=g)
+    extra: dict = {}
+    if strength < 1.0:
+        start = int(strength * (model.schedule.num_timesteps - 1))
+        ts = [t for t in spacing(model.schedule.num_timesteps, steps, "leading", offset=1).tolist() if t <= start]
+        if not ts:
+            raise ConfigError(f"--strength {strength} leaves none of the {steps} steps; raise --steps or --strength")
+        ab = float(model.schedule.alphas_cumprod[ts[0]])
+        noise = ab**0.5 * inputs["cond_latent"] + (1 - ab) ** 0.5 * noise
+        extra = {"start": start}
+    runs = len(ts) if extra else steps  # sampler steps that actually run
     per_step = count_tiles(lh, lw, tile, overlap)
-    total = steps * per_step + count_tiles(lh, lw, tile, overlap)
+    total = runs * per_step + count_tiles(lh, lw, tile, overlap)
     model_fn = tiled_model_fn(model, cond, tile=tile, overlap=overlap)
     on_step = (lambda i, _n, _z: progress((i + 1) * per_step, total)) if progress else None
-    z = fn(model_fn, model.schedule, noise, steps=steps, prediction=model.config.diffusion.prediction,
-           eta=eta, generator=g, callback=on_step)
+    z = fn(model_fn, model.schedule, noise, steps=steps,
+           prediction=model.config.diffusion.prediction, eta=eta, generator=g, callback=on_step, **extra)
     image = tiled_apply(lambda zt, _at: model.decode(zt), z, tile=tile, overlap=overlap,
-                        scale=f, progress=(lambda i, _n: progress(steps * per_step + i, total)) if progress else None)
+                        scale=f, progress=(lambda i, _n: progress(runs * per_step + i, total)) if progress else None)
     return crop_to(image[0], h * s, w * s).clamp(-1, 1)
 
 

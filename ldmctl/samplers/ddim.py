@@ -23,8 +23,12 @@ from ldmctl.samplers.common import (
 @torch.no_grad()
 def ddim(model_fn: ModelFn, schedule: Schedule, noise: Tensor, *, steps: int = 50,
          prediction: str = "eps", eta: float = 0.0, generator: torch.Generator | None = None,
-         callback: StepCallback | None = None) -> Tensor:
+         callback: StepCallback | None = None, start: int | None = None) -> Tensor:
     """Sample x_0 from x_T = ``noise`` with DDIM (Song et al. 2021, eq. 12 and 16).
+
+    ``start``: begin at the largest timestep of the spacing that is <= ``start``, with ``noise``
+    being x at that timestep (SDEdit / img2img: a noised image instead of pure noise); the
+    spacing is still that of ``steps`` over the whole schedule, so fewer steps run.
 
     ``eta = 0`` is the deterministic sampler (an ODE solver); ``eta = 1`` gives each step the
     DDPM posterior variance. Timesteps are LDM's: "leading" spacing with offset 1
@@ -38,6 +42,10 @@ def ddim(model_fn: ModelFn, schedule: Schedule, noise: Tensor, *, steps: int = 5
         raise ConfigError(f"eta={eta} is outside [0, 1]",
                           hint="eta = 0 is deterministic DDIM, eta = 1 matches DDPM's variance")
     ts = spacing(schedule.num_timesteps, steps, "leading", offset=1).tolist()
+    if start is not None:
+        ts = [t for t in ts if t <= start]
+        if not ts:
+            raise ConfigError(f"start={start} is below every timestep of {steps} DDIM steps")
     n, x = len(ts), noise
     for i, t in enumerate(ts):
         a_t = alpha_bar(schedule, t)

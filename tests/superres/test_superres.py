@@ -173,3 +173,17 @@ def test_concat_latent_model_trains_and_upscales_in_tiles(sr_model, tmp_path):
     whole = upscale(model, lr, steps=3, tile=256, overlap=0)
     diff = (whole - upscale(model, lr, steps=3, tile=32, overlap=16)).abs()
     assert whole.shape == (3, 96, 160) and float(diff.mean()) < 0.02, (float(diff.max()), float(diff.mean()))
+
+
+def test_strength_starts_from_the_noised_bicubic_latent(sr_model):
+    model = load_ldm(sr_model)
+    lr = torch.from_numpy(_photo(8, 12)).permute(2, 0, 1).float() / 127.5 - 1
+    a = upscale(model, lr, steps=10, strength=0.3, seed=1)
+    assert a.shape == (3, 32, 48) and torch.equal(a, upscale(model, lr, steps=10, strength=0.3, seed=1))
+    assert not torch.equal(a, upscale(model, lr, steps=10, seed=1))
+    from ldmctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ddim"):
+        upscale(model, lr, steps=10, strength=0.3, sampler="dpmpp")
+    with pytest.raises(ConfigError, match="strength"):
+        upscale(model, lr, steps=10, strength=0.0)
