@@ -10,4 +10,4 @@ for c in add crossattn tokens; do
       --config docs/recipes/shapes-$c.toml --ae runs/shapes-ae/ae.safetensors --out runs/shapes-$c
 done
 python bench/shapes_score.py runs/shapes-add/ldm.safetensors runs/shapes-crossattn/ldm.safetensors \
-    runs/shapes-tokens/ldm.safetensors --out bench/results/shapes_compare.json --grid-dir docs/images
+    runs/shapes-tokens/ldm.safetensors --n 500 --out bench/results/shapes_compare.json --grid-dir docs/images
