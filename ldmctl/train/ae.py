@@ -29,8 +29,20 @@ from ldmctl.checkpoint import (load_autoencoder, load_state, read_checkpoint, sa
 from ldmctl.config import AETrainingConfig, to_dict, validate_ae
 from ldmctl.data import open_dataset
 from ldmctl.errors import CheckpointError, ConfigError
-from ldmctl.train.loop import (Callbacks, NonFiniteGuard, Throughput, batch_stream, due, lr_at, prepare_run_dir, rng_state, set_lr,
-                               set_rng_state, write_log)
+from ldmctl.train.loop import (
+    Callbacks,
+    NonFiniteGuard,
+    StopSignals,
+    Throughput,
+    batch_stream,
+    due,
+    lr_at,
+    prepare_run_dir,
+    rng_state,
+    set_lr,
+    set_rng_state,
+    write_log,
+)
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +228,7 @@ def _loop(run: AERun, dataset: Any, out: Path, grid_images: Tensor, scale_images
     batches = batch_stream(dataset, t.batch_size, seed=t.seed, start_step=run.step,
                            num_workers=t.num_workers)
     speed, started, logs = Throughput(), time.time(), {}
-    with (out / "log.jsonl").open("a") as logfile:
+    with StopSignals() as stop, (out / "log.jsonl").open("a") as logfile:
         while run.step < t.max_steps:
             batch = next(batches)
             logs = train_step(run, batch["image"])
@@ -227,10 +239,14 @@ def _loop(run: AERun, dataset: Any, out: Path, grid_images: Tensor, scale_images
                 write_log(logfile, run.step, logs)
             if due(run.step, t.sample_every, t.max_steps):
                 cb.images(run.step, f"recon_{run.step:07d}", reconstruct_grid(run.ae, grid_images))
-            if due(run.step, t.save_every, t.max_steps):
+            if due(run.step, t.save_every, t.max_steps) or stop.requested:
                 path = save_run(run, out, scale_images, {"skipped_files": len(dataset.skipped)})
                 cb.saved(run.step, str(path))
+            if stop.requested:
+                cb.message(f"{stop.requested}: stopped at step {run.step} with a checkpoint; continue with --resume")
+                break
     summary = {
+        "interrupted": stop.requested,
         "steps": run.step,
         "seconds": round(time.time() - started, 2),
         "steps_per_s": round(logs.get("steps_per_s", 0.0), 3),

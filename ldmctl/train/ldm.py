@@ -47,6 +47,7 @@ from ldmctl.samplers.ddim import ddim
 from ldmctl.train.loop import (
     Callbacks,
     NonFiniteGuard,
+    StopSignals,
     Throughput,
     batch_stream,
     due,
@@ -381,7 +382,7 @@ def _loop(run: LDMRun, batches: Any, out: Path, dataset: Any, cb: Callbacks, ae_
     ema_conds = copy.deepcopy(run.model.conditioners).requires_grad_(False)
     speed, started, logs = Throughput(), time.time(), {}
     extra = {"autoencoder": str(ae_path), "skipped_files": len(dataset.skipped)}
-    with (out / "log.jsonl").open("a") as logfile:
+    with StopSignals() as stop, (out / "log.jsonl").open("a") as logfile:
         while run.step < t.max_steps:
             logs = train_step(run, next(batches))
             run.step += 1
@@ -394,7 +395,13 @@ def _loop(run: LDMRun, batches: Any, out: Path, dataset: Any, cb: Callbacks, ae_
                 cb.images(run.step, f"samples_{run.step:07d}", {"samples": preview(run, ema_unet, ema_conds, batch)})
             if due(run.step, t.save_every, t.max_steps):
                 cb.saved(run.step, str(save_run(run, out, extra)))
+            elif stop.requested:
+                cb.saved(run.step, str(save_run(run, out, extra)))
+            if stop.requested:
+                cb.message(f"{stop.requested}: stopped at step {run.step} with a checkpoint; continue with --resume")
+                break
     summary = {
+        "interrupted": stop.requested,
         "steps": run.step, "seconds": round(time.time() - started, 2),
         "steps_per_s": round(logs.get("steps_per_s", 0.0), 3),
         "final": {k: round(v, 6) for k, v in logs.items() if isinstance(v, float)},

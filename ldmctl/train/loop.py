@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -205,3 +207,29 @@ class NonFiniteGuard:
                                 f"{step + 1}); stopped, the last checkpoint written is kept",
                                 hint="lower train.lr, set train.grad_clip, or train with --precision fp32")
         return False
+
+
+class StopSignals:
+    """``with StopSignals() as stop:`` turns SIGINT and SIGTERM into ``stop.requested`` (the
+    signal's name), so a training loop can save a checkpoint and return at the end of the step;
+    a second SIGINT stops at once. Outside the main thread it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        log.warning("%s: saving a checkpoint at the end of this step, then stopping (SIGINT again: stop now)",
+                    self.requested)
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
