@@ -1,10 +1,10 @@
 """Kill a training run with SIGKILL at random moments, resume it each time, and check the result.
 
-    python bench/fault_injection.py [--kills 10] [--steps 1500] [--seed 0] [--out runs/fault] [--json FILE]
+    python bench/fault_injection.py [--trainer ldm|ae] [--kills 10] [--steps 1500] [--seed 0] [--out runs/fault] [--json FILE]
 
 1. trains a tiny autoencoder (the tiny preset, builtin:synthetic) and, as the reference, a tiny LDM
-   for ``--steps`` steps without interruption;
-2. runs the same LDM command again in a subprocess, SIGKILLs it after a random delay, checks that
+   (``--trainer ae``: a tiny autoencoder with its PatchGAN on) for ``--steps`` steps without interruption;
+2. runs the same command again in a subprocess, SIGKILLs it after a random delay, checks that
    every checkpoint file in the run folder can be read, and restarts it with ``--resume`` (from
    scratch while no checkpoint exists yet) — ``--kills`` times — then lets it finish;
 3. compares the final weights (UNet, EMA, conditioners) with the reference, tensor by tensor.
@@ -37,9 +37,13 @@ def ldmctl(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "ldmctl"), *args]
 
 
-def train_cmd(ae: Path, out: Path, steps: int, seed: int, resume: bool) -> list[str]:
-    cmd = ldmctl("train-ldm", "--preset", "tiny", "--ae", str(ae), "--data", "builtin:synthetic", "--max-steps",
-                 str(steps), "--seed", str(seed), "--save-every", "25", "--sample-every", "100000", "--out", str(out))
+def train_cmd(trainer: str, ae: Path, out: Path, steps: int, seed: int, resume: bool) -> list[str]:
+    common = ["--preset", "tiny", "--data", "builtin:synthetic", "--max-steps", str(steps), "--seed", str(seed),
+              "--out", str(out), "--set", "train.save_every=25", "--set", "train.sample_every=100000"]
+    if trainer == "ae":  # the GAN from step 1 on, so the discriminator and its optimizer are resumed too
+        cmd = ldmctl("train-ae", *common, "--perceptual", "none", "--set", "loss.disc_start=1")
+    else:
+        cmd = ldmctl("train-ldm", *common, "--ae", str(ae))
     return cmd + (["--resume"] if resume else [])
 
 
@@ -61,6 +65,7 @@ def unreadable(out: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trainer", choices=["ldm", "ae"], default="ldm")
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
@@ -75,14 +80,14 @@ def main() -> None:
                               "--max-steps", "2", "--out", str(root / "ae")), env=ENV, check=True, capture_output=True)
     ref, run = root / "reference", root / "killed"
     started = time.time()
-    subprocess.run(train_cmd(ae, ref, args.steps, args.seed, False), env=ENV, check=True, capture_output=True)
+    subprocess.run(train_cmd(args.trainer, ae, ref, args.steps, args.seed, False), env=ENV, check=True, capture_output=True)
     ref_s = time.time() - started
     kills, resumes, bad, log = 0, 0, [], []
     while True:
         resume = any(run.glob("checkpoints/step_*.state.pt"))
         if run.exists() and not resume:  # killed before its first checkpoint: start again
             subprocess.run(["rm", "-rf", str(run)], check=True)
-        proc = subprocess.Popen(train_cmd(ae, run, args.steps, args.seed, resume), env=ENV,
+        proc = subprocess.Popen(train_cmd(args.trainer, ae, run, args.steps, args.seed, resume), env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         resumes += resume
         if kills < args.kills:
@@ -105,10 +110,11 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(f"training failed (exit {proc.returncode}):\n{err[-2000:]}")
         break
-    a = read_checkpoint(ref / "ldm.safetensors").tensors
-    b = read_checkpoint(run / "ldm.safetensors").tensors
+    final = "ae.safetensors" if args.trainer == "ae" else "ldm.safetensors"
+    a = read_checkpoint(ref / final).tensors
+    b = read_checkpoint(run / final).tensors
     differing = sorted(k for k in a if k not in b or not torch.equal(a[k], b[k]))
-    record = {"steps": args.steps, "kills": kills, "resumes": resumes, "unreadable_files": bad,
+    record = {"trainer": args.trainer, "steps": args.steps, "kills": kills, "resumes": resumes, "unreadable_files": bad,
               "tensors": len(a), "differing_tensors": differing[:10], "identical": not differing and a.keys() == b.keys(),
               "reference_seconds": round(ref_s, 1), "log": log}
     if args.json:
