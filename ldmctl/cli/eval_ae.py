@@ -31,6 +31,30 @@ def _saver(out: Path | None):
     return save
 
 
+def optional_lpips(weights: Path | None):
+    """The LPIPS net, or None with a notice when its backbone weights are not on this machine
+    (an error only when the user named a weights file)."""
+    from ldmctl.autoencoder import build_perceptual
+
+    try:
+        return build_perceptual("alex", weights=weights)
+    except WeightsError as err:
+        if weights is not None:
+            raise
+        err_console.print(f"[dim]LPIPS skipped: {err}[/]", highlight=False)
+        return None
+
+
+def print_report(title: str, report: dict, json_out: Path | None) -> None:
+    """The per-image rows and their mean as a table on stdout; the report as JSON if asked."""
+    columns = ["image", "size"] + list(report["mean"])
+    rows = report["rows"] + [{"image": "mean", "size": "", **report["mean"]}]
+    console.print(metrics_table(title, rows, columns))
+    if json_out is not None:
+        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        console.print(str(json_out), highlight=False)
+
+
 def command(
     ckpt: Annotated[Path, typer.Argument(help="Autoencoder checkpoint (.safetensors from train-ae).")],
     data: Annotated[str, typer.Option(help="Image folder or builtin:NAME to evaluate on.")] = "builtin:photos-holdout",
@@ -42,24 +66,11 @@ def command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Score reconstructions against the originals: a table on stdout, optionally JSON."""
-    from ldmctl.autoencoder import build_perceptual
-
     ae = load_autoencoder(ckpt)
     images = load_eval_images(data, size=size, limit=limit)
-    try:
-        perceptual = build_perceptual("alex", weights=lpips_weights)
-    except WeightsError as err:
-        if lpips_weights is not None:
-            raise
-        perceptual = None
-        err_console.print(f"[dim]LPIPS skipped: {err}[/]", highlight=False)
+    perceptual = optional_lpips(lpips_weights)
     f = ae.config.downsample_factor
     report = evaluate_reconstructions(images, autoencoder_restorer(ae), baseline_factor=f if baseline else 0,
                                       perceptual=perceptual, on_output=_saver(out))
     report.update(checkpoint=str(ckpt), data=data, crop=size, f=f)
-    columns = ["image", "size"] + list(report["mean"])
-    rows = report["rows"] + [{"image": "mean", "size": "", **report["mean"]}]
-    console.print(metrics_table(f"eval-ae: {ckpt.name} on {data}", rows, columns))
-    if json_out is not None:
-        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
-        console.print(str(json_out), highlight=False)
+    print_report(f"eval-ae: {ckpt.name} on {data}", report, json_out)

@@ -3,17 +3,15 @@ against the originals, beside bicubic upscaling of the same low-res input."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import torch
 import typer
 
-from ldmctl.checkpoint import atomic_write
-from ldmctl.cli._console import console, err_console, metrics_table, step_progress
-from ldmctl.cli.eval_ae import _saver
-from ldmctl.errors import ConfigError, WeightsError
+from ldmctl.cli._console import step_progress
+from ldmctl.cli.eval_ae import _saver, optional_lpips, print_report
+from ldmctl.errors import ConfigError
 from ldmctl.eval.report import evaluate_reconstructions, load_eval_images
 
 DEFAULT_DATA = "builtin:photos-holdout"
@@ -34,7 +32,6 @@ def command(
 ) -> None:
     """Downscale each original by the model's factor (antialiased bicubic), super-resolve it, and
     score the result and bicubic upscaling against the original."""
-    from ldmctl.autoencoder import build_perceptual
     from ldmctl.data.degrade import resize
     from ldmctl.diffusion.superres import sr_scale, upscale
     from ldmctl.train.ldm import load_ldm
@@ -49,13 +46,7 @@ def command(
         raise ConfigError(f"--size {size} is not a multiple of the model's scale {s}")
     images = load_eval_images(data, size=size, limit=limit)
     images = [(n, x[..., : x.shape[-2] // s * s, : x.shape[-1] // s * s]) for n, x in images]
-    try:
-        perceptual = build_perceptual("alex", weights=lpips_weights)
-    except WeightsError as err:
-        if lpips_weights is not None:
-            raise
-        perceptual = None
-        err_console.print(f"[dim]LPIPS skipped: {err}[/]", highlight=False)
+    perceptual = optional_lpips(lpips_weights)
 
     with step_progress(len(images), description=f"eval-sr x{s}") as (progress, task):
         def restore(x: torch.Tensor) -> torch.Tensor:
@@ -68,9 +59,4 @@ def command(
         report = evaluate_reconstructions(images, restore, baseline_factor=s, perceptual=perceptual,
                                           on_output=_saver(out))
     report.update(checkpoint=str(model), data=data, crop=size, scale=s, sampler=sampler, steps=steps, seed=seed, strength=strength)
-    columns = ["image", "size"] + list(report["mean"])
-    rows = report["rows"] + [{"image": "mean", "size": "", **report["mean"]}]
-    console.print(metrics_table(f"eval-sr: {Path(model).name} x{s} on {data}", rows, columns))
-    if json_out is not None:
-        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
-        console.print(str(json_out), highlight=False)
+    print_report(f"eval-sr: {Path(model).name} x{s} on {data}", report, json_out)
