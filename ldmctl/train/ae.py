@@ -12,7 +12,6 @@ folder holds::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -32,6 +31,7 @@ from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.train.loop import (
     Callbacks,
     NonFiniteGuard,
+    autocast,
     StopSignals,
     Throughput,
     batch_stream,
@@ -74,12 +74,6 @@ def build_run(cfg: AETrainingConfig, perceptual: nn.Module | None) -> AERun:
     return AERun(cfg, ae, loss, opt_g, opt_d, gen, guard=NonFiniteGuard(cfg.train.max_nonfinite))
 
 
-def _autocast(precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_step(run: AERun, x: Tensor) -> dict[str, float]:
     """One generator step, then (once the GAN is on) one discriminator step."""
     cfg, step, t = run.cfg, run.step, run.cfg.train
@@ -88,7 +82,7 @@ def train_step(run: AERun, x: Tensor) -> dict[str, float]:
     set_lr(run.opt_g, lr)
     set_lr(run.opt_d, lr)
     run.ae.train()
-    with _autocast(cfg.train.precision):
+    with autocast(cfg.train.precision):
         out = run.ae(x, generator=run.generator)
     out.recon = out.recon.float()
     loss_g, logs = run.loss.generator_loss(x, out, step=step, last_layer=run.ae.last_layer)

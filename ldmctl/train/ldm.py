@@ -15,9 +15,7 @@ bit-identically.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
 import json
 import logging
 import time
@@ -47,10 +45,12 @@ from ldmctl.samplers.ddim import ddim
 from ldmctl.train.loop import (
     Callbacks,
     NonFiniteGuard,
+    autocast,
     StopSignals,
     Throughput,
     batch_stream,
     due,
+    file_sha256,
     epoch_permutation,
     lr_at,
     prepare_run_dir,
@@ -126,18 +126,6 @@ def configure_spec(spec: ConditionerSpec, dataset: Any) -> ConditionerSpec:
     return replace(spec, options=to_dict(cfg))
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _autocast(precision: str) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def encode_dataset(model: LatentDiffusion, dataset: Any, *, batch_size: int = 64, keys: tuple[str, ...] = (),
                    callback: Any = None) -> dict[str, Any]:
@@ -201,7 +189,7 @@ def train_step(run: LDMRun, batch: dict[str, Any]) -> dict[str, float]:
     set_lr(run.opt, lr)
     run.model.unet.train()
     run.model.conditioners.train()
-    with _autocast(t.precision):
+    with autocast(t.precision):
         cond = run.model.cond(batch, generator=run.generator, train_dropout=True)
         loss, logs = run.model.loss(batch["z0"], cond, generator=run.generator)
     if not run.guard.ok(loss, run.step):

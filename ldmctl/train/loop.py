@@ -7,6 +7,8 @@ replaying the data. Model code never imports this module.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -233,3 +235,17 @@ class StopSignals:
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU for ``precision == "bf16"``; otherwise nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
