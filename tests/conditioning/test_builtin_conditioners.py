@@ -14,7 +14,7 @@ from ldmctl.conditioning.registry import check_conditioner_class, conditioners, 
 from ldmctl.config import ConditionerSpec
 from ldmctl.errors import ConfigError, PluginError
 from ldmctl.testing import check_conditioner
-from ldmctl_conditioners import ClassAdd, ClassToken, ImageConcat
+from ldmctl_conditioners import ClassAdd, ClassToken, ImageConcat, LatentConcat
 
 LATENT = LatentSpec(channels=4, size=8, factor=4)
 
@@ -27,14 +27,19 @@ def images(b: int, seed: int) -> dict:
     return {"cond_image": torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1}
 
 
+def latents(b: int, seed: int) -> dict:
+    return {"cond_latent": torch.randn(b, 4, 8, 8, generator=torch.Generator().manual_seed(seed))}
+
+
 def test_builtins_are_discovered_through_the_entry_point_group():
     found = conditioners()
-    assert {"concat", "class", "class-token"} <= set(found)
+    assert {"concat", "concat-latent", "class", "class-token"} <= set(found)
     assert found["class"].package == "ldmctl" and found["class"].cls is ClassAdd
 
 
 @pytest.mark.parametrize("cls,config,make", [
     (ImageConcat, ImageConcat.Config(), images),
+    (LatentConcat, LatentConcat.Config(), latents),
     (ClassAdd, ClassAdd.Config(num_classes=5, dim=16), labels),
     (ClassToken, ClassToken.Config(num_classes=5, dim=16), labels),
 ])
