@@ -107,7 +107,10 @@ class TrainConfig:
     save_every: int = 500  # steps between checkpoints
     keep_last: int = 2  # step checkpoints kept
     num_workers: int = 0  # DataLoader worker processes
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for the forward pass
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: autocast (CPU/GPU); fp16: autocast + grad scaler (GPU)
+    grad_accum: int = 1  # micro-batches per step: batch_size is split, same result, less memory
+    device: str = "auto"  # auto (this rank's GPU if any, else CPU), cpu or cuda
+    compile: bool = False  # torch.compile the UNet for training (train-ldm)
     max_nonfinite: int = 5  # a NaN/inf loss skips its step; this many in a row stop the run
     scale_samples: int = 64  # images used to estimate the latent scale factor
 
@@ -186,6 +189,8 @@ class LDMConfig:
     scale_factor: float = 1.0  # latents are multiplied by this (from the autoencoder checkpoint)
     conditioners: tuple[ConditionerSpec, ...] = ()  # conditioning plugins (empty: unconditional)
     sr_scale: int = 0  # > 0: a super-resolution model; its low-res input is this many times smaller
+    residual: bool = False  # super-resolution: diffuse (z0 - latent of the bicubic upscale) * residual_scale
+    residual_scale: float = 1.0  # 1/std of those residuals, measured when training starts (like scale_factor)
 
 
 @dataclass(frozen=True)

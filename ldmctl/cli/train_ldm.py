@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated
@@ -55,7 +56,11 @@ def command(
     prediction: Annotated[str | None, typer.Option(help="What the UNet predicts: eps, v or x0.")] = None,
     schedule: Annotated[str | None, typer.Option(help="Beta schedule: linear, sqrt_linear or cosine.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for init, data order, timesteps and noise.")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast + gradient scaler, GPU).")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Split each step's batch into this many micro-batches (same result, less memory).")] = None,
+    grad_checkpointing: Annotated[bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Recompute UNet block activations in backward (less memory, ~30% slower).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (this process's GPU if any, else CPU), cpu or cuda.")] = None,
+    compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet for training.")] = None,
     sample_every: Annotated[int | None, typer.Option(help="Steps between EMA sample grids.")] = None,
     save_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
     config: Annotated[Path | None, typer.Option(help="A .toml or .json file of config overrides.")] = None,
@@ -65,9 +70,11 @@ def command(
     """Train a latent diffusion model (UNet + DDPM objective + EMA) on an autoencoder's latents."""
     flags = {
         "model": {"diffusion": {"prediction": prediction, "schedule": schedule},
+                  "unet": {"checkpointing": grad_checkpointing},
                   "conditioners": [{"name": name} for name in cond] if cond else None},
         "data": {"source": data, "size": size},
         "train": {"batch_size": batch_size, "max_steps": max_steps, "lr": lr, "seed": seed, "precision": precision,
+                  "grad_accum": grad_accum, "device": device, "compile": compile_,
                   "sample_every": sample_every, "save_every": save_every},
         "ema": {"decay": ema_decay},
         "task": task,
@@ -75,6 +82,9 @@ def command(
     cfg = resolve_ldm_config(preset, config, flags, set_ or [])
     if text_encoder is not None:
         cfg = with_text_encoder(cfg, text_encoder)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 alone reports
+        train_ldm(cfg, ae, out, resume=resume)
+        return
     with step_progress(cfg.train.max_steps, description="train-ldm") as (progress, task):
         callbacks = Callbacks(
             on_step=lambda step, logs: progress.update(task, completed=step, stats=format_logs(logs, _SHOWN)),

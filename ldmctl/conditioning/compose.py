@@ -70,13 +70,14 @@ class ConditionerSet(nn.Module):
         return {s.name: {"package": known[s.name].package, "version": known[s.name].version} for s in self.specs}
 
     def forward(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None,
-                train_dropout: bool = False) -> Cond:
-        """Encode a batch; with ``train_dropout`` apply each spec's per-sample null dropout."""
+                train_dropout: bool = False, shard: tuple[int, int] = (0, 1)) -> Cond:
+        """Encode a batch; with ``train_dropout`` apply each spec's per-sample null dropout (drawn
+        for ``world`` times the batch, rows ``rank::world`` kept, with ``shard = (rank, world)``)."""
         outs: dict[str, list[CondOutput]] = {k: [] for k in FIELD}
         for spec, c in zip(self.specs, self.items):
             out = c(batch)
             if train_dropout and spec.dropout > 0:
-                out = _drop(out, c.null(out.value.shape[0], out.value.device), spec.dropout, generator)
+                out = _drop(out, c.null(out.value.shape[0], out.value.device), spec.dropout, generator, shard)
             outs[c.kind].append(out)
         return _join(outs)
 
@@ -96,9 +97,10 @@ class ConditionerSet(nn.Module):
         return _join(outs)
 
 
-def _drop(out: CondOutput, null: CondOutput, p: float, generator: torch.Generator | None) -> CondOutput:
-    b = out.value.shape[0]
-    keep = torch.rand(b, generator=generator) >= p
+def _drop(out: CondOutput, null: CondOutput, p: float, generator: torch.Generator | None,
+          shard: tuple[int, int] = (0, 1)) -> CondOutput:
+    b, (rank, world) = out.value.shape[0], shard
+    keep = (torch.rand(b * world, generator=generator) >= p)[rank::world]
     keep_v = keep.to(out.value.device).view(b, *([1] * (out.value.ndim - 1)))
     nv = null.value.to(out.value.dtype)
     if nv.shape != out.value.shape:

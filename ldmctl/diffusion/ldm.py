@@ -73,22 +73,37 @@ class LatentDiffusion(nn.Module):
         return self.autoencoder.decode(z.float() / self.config.scale_factor).clamp(-1, 1)
 
     def cond(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None,
-             train_dropout: bool = False) -> Cond | None:
+             train_dropout: bool = False, shard: tuple[int, int] = (0, 1)) -> Cond | None:
         """The UNet's conditioning for a batch (None for an unconditional model)."""
         if not len(self.conditioners):
             return None
-        return self.conditioners(self.derived_inputs(batch), generator=generator, train_dropout=train_dropout)
+        return self.conditioners(self.derived_inputs(batch), generator=generator, train_dropout=train_dropout,
+                                 shard=shard)
 
     def derived_inputs(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
         """Add the batch keys the model derives itself when a conditioner reads them (see DERIVED_KEYS):
         ``cond_latent`` = the first stage's latent of ``cond_image`` upscaled (bicubic) to the output size."""
         if "cond_latent" in batch or "cond_image" not in batch:
             return batch
-        if not any(c.input_key == "cond_latent" for c in self.conditioners.items):
+        if not self.config.residual and not any(c.input_key == "cond_latent" for c in self.conditioners.items):
             return batch
         f = self.autoencoder.config.downsample_factor
         hw = batch.get("latent_hw") or (self.config.latent_size, self.config.latent_size)
         return {**batch, "cond_latent": self.encode(upscale_image(batch["cond_image"], (hw[0] * f, hw[1] * f)))}
+
+    def to_target(self, z0: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        """What the diffusion process runs on: ``z0`` itself, or for a residual super-resolution model
+        (``config.residual``) its difference from ``batch["cond_latent"]`` (the latent of the bicubic
+        upscale; see :meth:`derived_inputs`), times ``residual_scale``."""
+        if not self.config.residual:
+            return z0
+        return (z0 - batch["cond_latent"].to(z0)) * self.config.residual_scale
+
+    def from_target(self, z: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        """The inverse of :meth:`to_target`: a sampled ``z`` back to scaled latents for :meth:`decode`."""
+        if not self.config.residual:
+            return z
+        return z / self.config.residual_scale + batch["cond_latent"].to(z)
 
     def loss(self, z0: Tensor, cond: Cond | None = None,
              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
@@ -112,7 +127,8 @@ class LatentDiffusion(nn.Module):
         """Draw z_T with ``generator`` and run ``sampler`` from it; returns scaled latents."""
         c, s = self.latent_shape[0], latent_size or self.config.latent_size
         device = next(self.unet.parameters()).device
-        noise = torch.randn((n, c, s, s), generator=generator, device=device)
+        noise = torch.randn((n, c, s, s), generator=generator,
+                            device=generator.device if generator is not None else device).to(device)
         return sampler(model_fn or self.model_fn(), self.schedule, noise, steps=steps,
                        prediction=self.config.diffusion.prediction, eta=eta, generator=generator,
                        callback=callback)

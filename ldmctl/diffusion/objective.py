@@ -60,13 +60,19 @@ def min_snr_weights(schedule: Schedule, t: Tensor, prediction: str, gamma: float
     return w.float()
 
 
-def sample_noise(z0: Tensor, cfg: DiffusionConfig, generator: torch.Generator | None) -> Tensor:
-    """N(0, I) noise shaped like z0, plus offset noise when configured."""
-    noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+def sample_noise(z0: Tensor, cfg: DiffusionConfig, generator: torch.Generator | None,
+                 shard: tuple[int, int] = (0, 1)) -> Tensor:
+    """N(0, I) noise shaped like z0, plus offset noise when configured. Drawn on the generator's
+    device and moved to z0's. With ``shard = (rank, world)`` the noise of ``world`` times the
+    batch is drawn and rows ``rank::world`` kept (data-parallel ranks share one stream)."""
+    rank, world = shard
+    gen_device = generator.device if generator is not None else z0.device
+    shape = (z0.shape[0] * world, *z0.shape[1:])
+    noise = torch.randn(shape, generator=generator, device=gen_device, dtype=z0.dtype)
     if cfg.offset_noise > 0:
-        offset = torch.randn((z0.shape[0], z0.shape[1], 1, 1), generator=generator, device=z0.device, dtype=z0.dtype)
+        offset = torch.randn((shape[0], shape[1], 1, 1), generator=generator, device=gen_device, dtype=z0.dtype)
         noise = noise + cfg.offset_noise * offset
-    return noise
+    return noise[rank::world].to(z0.device)
 
 
 class Objective:
@@ -77,12 +83,22 @@ class Objective:
         self.schedule = schedule or schedule_from_config(cfg)
         self.lvlb = vlb_weights(self.schedule, cfg.prediction)
 
+    def draw(self, z0: Tensor, generator: torch.Generator | None = None,
+             shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
+        """The timesteps and noise of a batch (see :func:`sample_noise` for ``shard``)."""
+        rank, world = shard
+        gen_device = generator.device if generator is not None else z0.device
+        t = torch.randint(0, self.schedule.num_timesteps, (z0.shape[0] * world,), generator=generator, device=gen_device)
+        return t[rank::world].to(z0.device), sample_noise(z0, self.cfg, generator, shard)
+
     def __call__(self, model: Callable[[Tensor, Tensor], Tensor], z0: Tensor,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Draw t and noise, run ``model(z_t, t)`` and return (loss, logs)."""
-        cfg, b = self.cfg, z0.shape[0]
-        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=generator, device=z0.device)
-        noise = sample_noise(z0, cfg, generator)
+                 generator: torch.Generator | None = None, *, t: Tensor | None = None,
+                 noise: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """Run ``model(z_t, t)`` at timesteps ``t`` with ``noise`` (drawn from ``generator`` when
+        not given) and return (loss, logs)."""
+        cfg = self.cfg
+        if t is None or noise is None:
+            t, noise = self.draw(z0, generator)
         z_t = self.schedule.q_sample(z0, t, noise)
         out = model(z_t, t)
         target = self.schedule.target(z0, noise, t, cfg.prediction)

@@ -9,7 +9,9 @@
 3. the sampler runs on the whole latent, but its ``model_fn`` evaluates the UNet on overlapping
    latent tiles and blends the predictions (:func:`~ldmctl.diffusion.tiling.tiled_apply`) at
    every step: neighbouring tiles agree on their overlap throughout sampling, so there are no seams;
-4. the latent is decoded in overlapping tiles too, blended the same way.
+4. a residual model (``config.residual``) samples the difference from the latent of the bicubic
+   upscale, which is added back here;
+5. the latent is decoded in overlapping tiles too, blended the same way.
 
 Memory: the whole-image tensors are the latent, the sampler's few latent-sized buffers and the
 output image (a 1024 x 1024 output with f = 2 has a 4 x 512 x 512 latent: 4 MB per tensor);
@@ -115,7 +117,8 @@ def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps:
     fn = get_sampler(sampler)
     padded, (h, w) = pad_to_multiple(lr.float(), input_multiple(model))
     lh, lw = padded.shape[-2] * s // f, padded.shape[-1] * s // f
-    inputs = _inputs(model, padded[None], (lh, lw), tile=tile, overlap=overlap, latent=strength < 1.0)
+    inputs = _inputs(model, padded[None], (lh, lw), tile=tile, overlap=overlap,
+                     latent=strength < 1.0 or model.config.residual)
     cond = model.cond(inputs)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, model.latent_shape[0], lh, lw), generator=g)
@@ -126,7 +129,8 @@ def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps:
         if not ts:
             raise ConfigError(f"--strength {strength} leaves none of the {steps} steps; raise --steps or --strength")
         ab = float(model.schedule.alphas_cumprod[ts[0]])
-        noise = ab**0.5 * inputs["cond_latent"] + (1 - ab) ** 0.5 * noise
+        start_z = model.to_target(inputs["cond_latent"], inputs)  # the bicubic upscale (zero residual)
+        noise = ab**0.5 * start_z + (1 - ab) ** 0.5 * noise
         extra = {"start": start}
     runs = len(ts) if extra else steps  # sampler steps that actually run
     per_step = count_tiles(lh, lw, tile, overlap)
@@ -135,6 +139,7 @@ def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps:
     on_step = (lambda i, _n, _z: progress((i + 1) * per_step, total)) if progress else None
     z = fn(model_fn, model.schedule, noise, steps=steps,
            prediction=model.config.diffusion.prediction, eta=eta, generator=g, callback=on_step, **extra)
+    z = model.from_target(z, inputs)
     image = tiled_apply(lambda zt, _at: model.decode(zt), z, tile=tile, overlap=overlap,
                         scale=f, progress=(lambda i, _n: progress(runs * per_step + i, total)) if progress else None)
     return crop_to(image[0], h * s, w * s).clamp(-1, 1)

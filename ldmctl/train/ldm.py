@@ -15,16 +15,19 @@ bit-identically.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import default_collate
 
 from ldmctl.checkpoint import (
     load_autoencoder,
@@ -34,12 +37,12 @@ from ldmctl.checkpoint import (
     save_checkpoint,
     save_train_state,
 )
-from ldmctl.conditioning.base import LatentSpec
+from ldmctl.conditioning.base import Cond, LatentSpec
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import ConditionerSpec, LDMConfig, LDMTrainingConfig, from_dict, to_dict
 from ldmctl.data import open_dataset
 from ldmctl.diffusion.ema import EMA
-from ldmctl.diffusion.ldm import DERIVED_KEYS, LatentDiffusion
+from ldmctl.diffusion.ldm import DERIVED_KEYS, LatentDiffusion, upscale_image
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.samplers.ddim import ddim
 from ldmctl.train.loop import (
@@ -51,7 +54,6 @@ from ldmctl.train.loop import (
     batch_stream,
     due,
     file_sha256,
-    epoch_permutation,
     lr_at,
     prepare_run_dir,
     rng_state,
@@ -59,6 +61,8 @@ from ldmctl.train.loop import (
     set_rng_state,
     write_log,
 )
+from ldmctl.train.dist import Dist, setup, teardown
+from ldmctl.train.latents import LatentCache, build_cache, latent_batches, open_cache
 from ldmctl.unet import UNet, check_unet_config, downsample_factor
 
 log = logging.getLogger(__name__)
@@ -76,6 +80,9 @@ class LDMRun:
     step: int = 0
     cond_ema: EMA | None = None  # EMA of the conditioners' weights, when they have any
     guard: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(5))
+    dist: Dist = field(default_factory=Dist)
+    net: nn.Module | None = None  # the UNet as trained: in DDP and/or compiled (model.unet itself otherwise)
+    scaler: torch.amp.GradScaler | None = None  # fp16 loss scaling (a no-op otherwise)
 
 
 def resolve_ldm(cfg: LDMTrainingConfig, ae: nn.Module, dataset: Any = None) -> LDMTrainingConfig:
@@ -106,6 +113,8 @@ def with_task(cfg: LDMTrainingConfig) -> LDMTrainingConfig:
     """For ``task = superres``: record the scale in the model and make sure a conditioner reads
     the low-res image (a ``concat`` one, without condition dropout, is added when none does)."""
     if cfg.task != "superres":
+        if cfg.model.residual:
+            raise ConfigError("model.residual = true is for super-resolution models", hint="set task = \"superres\"")
         return cfg
     scale = cfg.superres.scale
     if scale < 1 or cfg.data.size % scale:
@@ -114,6 +123,23 @@ def with_task(cfg: LDMTrainingConfig) -> LDMTrainingConfig:
     if not any(s.name in ("concat", "concat-latent") for s in specs):
         specs = (ConditionerSpec("concat", {"channels": 3}, dropout=0.0), *specs)
     return replace(cfg, model=replace(cfg.model, conditioners=specs, sr_scale=scale))
+
+
+@torch.no_grad()
+def measure_residual_scale(cfg: LDMTrainingConfig, ae: nn.Module, dataset: Any, n: int = 64) -> LDMTrainingConfig:
+    """For ``model.residual``: set ``residual_scale`` to 1/std of (z0 - latent of the bicubic
+    upscale) over the first ``n`` training pairs, so the diffusion runs on unit-variance residuals."""
+    if not cfg.model.residual:
+        return cfg
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    x = torch.stack([it["image"] for it in items]).float()
+    lr = torch.stack([it["cond_image"] for it in items]).float()
+    sf = cfg.model.scale_factor
+    diff = (ae.encode(x).float() - ae.encode(upscale_image(lr, tuple(x.shape[-2:]))).float()) * sf
+    std = float(diff.std())
+    if not math.isfinite(std) or std <= 0:
+        raise ConfigError(f"cannot scale the super-resolution residuals (std {std}): are the low-res inputs identical to the targets?")
+    return replace(cfg, model=replace(cfg.model, residual_scale=1.0 / std))
 
 
 def configure_spec(spec: ConditionerSpec, dataset: Any) -> ConditionerSpec:
@@ -126,84 +152,91 @@ def configure_spec(spec: ConditionerSpec, dataset: Any) -> ConditionerSpec:
     return replace(spec, options=to_dict(cfg))
 
 
-@torch.no_grad()
-def encode_dataset(model: LatentDiffusion, dataset: Any, *, batch_size: int = 64, keys: tuple[str, ...] = (),
-                   callback: Any = None) -> dict[str, Any]:
-    """Cache of epoch 0 (deterministic crops): ``z0`` scaled latents (N, C, h, w) float32, plus the
-    conditioners' input ``keys`` of every item (tensors stacked, numbers as a tensor, text as a list)."""
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(0)
-    latents, extras = [], {k: [] for k in keys}
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        latents.append(model.encode(torch.stack([it["image"] for it in items])))
-        for k in keys:
-            if k not in items[0]:
-                raise ConfigError(f"a conditioner reads batch[{k!r}], which items of {getattr(dataset, 'name', 'this data set')} do not have")
-            extras[k] += [it[k] for it in items]
-        if callback:
-            callback(min(start + batch_size, len(dataset)), len(dataset))
-    cache: dict[str, Any] = {"z0": torch.cat(latents)}
-    for k, values in extras.items():
-        first = values[0]
-        cache[k] = (torch.stack(values) if isinstance(first, Tensor) else
-                    values if isinstance(first, str) else torch.as_tensor(values))
-    return cache
-
-
-def take(cache: dict[str, Any], idx: Tensor) -> dict[str, Any]:
-    """Rows ``idx`` of every entry of a cache (lists indexed element-wise)."""
-    return {k: (v[idx] if isinstance(v, Tensor) else [v[i] for i in idx.tolist()]) for k, v in cache.items()}
-
-
-def latent_batches(cache: dict[str, Any], batch_size: int, *, seed: int, start_step: int):
-    """Yield batches of a latent cache forever, order fixed by (seed, step) like batch_stream."""
-    n = cache["z0"].shape[0]
-    per_epoch = max(1, n // batch_size)
-    epoch, offset = divmod(start_step, per_epoch)
-    while True:
-        perm = epoch_permutation(n, seed, epoch)
-        if n < batch_size:
-            perm = perm.repeat(-(-batch_size // n))
-        for b in range(offset, per_epoch):
-            yield take(cache, perm[b * batch_size:(b + 1) * batch_size])
-        epoch, offset = epoch + 1, 0
-
-
-def build_run(cfg: LDMTrainingConfig, ae: nn.Module) -> LDMRun:
+def build_run(cfg: LDMTrainingConfig, ae: nn.Module, dist: Dist | None = None) -> LDMRun:
+    d = dist or Dist()
+    d.local_batch(cfg.train.batch_size, cfg.train.grad_accum)  # checks the split early
     torch.manual_seed(cfg.train.seed)
-    model = LatentDiffusion(cfg.model, ae)
+    model = LatentDiffusion(cfg.model, ae).to(d.device)
     ema = EMA(model.unet, cfg.ema.decay, warmup=cfg.ema.warmup)
     trainable = [p for p in model.conditioners.parameters() if p.requires_grad]
     cond_ema = EMA(model.conditioners, cfg.ema.decay, warmup=cfg.ema.warmup) if trainable else None
     opt = torch.optim.AdamW(list(model.unet.parameters()) + trainable, lr=cfg.train.lr, betas=cfg.train.adam_betas,
                             weight_decay=0.0)
+    net = d.wrap(model.unet)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.train.precision == "fp16")
     return LDMRun(cfg, model, ema, opt, torch.Generator().manual_seed(cfg.train.seed), cond_ema=cond_ema,
-                  guard=NonFiniteGuard(cfg.train.max_nonfinite))
+                  guard=NonFiniteGuard(cfg.train.max_nonfinite), dist=d, net=net, scaler=scaler)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _rows(cond: Cond, idx: slice) -> Cond:
+    return Cond(**{f.name: (v[idx] if (v := getattr(cond, f.name)) is not None else None) for f in fields(Cond)})
+
+
+def _leaves(cond: Cond) -> tuple[Cond, list[tuple[Tensor, Tensor]]]:
+    """Cut the conditioners' graph off the UNet's: the UNet's micro-batches backpropagate into leaf
+    copies of the condition tensors, whose summed gradients then go through the conditioners once."""
+    pairs, out = [], {}
+    for f in fields(Cond):
+        v = getattr(cond, f.name)
+        if v is not None and v.requires_grad:
+            leaf = v.detach().requires_grad_(True)
+            pairs.append((v, leaf))
+            v = leaf
+        out[f.name] = v
+    return Cond(**out), pairs
 
 
 def train_step(run: LDMRun, batch: dict[str, Any]) -> dict[str, float]:
-    t = run.cfg.train
+    """One optimisation step on this rank's share of the global batch, in ``grad_accum``
+    micro-batches. Random draws cover the global batch (see :mod:`ldmctl.train.dist`)."""
+    t, d, model = run.cfg.train, run.dist, run.model
     lr = lr_at(run.step, base=t.lr, warmup=t.warmup_steps, total=t.max_steps, schedule=t.lr_schedule,
                min_ratio=t.lr_min_ratio)
     set_lr(run.opt, lr)
-    run.model.unet.train()
-    run.model.conditioners.train()
-    with autocast(t.precision):
-        cond = run.model.cond(batch, generator=run.generator, train_dropout=True)
-        loss, logs = run.model.loss(batch["z0"], cond, generator=run.generator)
-    if not run.guard.ok(loss, run.step):
-        return {**logs, "lr": lr, "skipped": 1.0}
+    model.unet.train()
+    model.conditioners.train()
+    batch = model.derived_inputs(_to(batch, d.device))
+    with autocast(t.precision, d.device):
+        cond = model.cond(batch, generator=run.generator, train_dropout=True, shard=d.shard)
+    z0 = model.to_target(batch["z0"], batch)
+    steps, noise = model.objective.draw(z0, run.generator, shard=d.shard)
+    cond_in, pairs = _leaves(cond) if cond is not None else (Cond(), [])
+    b, m = z0.shape[0], z0.shape[0] // t.grad_accum
     run.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    finite, parts = True, []
+    for i in range(t.grad_accum):
+        rows = slice(i * m, (i + 1) * m)
+        last = i == t.grad_accum - 1
+        c = _rows(cond_in, rows)
+        with (contextlib.nullcontext() if last else d.no_sync(run.net)), autocast(t.precision, d.device):
+            loss, logs = model.objective(lambda z, tt, c=c: run.net(z, tt, c), z0[rows], t=steps[rows], noise=noise[rows])
+            finite = finite and bool(torch.isfinite(loss.detach()).all())
+            run.scaler.scale(loss * (m / b)).backward()
+        parts.append(logs)
+    if pairs:
+        torch.autograd.backward([v for v, _ in pairs], [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+                                                        for _, leaf in pairs])
+    logs = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
+    if not run.guard.ok(torch.tensor(logs["loss"] if d.all_true(finite) else float("nan")), run.step):
+        run.opt.zero_grad(set_to_none=True)
+        return {**logs, "lr": lr, "skipped": 1.0}
+    d.average_grads([p for p in model.conditioners.parameters() if p.requires_grad])
     if t.grad_clip > 0:
+        run.scaler.unscale_(run.opt)
         params = [p for g in run.opt.param_groups for p in g["params"]]
         logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, t.grad_clip))
-    run.opt.step()
+    run.scaler.step(run.opt)
+    run.scaler.update()
     if (run.step + 1) % run.cfg.ema.every == 0:
-        run.ema.update(run.model.unet)
+        run.ema.update(model.unet)
         if run.cond_ema is not None:
-            run.cond_ema.update(run.model.conditioners)
+            run.cond_ema.update(model.conditioners)
     logs["lr"] = lr
     return logs
 
@@ -273,6 +306,8 @@ def save_run(run: LDMRun, out: Path, extra: dict[str, Any]) -> Path:
     save_ldm(run.model, run.ema, ckpt, extra=meta, cond_ema=run.cond_ema)
     state = {"step": run.step, "opt": run.opt.state_dict(), "ema_updates": run.ema.updates,
              "rng": rng_state(run.generator)}
+    if run.scaler is not None and run.scaler.is_enabled():
+        state["scaler"] = run.scaler.state_dict()
     save_train_state(ckpt.with_suffix(".state.pt"), state)
     save_ldm(run.model, run.ema, out / "ldm.safetensors", extra=meta, cond_ema=run.cond_ema)
     for old in sorted(ckpt_dir.glob("step_*.safetensors"))[: -run.cfg.train.keep_last]:
@@ -295,6 +330,8 @@ def restore_run(run: LDMRun, out: Path) -> None:
         run.cond_ema.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("ema_cond.")},
                                      state["ema_updates"])
     run.opt.load_state_dict(state["opt"])
+    if run.scaler is not None and "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"], run.generator)
     run.step = int(state["step"])
 
@@ -307,22 +344,33 @@ def preview(run: LDMRun, ema_unet: UNet, ema_conds: ConditionerSet, batch: dict[
     if run.cond_ema is not None:
         run.cond_ema.copy_to(ema_conds)
     n = min(run.cfg.sample_count, batch["z0"].shape[0]) if len(ema_conds) else run.cfg.sample_count
-    cond = ema_conds.eval()(run.model.derived_inputs(take(batch, torch.arange(n)))) if len(ema_conds) else None
+    inputs = run.model.derived_inputs(_to({k: v[:n] for k, v in batch.items()}, run.dist.device))
+    cond = ema_conds.eval()(inputs) if len(ema_conds) else None
     g = torch.Generator().manual_seed(run.cfg.train.seed + 1)
     z = run.model.sample_latents(ddim, n, steps=run.cfg.sample_steps, generator=g,
                                  model_fn=run.model.model_fn(cond, unet=ema_unet.eval()))
-    return run.model.decode(z)
+    return run.model.decode(run.model.from_target(z, inputs))
 
 
 def train_ldm(cfg: LDMTrainingConfig, ae_path: str | Path | None, out_dir: str | Path, *, resume: bool = False,
               callbacks: Callbacks | None = None) -> dict[str, Any]:
-    """Train an unconditional LDM on the latents of autoencoder ``ae_path``; return the run summary.
+    """Train an LDM on the latents of autoencoder ``ae_path``; return the run summary.
 
     On ``resume`` the autoencoder defaults to the one the run started with, and must be unchanged
-    (same SHA-256), since the cached latents and the UNet depend on it.
+    (same SHA-256), since the cached latents and the UNet depend on it. Under ``torchrun`` every
+    rank runs this function (:mod:`ldmctl.train.dist`); only rank 0 writes files and calls back.
     """
-    cb = callbacks or Callbacks()
-    out = Path(out_dir)
+    d = setup(cfg.train.device)
+    try:
+        return _train(cfg, ae_path, Path(out_dir), resume, callbacks or Callbacks(), d)
+    finally:
+        teardown(d)
+
+
+def _train(cfg: LDMTrainingConfig, ae_path: str | Path | None, out: Path, resume: bool, cb: Callbacks,
+           d: Dist) -> dict[str, Any]:
+    if not d.main:
+        cb = Callbacks()
     if resume:
         cfg = prepare_run_dir(cfg, out, resume=True)
         source = json.loads((out / "ae_source.json").read_text())
@@ -341,63 +389,94 @@ def train_ldm(cfg: LDMTrainingConfig, ae_path: str | Path | None, out_dir: str |
         dataset = SuperresDataset(dataset, cfg.superres, seed=cfg.train.seed)
     cfg = resolve_ldm(cfg, ae, dataset)
     if not resume:
-        cfg = prepare_run_dir(cfg, out, resume=False)
-        (out / "ae_source.json").write_text(json.dumps({"path": str(ae_path), "sha256": file_sha256(ae_path)}))
-    run = build_run(cfg, ae)
+        cfg = measure_residual_scale(cfg, ae, dataset)
+        if d.main:
+            cfg = prepare_run_dir(cfg, out, resume=False)
+            (out / "ae_source.json").write_text(json.dumps({"path": str(ae_path), "sha256": file_sha256(ae_path)}))
+        d.barrier()
+    run = build_run(cfg, ae, d)
     if resume:
         restore_run(run, out)
         cb.message(f"resumed at step {run.step}")
     t = cfg.train
     keys = tuple(dict.fromkeys(DERIVED_KEYS.get(c.input_key, c.input_key) for c in run.model.conditioners.items))
+    if cfg.model.residual:
+        keys = tuple(dict.fromkeys((*keys, "cond_image")))
     if cfg.cache_latents:
-        started = time.time()
-        cache = encode_dataset(run.model, dataset, keys=keys)
-        cb.message(f"cached {cache['z0'].shape[0]} latents of shape {tuple(cache['z0'].shape[1:])} "
-                   f"in {time.time() - started:.1f} s")
-        batches = latent_batches(cache, t.batch_size, seed=t.seed, start_step=run.step)
-        preview_batch = take(cache, torch.arange(min(cfg.sample_count, cache["z0"].shape[0])))
+        cache = _latent_cache(run, dataset, out, keys, ae_path, cb)
+        batches = latent_batches(cache, t.batch_size, seed=t.seed, start_step=run.step, rank=d.rank, world=d.world)
+        preview_batch = cache.take(list(range(min(cfg.sample_count, len(cache)))))
     else:
-        images = batch_stream(dataset, t.batch_size, seed=t.seed, start_step=run.step, num_workers=t.num_workers)
-        batches = ({"z0": run.model.encode(b["image"]), **{k: b[k] for k in keys}} for b in images)
-        preview_batch = None
+        images = batch_stream(dataset, t.batch_size, seed=t.seed, start_step=run.step, num_workers=t.num_workers,
+                              rank=d.rank, world=d.world)
+        batches = ({"z0": run.model.encode(b["image"].to(d.device)), **{k: b[k] for k in keys}} for b in images)
+        first = default_collate([dataset[i] for i in range(min(cfg.sample_count, len(dataset)))])
+        preview_batch = {"z0": run.model.encode(first["image"].to(d.device)), **{k: first[k] for k in keys}}
     return _loop(run, batches, out, dataset, cb, ae_path, preview_batch)
 
 
+def _latent_cache(run: LDMRun, dataset: Any, out: Path, keys: tuple[str, ...], ae_path: str | Path,
+                  cb: Callbacks) -> LatentCache:
+    """Open the run's latent cache, or encode it (rank 0 encodes while the others wait)."""
+    from ldmctl.config import to_dict
+
+    stamp = {"autoencoder": file_sha256(ae_path), "data": to_dict(run.cfg.data), "keys": list(keys),
+             "seed": run.cfg.train.seed}
+    folder = out / "latents"
+    cache = open_cache(folder, stamp)
+    if cache is None:
+        if run.dist.main:
+            started = time.time()
+            cache = build_cache(lambda x: run.model.encode(x.to(run.dist.device)).cpu(), dataset, folder,
+                                keys=keys, stamp=stamp)
+            cb.message(f"cached {len(cache)} latents of shape {cache.latent_shape} in {time.time() - started:.1f} s "
+                       f"({folder}, memory-mapped)")
+        run.dist.barrier()
+        cache = cache or open_cache(folder, stamp)
+    if cache is None:
+        raise CheckpointError(f"the latent cache in {str(folder)!r} could not be read back")
+    return cache
+
+
 def _loop(run: LDMRun, batches: Any, out: Path, dataset: Any, cb: Callbacks, ae_path: str | Path,
-          preview_batch: dict[str, Any] | None) -> dict[str, Any]:
-    t = run.cfg.train
+          preview_batch: dict[str, Any]) -> dict[str, Any]:
+    t, d = run.cfg.train, run.dist
     ema_unet = copy.deepcopy(run.model.unet).requires_grad_(False)
     ema_conds = copy.deepcopy(run.model.conditioners).requires_grad_(False)
     speed, started, logs = Throughput(), time.time(), {}
     extra = {"autoencoder": str(ae_path), "skipped_files": len(dataset.skipped)}
-    with StopSignals() as stop, (out / "log.jsonl").open("a") as logfile:
+    logfile = (out / "log.jsonl").open("a") if d.main else contextlib.nullcontext()
+    with StopSignals() as stop, logfile:
         while run.step < t.max_steps:
             logs = train_step(run, next(batches))
             run.step += 1
             logs["steps_per_s"] = speed.tick()
             cb.step(run.step, logs)
-            if due(run.step, t.log_every, t.max_steps):
+            if d.main and due(run.step, t.log_every, t.max_steps):
                 write_log(logfile, run.step, logs)
-            if due(run.step, t.sample_every, t.max_steps):
-                batch = preview_batch if preview_batch is not None else next(batches)
-                cb.images(run.step, f"samples_{run.step:07d}", {"samples": preview(run, ema_unet, ema_conds, batch)})
-            if due(run.step, t.save_every, t.max_steps):
-                cb.saved(run.step, str(save_run(run, out, extra)))
-            elif stop.requested:
-                cb.saved(run.step, str(save_run(run, out, extra)))
-            if stop.requested:
-                cb.message(f"{stop.requested}: stopped at step {run.step} with a checkpoint; continue with --resume")
+            if d.main and due(run.step, t.sample_every, t.max_steps):
+                cb.images(run.step, f"samples_{run.step:07d}", {"samples": preview(run, ema_unet, ema_conds, preview_batch)})
+            stopping = d.any_true(stop.requested is not None)
+            if due(run.step, t.save_every, t.max_steps) or stopping:
+                if d.main:
+                    cb.saved(run.step, str(save_run(run, out, extra)))
+                d.barrier()
+            if stopping:
+                cb.message(f"{stop.requested or 'SIGTERM'}: stopped at step {run.step} with a checkpoint; "
+                           "continue with --resume")
                 break
     summary = {
-        "interrupted": stop.requested,
+        "interrupted": stop.requested or (run.step < t.max_steps and "stopped") or None,
         "steps": run.step, "seconds": round(time.time() - started, 2),
         "steps_per_s": round(logs.get("steps_per_s", 0.0), 3),
         "final": {k: round(v, 6) for k, v in logs.items() if isinstance(v, float)},
         "skipped_files": [{"path": p, "reason": r} for p, r in dataset.skipped],
         "checkpoint": str(out / "ldm.safetensors"),
+        "processes": d.world,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if d.main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-__all__ = ["encode_dataset", "load_ldm", "resolve_ldm", "save_ldm", "train_ldm"]
+__all__ = ["load_ldm", "measure_residual_scale", "resolve_ldm", "save_ldm", "train_ldm"]

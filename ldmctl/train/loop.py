@@ -21,11 +21,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ldmctl.errors import TrainingError
+from ldmctl.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -111,45 +112,82 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=g)
 
 
-def batch_stream(dataset: Dataset, batch_size: int, *, seed: int, start_step: int = 0,
-                 num_workers: int = 0) -> Iterator[dict[str, Any]]:
-    """Yield collated batches forever, in an order fixed by ``seed``, starting at ``start_step``.
+def index_batches(n: int, batch_size: int, *, seed: int, start_step: int = 0, rank: int = 0,
+                  world: int = 1) -> Iterator[list[int]]:
+    """Yield this rank's item indices of each global batch of ``batch_size``, forever.
 
-    Every batch has exactly ``batch_size`` items; the incomplete tail of an epoch is dropped,
-    and a data set smaller than one batch is repeated within the batch.
+    The order of an epoch is ``DistributedSampler``'s (shuffled by ``seed`` and the epoch, the
+    incomplete tail dropped); rank ``r`` of ``world`` takes every ``world``-th item of it, so the
+    ranks' batches together are exactly the one-process batch. A data set smaller than one
+    batch is repeated within the batch. Resuming at ``start_step`` replays nothing.
     """
-    n = len(dataset)  # type: ignore[arg-type]
+    from torch.utils.data import DistributedSampler
+
+    local = batch_size // world
     per_epoch = max(1, n // batch_size)
     epoch, offset = divmod(start_step, per_epoch)
     while True:
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        perm = epoch_permutation(n, seed, epoch)
-        if n < batch_size:
-            perm = perm.repeat(math.ceil(batch_size / n))
-        batches = [perm[b * batch_size:(b + 1) * batch_size].tolist() for b in range(offset, per_epoch)]
-        if num_workers > 0:
-            loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                collate_fn=default_collate)
-            yield from loader
+        if n >= batch_size:
+            sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True,
+                                         seed=(seed * 1_000_003) % (2**63), drop_last=True)
+            sampler.set_epoch(epoch)
+            order = list(sampler)
         else:
-            for idx in batches:
-                yield default_collate([dataset[i] for i in idx])
+            order = epoch_permutation(n, seed, epoch).repeat(math.ceil(batch_size / n))[:batch_size][rank::world].tolist()
+        for b in range(offset, per_epoch):
+            yield order[b * local:(b + 1) * local]
         epoch, offset = epoch + 1, 0
 
 
+def batch_stream(dataset: Dataset, batch_size: int, *, seed: int, start_step: int = 0,
+                 num_workers: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, Any]]:
+    """Yield collated batches forever, in an order fixed by ``seed``, starting at ``start_step``.
+
+    ``batch_size`` is the global batch; each of ``world`` ranks gets ``batch_size / world``
+    items of it (:func:`index_batches`). Every batch is full: the incomplete tail of an epoch is
+    dropped, and a data set smaller than one batch is repeated within the batch.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    per_epoch = max(1, n // batch_size)
+    indices = index_batches(n, batch_size, seed=seed, start_step=start_step, rank=rank, world=world)
+    step = start_step
+    while True:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(step // per_epoch)
+        left = per_epoch - step % per_epoch  # batches left in this epoch
+        batches = [next(indices) for _ in range(left)]
+        if num_workers > 0:
+            yield from DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=default_collate)
+        else:
+            for idx in batches:
+                yield default_collate([dataset[i] for i in idx])
+        step += left
+
+
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Capture every RNG a run touches (torch global, Python, the run's own generator)."""
-    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-            "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
-            "python_gauss": random.getstate()[2]}
+    """Capture every RNG a run touches (torch CPU and CUDA, NumPy, Python, the run's own generator),
+    as tensors and plain values that ``torch.load(weights_only=True)`` reads back."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+             "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+             "python_gauss": random.getstate()[2],
+             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: Mapping[str, Any], generator: torch.Generator) -> None:
-    """Restore what :func:`rng_state` captured."""
+    """Restore what :func:`rng_state` captured (states written before NumPy was saved still load)."""
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def lr_at(step: int, *, base: float, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -237,9 +275,17 @@ class StopSignals:
             signal.signal(s, handler)
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU for ``precision == "bf16"``; otherwise nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
+    """Autocast of the forward pass: bf16 (CPU or GPU), fp16 (GPU only; pair it with a
+    :class:`torch.amp.GradScaler`), or nothing for fp32."""
+    kind = torch.device(device).type
+    if precision == "bf16":
+        return torch.autocast(kind, dtype=torch.bfloat16)
+    if precision == "fp16":
+        if kind != "cuda":
+            raise ConfigError("precision fp16 needs a GPU (it relies on a gradient scaler)", hint="use --precision bf16 on CPU")
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 def file_sha256(path: str | Path) -> str:
