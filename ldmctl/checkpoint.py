@@ -46,12 +46,43 @@ class Checkpoint:
     version: str
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename over ``path``."""
+def check_writable(path: str | Path) -> Path:
+    """Refuse, before any long work, an output file that :func:`atomic_write` could not create."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise CheckpointError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise CheckpointError(f"cannot write {str(path)!r}: folder {str(folder)!r} {what}")
+    if path.is_dir():
+        raise CheckpointError(f"cannot write {str(path)!r}: it is a folder", hint="name a file inside it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write {str(path)!r}: folder {str(folder)!r} is read-only")
+    return path
+
+
+def ensure_folder(folder: str | Path) -> Path:
+    """Create an output folder (and its parents) if needed; failing that is a CheckpointError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot create output folder {str(folder)!r}: {err.strerror or err}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write into output folder {str(folder)!r}: it is read-only")
+    return folder
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename over ``path``.
+
+    An OSError on the way (read-only folder, full disk) is a CheckpointError, and the temporary
+    file is always removed: a failed write leaves nothing behind.
+    """
+    path = check_writable(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -67,8 +98,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except PermissionError as err:
-        raise CheckpointError(f"cannot write {str(path)!r}: {err.strerror}") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

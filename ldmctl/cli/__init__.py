@@ -6,9 +6,23 @@ import logging
 import os
 
 import typer
+from rich.markup import escape
 
 from ldmctl import __version__
-from ldmctl.cli import demo, eval_ae, eval_sr, export, plugins, reconstruct, sample, superres, train_ae, train_ldm
+from ldmctl.cli import (
+    demo,
+    eval_ae,
+    eval_sr,
+    export,
+    plugins,
+    reconstruct,
+    sample,
+    superres,
+    train_ae,
+    train_classifier,
+    train_ldm,
+)
+from ldmctl.cli import eval as eval_generative
 from ldmctl.cli._console import err_console
 from ldmctl.errors import LdmctlError
 
@@ -27,6 +41,8 @@ app.command("sample")(sample.command)
 app.command("export")(export.command)
 app.command("superres")(superres.command)
 app.command("eval-sr")(eval_sr.command)
+app.command("train-classifier")(train_classifier.command)
+app.command("eval")(eval_generative.command)
 app.command("plugins")(plugins.command)
 app.command("demo")(demo.command)
 
@@ -55,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     except LdmctlError as err:
         if os.environ.get("LDMCTL_TRACEBACK"):
             raise
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        # messages quote user values (paths, captions): "[" in them is text, not rich markup
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         if err.hint:
-            err_console.print(f"[dim]hint: {err.hint}[/]", highlight=False)
+            err_console.print(f"[dim]hint: {escape(err.hint)}[/]", highlight=False)
         raise SystemExit(err.exit_code) from None

@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 from torch import Tensor
 
-console = Console()  # stdout: results (paths, tables, JSON)
+console = Console(markup=False, soft_wrap=True)  # stdout: results (paths, tables, JSON), printed verbatim
 err_console = Console(stderr=True, soft_wrap=True)  # stderr: progress, logs, errors
 
 
@@ -67,7 +67,7 @@ def metrics_table(title: str, rows: list[dict[str, object]], columns: list[str])
     """A rich table of per-item metric rows (floats shown with 4 significant digits)."""
     table = Table(title=title)
     for c in columns:
-        table.add_column(c, justify="left" if c in ("image", "name") else "right")
+        table.add_column(c, justify="left" if c in ("image", "name", "metric", "class", "meaning") else "right")
     for row in rows:
         table.add_row(*[f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns])
     return table

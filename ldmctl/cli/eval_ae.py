@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
-from ldmctl.checkpoint import atomic_write, load_autoencoder
+from ldmctl.checkpoint import atomic_write, check_writable, ensure_folder, load_autoencoder
 from ldmctl.cli._console import console, err_console, metrics_table, to_uint8_image
-from ldmctl.errors import ConfigError, WeightsError
+from ldmctl.errors import WeightsError
 from ldmctl.eval.report import autoencoder_restorer, evaluate_reconstructions, load_eval_images
 
 
@@ -18,10 +19,7 @@ def _saver(out: Path | None):
     """A callback writing ``OUT/<image stem>_<label>.png`` for each scored output, or None."""
     if out is None:
         return None
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create output folder {str(out)!r}: {err.strerror}") from None
+    ensure_folder(out)
 
     def save(name: str, label: str, image) -> None:
         img = to_uint8_image(image * 2 - 1)
@@ -41,12 +39,15 @@ def optional_lpips(weights: Path | None):
     except WeightsError as err:
         if weights is not None:
             raise
-        err_console.print(f"[dim]LPIPS skipped: {err}[/]", highlight=False)
+        err_console.print(f"[dim]LPIPS skipped: {escape(str(err))}[/]", highlight=False)
         return None
 
 
 def print_report(title: str, report: dict, json_out: Path | None) -> None:
     """The per-image rows and their mean as a table on stdout; the report as JSON if asked."""
+    if report.get("skipped"):
+        err_console.print(f"[yellow]skipped {len(report['skipped'])} unusable file(s)[/]"
+                          + (f" (see {escape(str(json_out))})" if json_out else ""), highlight=False)
     columns = ["image", "size"] + list(report["mean"])
     rows = report["rows"] + [{"image": "mean", "size": "", **report["mean"]}]
     console.print(metrics_table(title, rows, columns))
@@ -66,11 +67,14 @@ def command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Score reconstructions against the originals: a table on stdout, optionally JSON."""
+    if json_out is not None:
+        check_writable(json_out)
     ae = load_autoencoder(ckpt)
-    images = load_eval_images(data, size=size, limit=limit)
+    skipped: list[tuple[str, str]] = []
+    images = load_eval_images(data, size=size, limit=limit, skipped=skipped)
     perceptual = optional_lpips(lpips_weights)
     f = ae.config.downsample_factor
     report = evaluate_reconstructions(images, autoencoder_restorer(ae), baseline_factor=f if baseline else 0,
                                       perceptual=perceptual, on_output=_saver(out))
-    report.update(checkpoint=str(ckpt), data=data, crop=size, f=f)
+    report.update(checkpoint=str(ckpt), data=data, crop=size, f=f, skipped=[list(s) for s in skipped])
     print_report(f"eval-ae: {ckpt.name} on {data}", report, json_out)

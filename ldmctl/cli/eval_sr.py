@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import torch
 import typer
 
+from ldmctl.checkpoint import check_writable
 from ldmctl.cli._console import step_progress
 from ldmctl.cli.eval_ae import _saver, optional_lpips, print_report
 from ldmctl.errors import ConfigError
@@ -26,6 +27,7 @@ def command(
     sampler: Annotated[str, typer.Option(help="dpmpp (DPM-Solver++ 2M), ddim, plms or ddpm.")] = "dpmpp",
     seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
     strength: Annotated[float, typer.Option(help="< 1 (ddim only): start from the noised bicubic upscale (see superres).")] = 1.0,
+    detail_transfer: Annotated[bool, typer.Option("--detail-transfer/--no-detail-transfer", help="Residual models: output bicubic + D(z) - D(z_bicubic), cancelling the autoencoder's error on the bicubic content.")] = True,
     lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS backbone weights (default: torch hub cache).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also save each super-resolved and bicubic image as PNG here.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
@@ -36,6 +38,10 @@ def command(
     from ldmctl.diffusion.superres import sr_scale, upscale
     from ldmctl.train.ldm import load_ldm
 
+    if steps < 1:
+        raise ConfigError(f"--steps must be positive, got {steps}")
+    if json_out is not None:
+        check_writable(json_out)
     if model is None:
         from ldmctl.models import shipped_model
 
@@ -44,19 +50,21 @@ def command(
     s = sr_scale(ldm)
     if size % s:
         raise ConfigError(f"--size {size} is not a multiple of the model's scale {s}")
-    images = load_eval_images(data, size=size, limit=limit)
-    images = [(n, x[..., : x.shape[-2] // s * s, : x.shape[-1] // s * s]) for n, x in images]
+    skipped: list[tuple[str, str]] = []
+    images = load_eval_images(data, size=size, limit=limit, multiple=s, skipped=skipped)
     perceptual = optional_lpips(lpips_weights)
 
     with step_progress(len(images), description=f"eval-sr x{s}") as (progress, task):
         def restore(x: torch.Tensor) -> torch.Tensor:
             lr = resize(x[0] * 2 - 1, (x.shape[-2] // s, x.shape[-1] // s)).clamp(-1, 1)
             with torch.inference_mode():
-                hr = upscale(ldm, lr, sampler=sampler, steps=steps, seed=seed, strength=strength)
+                hr = upscale(ldm, lr, sampler=sampler, steps=steps, seed=seed, strength=strength,
+                             detail_transfer=detail_transfer)
             progress.advance(task)
             return ((hr + 1) / 2)[None]
 
         report = evaluate_reconstructions(images, restore, baseline_factor=s, perceptual=perceptual,
                                           on_output=_saver(out))
-    report.update(checkpoint=str(model), data=data, crop=size, scale=s, sampler=sampler, steps=steps, seed=seed, strength=strength)
+    report.update(checkpoint=str(model), data=data, crop=size, scale=s, sampler=sampler, steps=steps, seed=seed, strength=strength,
+                  detail_transfer=detail_transfer and ldm.config.residual, skipped=[list(k) for k in skipped])
     print_report(f"eval-sr: {Path(model).name} x{s} on {data}", report, json_out)

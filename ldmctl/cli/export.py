@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ldmctl.checkpoint import check_writable
 from ldmctl.cli._console import console, err_console
 from ldmctl.config import DataConfig
 from ldmctl.errors import ConfigError
@@ -24,8 +25,7 @@ def command(
 
     if out.resolve() == ckpt.resolve():
         raise ConfigError("the export would overwrite its source checkpoint; choose another OUT")
-    if not out.parent.is_dir():
-        raise ConfigError(f"output folder {str(out.parent)!r} does not exist")
+    check_writable(out)
     data = DataConfig(source=captions_from) if captions_from else None
     summary = export_ldm(ckpt, out, half=half, prune_vocab=prune_vocab, captions_from=data)
     kept = ", ".join(f"{k}: {v} tokens kept" for k, v in summary["kept_tokens"].items())

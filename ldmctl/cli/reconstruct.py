@@ -8,10 +8,9 @@ from typing import Annotated
 import typer
 
 from ldmctl.autoencoder.apply import reconstruct
-from ldmctl.checkpoint import atomic_write, load_autoencoder
+from ldmctl.checkpoint import atomic_write, ensure_folder, load_autoencoder
 from ldmctl.cli._console import console, to_uint8_image
 from ldmctl.data import load_image, pil_to_tensor
-from ldmctl.errors import ConfigError
 
 
 def command(
@@ -22,10 +21,7 @@ def command(
     """Encode and decode images (any size; padded to a multiple of f, cropped back) to PNGs."""
     ae = load_autoencoder(ckpt)
     loaded = [(p, load_image(p)) for p in images]  # fail on a bad input before writing anything
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create output folder {str(out)!r}: {err.strerror}") from None
+    ensure_folder(out)
     for path, img in loaded:
         x = pil_to_tensor(img).unsqueeze(0)
         recon = to_uint8_image(reconstruct(ae, x)[0])

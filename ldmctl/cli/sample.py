@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
 
-from ldmctl.checkpoint import atomic_write
+from ldmctl.checkpoint import atomic_write, check_writable, ensure_folder
 from ldmctl.cli._console import (
     console,
     err_console,
@@ -22,11 +23,14 @@ from ldmctl.samplers import get_sampler
 from ldmctl.train.ldm import load_ldm
 
 
-def _check(n: int, steps: int, eta: float, batch_size: int) -> None:
+def check_options(n: int, steps: int, eta: float, batch_size: int, guidance: float | None) -> None:
+    """Refuse sampler options that cannot work, before any long step (shared with ``eval``)."""
     if n < 1 or steps < 1 or batch_size < 1:
         raise ConfigError("--n, --steps and --batch-size must be positive")
     if not (math.isfinite(eta) and eta >= 0):
         raise ConfigError(f"--eta must be a finite number >= 0, got {eta}")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise ConfigError(f"--guidance must be a finite number >= 0, got {guidance}")
 
 
 def sampling_conditions(model, n: int, labels: list[int] | None, prompts: list[str] | None = None) -> dict:
@@ -48,6 +52,34 @@ def sampling_conditions(model, n: int, labels: list[int] | None, prompts: list[s
     if prompts and "caption" not in out:
         raise ConfigError("--prompt was given but this model is not text-conditional")
     return out
+
+
+def generate(model, sampler_fn, n: int, *, steps: int, eta: float = 0.0, seed: int = 0,
+             conditions: dict | None = None, guidance: float = 1.0, batch_size: int = 64,
+             negative_prompt: str | None = None,
+             on_progress: Callable[[int], None] | None = None) -> Iterator[tuple[torch.Tensor, dict]]:
+    """Yield ``(images (B, 3, H, W) in [-1, 1], that batch's conditions)`` for ``n`` samples.
+
+    One generator seeded with ``seed`` draws every batch in turn, so the samples depend on
+    ``seed`` and ``batch_size`` only. ``on_progress(done)`` counts sample-steps (of ``n * steps``).
+    """
+    conditions = conditions or {}
+    g = torch.Generator().manual_seed(seed)
+    for start in range(0, n, batch_size):
+        done, size = start * steps, min(batch_size, n - start)
+        batch = {k: v[start:start + size] for k, v in conditions.items()}
+        model_fn = None
+        if conditions:
+            cond = model.cond(batch)
+            negative = {"caption": [negative_prompt] * size} if negative_prompt is not None else None
+            model_fn = model.model_fn(cond, model.conditioners.null(size, like=cond, negative=negative), guidance=guidance)
+        callback = None if on_progress is None else (
+            lambda i, total, z, d=done: on_progress(d + (i + 1) * z.shape[0]))
+        with torch.no_grad():
+            z = model.sample_latents(sampler_fn, size, steps=steps, eta=eta, generator=g, model_fn=model_fn,
+                                     callback=callback)
+            images = model.decode(z)
+        yield images, batch
 
 
 def _grid(images: torch.Tensor) -> torch.Tensor:
@@ -78,13 +110,10 @@ def command(
     save_tensor: Annotated[Path | None, typer.Option(help="Also save the samples as a .pt tensor (N, 3, H, W) in [-1, 1].")] = None,
 ) -> None:
     """Sample images from a latent diffusion checkpoint: a grid, and optionally one PNG each."""
-    _check(n, steps, eta, batch_size)
-    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
-        raise ConfigError(f"--guidance must be a finite number >= 0, got {guidance}")
+    check_options(n, steps, eta, batch_size, guidance)
     fn = get_sampler(sampler)
     for target in [out] + ([save_tensor] if save_tensor else []):
-        if not target.parent.is_dir():
-            raise ConfigError(f"output folder {str(target.parent)!r} does not exist")
+        check_writable(target)  # before the long part, not after it
     if ckpt is None:
         from ldmctl.models import SHIPPED, shipped_model
 
@@ -92,25 +121,17 @@ def command(
         err_console.print(f"built-in model: {SHIPPED['shapes'].about}")
     model = load_ldm(ckpt, weights=weights)
     conditions = sampling_conditions(model, n, label, prompt)
+    if out_dir is not None:
+        ensure_folder(out_dir)
     scale = guidance if guidance is not None else (3.0 if conditions else 1.0)
-    g = torch.Generator().manual_seed(seed)
-    chunks = []
     with step_progress(n * steps, description=f"sample {sampler}") as (progress, task):
-        for start in range(0, n, batch_size):
-            done, size = start * steps, min(batch_size, n - start)
-            model_fn = None
-            if conditions:
-                batch = {k: v[start:start + size] for k, v in conditions.items()}
-                cond = model.cond(batch)
-                negative = {"caption": [negative_prompt] * size} if negative_prompt is not None else None
-                model_fn = model.model_fn(cond, model.conditioners.null(size, like=cond, negative=negative), guidance=scale)
-            z = model.sample_latents(fn, size, steps=steps, eta=eta, generator=g, model_fn=model_fn,
-                                     callback=lambda i, total, _z, d=done: progress.update(task, completed=d + (i + 1) * (_z.shape[0])))
-            chunks.append(model.decode(z))
+        chunks = [images for images, _ in generate(
+            model, fn, n, steps=steps, eta=eta, seed=seed, conditions=conditions, guidance=scale,
+            batch_size=batch_size, negative_prompt=negative_prompt,
+            on_progress=lambda done: progress.update(task, completed=done))]
     images = torch.cat(chunks)
     atomic_write(out, lambda tmp: to_uint8_image(_grid(images)).save(tmp, format="PNG"))
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(images):
             atomic_write(out_dir / f"{i:05d}.png", lambda tmp, im=img: to_uint8_image(im).save(tmp, format="PNG"))
     if save_tensor is not None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import torch
 import typer
 
-from ldmctl.checkpoint import atomic_write
+from ldmctl.checkpoint import atomic_write, check_writable, ensure_folder
 from ldmctl.cli._console import console, err_console, step_progress
 from ldmctl.data import IMAGE_SUFFIXES, iter_image_files
 from ldmctl.errors import ConfigError, DataError
@@ -40,13 +40,11 @@ def output_paths(files: list[Path], out: Path | None, scale: int) -> list[Path]:
     if out is not None and out.suffix.lower() in SAVE_FORMATS and not out.is_dir():
         if len(files) > 1:
             raise ConfigError(f"{len(files)} inputs need an output folder, not the file {str(out)!r}")
-        if not out.parent.is_dir():
-            raise ConfigError(f"output folder {str(out.parent)!r} does not exist")
-        return [out]
+        return [check_writable(out)]
     folder = out or Path(".")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"output {str(folder)!r} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_folder(folder)
     names = [f"{p.stem}_x{scale}.png" for p in files]
     if len(set(names)) < len(names):  # same stem in different folders: keep them apart
         names = [f"{i:04d}_{n}" for i, n in enumerate(names)]
@@ -71,6 +69,7 @@ def command(
     tile: Annotated[int, typer.Option(help="Tile side in latent cells (memory grows with its square).")] = 64,
     overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles in latent cells.")] = 16,
     strength: Annotated[float, typer.Option(help="< 1 (ddim only): start from the bicubic upscale noised to strength * T instead of pure noise.")] = 1.0,
+    detail_transfer: Annotated[bool, typer.Option("--detail-transfer/--no-detail-transfer", help="Residual models: output bicubic + D(z) - D(z_bicubic), cancelling the autoencoder's error on the bicubic content.")] = True,
 ) -> None:
     """Upscale photos with a super-resolution LDM; tiles keep memory bounded on large inputs."""
     from ldmctl.data.images import open_image
@@ -96,7 +95,8 @@ def command(
             report = (lambda done, total, i=i: progress.update(task, completed=i + done / total))
             with torch.inference_mode():
                 hr = upscale(ldm, rgb, sampler=sampler, steps=steps, eta=eta, seed=seed, tile=tile,
-                             overlap=overlap, strength=strength, progress=report)
+                             overlap=overlap, strength=strength,
+                             detail_transfer=detail_transfer, progress=report)
             a = upscale_alpha(alpha, tuple(hr.shape[-2:])) if alpha is not None else None
             _save(merge_image(hr, a, mode), target)
             progress.update(task, completed=i + 1)

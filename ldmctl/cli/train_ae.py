@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from ldmctl.cli._console import console, err_console, format_logs, save_grid, step_progress
 from ldmctl.cli._options import resolve_ae_config
@@ -58,6 +59,6 @@ def command(
         summary = train_ae(cfg, out, resume=resume, lpips_weights=lpips_weights, init_from=init,
                            callbacks=callbacks)
     if summary["skipped_files"]:
-        err_console.print(f"[yellow]skipped {len(summary['skipped_files'])} unusable file(s)[/] (see {out / 'summary.json'})")
+        err_console.print(f"[yellow]skipped {len(summary['skipped_files'])} unusable file(s)[/] (see {escape(str(out / 'summary.json'))})")
     err_console.print(f"{summary['steps']} steps, {summary['steps_per_s']} steps/s, scale factor {summary['scale_factor']:.4g}")
     console.print(summary["checkpoint"], highlight=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ldmctl.cli._console import (
     console,
@@ -93,6 +94,6 @@ def command(
         )
         summary = train_ldm(cfg, ae, out, resume=resume, callbacks=callbacks)
     if summary["skipped_files"]:
-        err_console.print(f"[yellow]skipped {len(summary['skipped_files'])} unusable file(s)[/] (see {out / 'summary.json'})")
+        err_console.print(f"[yellow]skipped {len(summary['skipped_files'])} unusable file(s)[/] (see {escape(str(out / 'summary.json'))})")
     err_console.print(f"{summary['steps']} steps, {summary['steps_per_s']} steps/s, final loss {summary['final'].get('loss', float('nan')):.4g}")
     console.print(summary["checkpoint"], highlight=False)

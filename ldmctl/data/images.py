@@ -8,7 +8,9 @@ CMYK, YCbCr, I;16 and I become RGB, with transparency composited on white). A fo
 Bad files never stop a run. At scan time each header is opened (cheap) and files that are empty,
 not images, or larger than ``DataConfig.max_pixels`` are skipped; at load time a file that fails
 to decode (e.g. truncated) is skipped and its item is replaced by the next good image. Either way
-the file gets one warning and an entry in ``dataset.skipped``.
+the file gets one warning and an entry in ``dataset.skipped``, as does a ``metadata.jsonl`` row
+naming a missing file. A ``metadata.jsonl`` that is not UTF-8 JSON, or names a file outside the
+data folder, is a DataError: it is the user's description of the data, not one bad file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +225,16 @@ def folder_labels(root: Path, files: list[Path]) -> tuple[list[str], list[int]]:
     return names, [index[parts[0]] if len(parts) > 1 else -1 for parts in tops]
 
 
-def folder_captions(root: Path, files: list[Path]) -> list[str]:
-    """Return one caption per file: ``metadata.jsonl`` first, then ``<stem>.txt``, else ""."""
+def folder_captions(root: Path, files: list[Path], *,
+                    skip: Callable[[Path, str], None] | None = None) -> list[str]:
+    """Return one caption per file: ``metadata.jsonl`` first, then ``<stem>.txt``, else "".
+
+    A metadata row naming a file that does not exist is passed to ``skip(path, reason)``; a row
+    that is not valid JSON or UTF-8, or names a file outside ``root``, is a DataError.
+    """
     meta: dict[Path, str] = {}
     for jsonl in sorted(root.rglob("metadata.jsonl")):
-        meta.update(_read_metadata(jsonl))
+        meta.update(_read_metadata(jsonl, root, skip))
     captions = []
     for path in files:
         text = meta.get(path.resolve())
@@ -237,23 +245,40 @@ def folder_captions(root: Path, files: list[Path]) -> list[str]:
     return captions
 
 
-def _read_metadata(jsonl: Path) -> dict[Path, str]:
+_ROW_HINT = 'each line must be UTF-8 JSON like {"file_name": "a.png", "text": "a caption"}'
+
+
+def _read_metadata(jsonl: Path, root: Path, skip: Callable[[Path, str], None] | None) -> dict[Path, str]:
     """Read ``{"file_name": ..., "text": ...}`` lines; file names are relative to the jsonl's folder."""
     out: dict[Path, str] = {}
-    lines = jsonl.read_text(encoding="utf-8", errors="replace").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    base = root.resolve()
+    for number, raw in enumerate(jsonl.read_bytes().splitlines(), start=1):
+        where = f"{jsonl}:{number}"
         try:
-            row = json.loads(line)
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # tolerate a BOM
+            row = json.loads(line) if line.strip() else None
+        except UnicodeDecodeError as err:
+            raise DataError(f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})",
+                            hint=_ROW_HINT) from None
         except json.JSONDecodeError as err:
-            raise DataError(f"{jsonl}:{number}: not valid JSON ({err.msg})",
-                            hint='each line must be {"file_name": "a.png", "text": "a caption"}') from None
+            raise DataError(f"{where}: not valid JSON ({err.msg})", hint=_ROW_HINT) from None
+        if row is None:
+            continue
         if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
-            raise DataError(f"{jsonl}:{number}: expected an object with a string 'file_name'",
-                            hint='each line must be {"file_name": "a.png", "text": "a caption"}')
-        text = row.get("text", "")
-        out[(jsonl.parent / row["file_name"]).resolve()] = "" if text is None else str(text)
+            raise DataError(f"{where}: expected an object with a string 'file_name'", hint=_ROW_HINT)
+        name, text = row["file_name"], row.get("text", "")
+        text = "" if text is None else str(text)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate such as "\ud800" is valid JSON, not text
+            raise DataError(f"{where}: the caption is not valid Unicode (lone surrogate)", hint=_ROW_HINT) from None
+        path = (jsonl.parent / name).resolve()
+        if Path(name).is_absolute() or not path.is_relative_to(base):
+            raise DataError(f"{where}: file_name {name!r} is outside the data folder {str(root)!r}",
+                            hint="file names are relative to the folder of metadata.jsonl and stay inside it")
+        if not path.exists() and skip is not None:
+            skip(path, f"listed in {where} but missing")
+        out[path] = text
     return out
 
 
@@ -273,9 +298,9 @@ class ImageFolderDataset(Dataset):
     def __init__(self, root: str | Path, cfg: DataConfig, *, seed: int = 0) -> None:
         self.root, self.cfg, self.seed, self.epoch = Path(root), cfg, seed, 0
         files = iter_image_files(self.root)
-        self.class_names, labels = folder_labels(self.root, files)
-        captions = folder_captions(self.root, files)
         self.skipped: list[tuple[str, str]] = []
+        self.class_names, labels = folder_labels(self.root, files)
+        captions = folder_captions(self.root, files, skip=self._skip)
         self._entries: list[tuple[Path, int, str]] = []
         for path, label, caption in zip(files, labels, captions, strict=True):
             reason = probe_image(path, cfg.max_pixels)
@@ -286,6 +311,7 @@ class ImageFolderDataset(Dataset):
         self._bad: set[int] = set()  # entries that failed to decode at load time
         if not self._entries:
             self._raise_empty(len(files))
+        self._load_good(0)  # one image must decode: a folder of truncated files fails now, not mid-run
         log.info("%s", self.summary())
 
     def _skip(self, path: Path, reason: str) -> None:

@@ -11,7 +11,8 @@
    every step: neighbouring tiles agree on their overlap throughout sampling, so there are no seams;
 4. a residual model (``config.residual``) samples the difference from the latent of the bicubic
    upscale, which is added back here;
-5. the latent is decoded in overlapping tiles too, blended the same way.
+5. the latent is decoded in overlapping tiles too, blended the same way; for a residual model
+   with ``detail_transfer`` the output is bicubic + D(z) - D(z_bicubic) (two decodes).
 
 Memory: the whole-image tensors are the latent, the sampler's few latent-sized buffers and the
 output image (a 1024 x 1024 output with f = 2 has a 4 x 512 x 512 latent: 4 MB per tensor);
@@ -98,13 +99,16 @@ def _inputs(model: LatentDiffusion, lr: Tensor, hw: tuple[int, int], *, tile: in
 @torch.no_grad()
 def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
             seed: int = 0, tile: int = 64, overlap: int = 16, strength: float = 1.0,
-            progress: Progress | None = None) -> Tensor:
+            detail_transfer: bool = True, progress: Progress | None = None) -> Tensor:
     """Super-resolve ``lr`` (3, h, w) in [-1, 1] to (3, s*h, s*w) in [-1, 1] (see the module doc).
 
     ``tile`` and ``overlap`` are in latent cells (one cell is f output pixels). ``strength`` < 1
     (DDIM only) starts sampling at t = strength * T from the latent of the bicubic upscale noised
     to that level (SDEdit) instead of from pure noise: less is invented, more is kept of the
-    input. ``progress(done, total)`` counts UNet tile evaluations, then decoder tiles.
+    input. ``detail_transfer`` (residual models only) returns the bicubic upscale plus the
+    decoded difference D(z) - D(z_bicubic) instead of D(z), so the autoencoder's own error on
+    the bicubic content cancels out. ``progress(done, total)`` counts UNet tile evaluations,
+    then decoder tiles.
     """
     if not 0.0 < strength <= 1.0:
         raise ConfigError(f"--strength {strength} must be in (0, 1]")
@@ -134,14 +138,27 @@ def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps:
         extra = {"start": start}
     runs = len(ts) if extra else steps  # sampler steps that actually run
     per_step = count_tiles(lh, lw, tile, overlap)
-    total = runs * per_step + count_tiles(lh, lw, tile, overlap)
+    transfer = detail_transfer and model.config.residual
+    decodes = 2 if transfer else 1
+    total = runs * per_step + decodes * count_tiles(lh, lw, tile, overlap)
     model_fn = tiled_model_fn(model, cond, tile=tile, overlap=overlap)
     on_step = (lambda i, _n, _z: progress((i + 1) * per_step, total)) if progress else None
     z = fn(model_fn, model.schedule, noise, steps=steps,
            prediction=model.config.diffusion.prediction, eta=eta, generator=g, callback=on_step, **extra)
     z = model.from_target(z, inputs)
-    image = tiled_apply(lambda zt, _at: model.decode(zt), z, tile=tile, overlap=overlap,
-                        scale=f, progress=(lambda i, _n: progress(runs * per_step + i, total)) if progress else None)
+    done = runs * per_step
+
+    def decode(latent: Tensor) -> Tensor:
+        nonlocal done
+        base = done
+        out = tiled_apply(lambda zt, _at: model.decode(zt), latent, tile=tile, overlap=overlap, scale=f,
+                          progress=(lambda i, _n: progress(base + i, total)) if progress else None)
+        done += count_tiles(lh, lw, tile, overlap)
+        return out
+
+    image = decode(z)
+    if transfer:
+        image = upscale_image(padded[None], (lh * f, lw * f)) + image - decode(inputs["cond_latent"])
     return crop_to(image[0], h * s, w * s).clamp(-1, 1)
 
 

@@ -1,9 +1,10 @@
 """A small image classifier trained offline, whose penultimate layer is ldmctl's feature space.
 
-ldmctl cannot download Inception weights, so it judges generated images in the features of a
-classifier it trains itself on the training split of a labelled data set (``builtin:digits``,
-``builtin:fashion``, a folder with class sub-folders). The Fréchet distance in that
-space is **FD_cls** (see :mod:`ldmctl.eval.frechet`); never call it FID.
+FID needs the FID Inception weights, which cannot be downloaded here (:mod:`ldmctl.eval.inception`).
+The offline alternative judges generated images in the features of a classifier that ldmctl
+trains itself (``ldmctl train-classifier``) on the training split of a labelled data set
+(``builtin:digits``, ``builtin:fashion``, a folder with class sub-folders). The Fréchet distance
+in that space is **FD_cls** (see :mod:`ldmctl.eval.frechet`); never call it FID.
 
 The network is three stages of (conv-GroupNorm-ReLU) x 2 + 2x2 average pooling, a flattened
 ``feature_dim`` layer (the features) and a linear head. GroupNorm keeps features independent of
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Subset, default_collate
 
 from ldmctl.checkpoint import load_state, read_checkpoint, save_checkpoint
 from ldmctl.config import from_dict, to_dict
@@ -241,6 +242,29 @@ def evaluate_accuracy(model: FeatureClassifier, dataset: Dataset, batch_size: in
 
 
 # --------------------------------------------------------------------------------------------
+# held-out data
+
+# built-in data sets that come with a split never trained on
+HOLDOUT_SPLITS = {"builtin:digits": "builtin:digits-holdout", "builtin:fashion": "builtin:fashion-test"}
+
+
+def holdout_split(dataset: Dataset, every: int = 10) -> tuple[Dataset, Dataset]:
+    """(train, held out): items ``every - 1``, ``2 * every - 1``, ... are held out, never trained on.
+
+    Both parts keep the data set's ``class_names``.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if every < 2 or n < every:
+        raise DataError(f"cannot hold out every {every}th of {n} images", hint="pass a separate held-out set")
+    held = [i for i in range(n) if i % every == every - 1]
+    train = [i for i in range(n) if i % every != every - 1]
+    parts = (Subset(dataset, train), Subset(dataset, held))
+    for part in parts:
+        part.class_names = list(getattr(dataset, "class_names", []) or [])  # type: ignore[attr-defined]
+    return parts
+
+
+# --------------------------------------------------------------------------------------------
 # checkpoints
 
 
@@ -262,6 +286,6 @@ def load_classifier(path: str | Path) -> FeatureClassifier:
     return model.eval()
 
 
-__all__ = ["ClassifierConfig", "FeatureClassifier", "class_predictions", "dataset_images",
-           "evaluate_accuracy", "extract_features", "load_classifier", "random_translate",
+__all__ = ["HOLDOUT_SPLITS", "ClassifierConfig", "FeatureClassifier", "class_predictions", "dataset_images",
+           "evaluate_accuracy", "extract_features", "holdout_split", "load_classifier", "random_translate",
            "save_classifier", "train_classifier", "validate_classifier"]

@@ -3,16 +3,18 @@
 d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1^{1/2} S2 S1^{1/2})^{1/2})   (Dowson & Landau 1982)
 
 This is the formula behind FID (Heusel et al. 2017), but the name of the figure depends on the
-feature space: ldmctl cannot download Inception weights, so it reports the distance in the
-feature space of its own classifier (:mod:`ldmctl.eval.classifier`) as **FD_cls**, "Fréchet
-distance in the feature space of the ldmctl classifier". It is never comparable with published
-FID numbers.
+feature space: in the pool features of the FID Inception (:mod:`ldmctl.eval.inception`, weights
+that must already be on the machine) it is **FID**; in the feature space of ldmctl's own
+classifier (:mod:`ldmctl.eval.classifier`), the offline alternative, it is **FD_cls**, "Fréchet
+distance in the feature space of the ldmctl classifier", never comparable with published FIDs.
 
 Matrix square roots use symmetric eigen-decompositions (``torch.linalg.eigh``) with tiny
 negative eigenvalues, which are round-off in PSD matrices, clamped to 0. No scipy.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -65,10 +67,42 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
 
 
 def frechet_distance_features(a: Tensor, b: Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets ``a`` (N, D) and ``b`` (M, D)."""
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` (N, D) and ``b`` (M, D).
+
+    Takes the cheaper of two exact routes: D x D covariances (:func:`frechet_distance`), or,
+    when the sets are small next to D (e.g. 1,000 Inception features of 2,048 dimensions), the
+    N x M cross-Gram matrix of :func:`_frechet_from_samples`.
+    """
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"expected (N, D) and (M, D) features, got {tuple(a.shape)} and {tuple(b.shape)}")
+    n, m, d = a.shape[0], b.shape[0], a.shape[1]
+    if n * m * min(n, m) < d**3:
+        return _frechet_from_samples(a, b)
     return frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
+
+
+def _frechet_from_samples(a: Tensor, b: Tensor) -> float:
+    """The same distance from the centred samples A (N, D) and B (M, D) themselves.
+
+    With S1 = A^T A / (N-1) and S2 = B^T B / (M-1), the non-zero eigenvalues of S1 S2 are those
+    of (A B^T)(A B^T)^T / ((N-1)(M-1)), i.e. the squared singular values of A B^T scaled, so
+    Tr((S1 S2)^{1/2}) = sum(svd(A B^T)) / sqrt((N-1)(M-1)); Tr(S1) = ||A||_F^2 / (N-1).
+    """
+    mu1, ca = _centred(a)  # (N, D)
+    mu2, cb = _centred(b)  # (M, D)
+    n, m = a.shape[0], b.shape[0]
+    cross = torch.linalg.svdvals(ca @ cb.T).sum() / math.sqrt((n - 1) * (m - 1))  # (N, M) cross-Gram
+    fd = (mu1 - mu2).pow(2).sum() + ca.pow(2).sum() / (n - 1) + cb.pow(2).sum() / (m - 1) - 2 * cross
+    return max(float(fd), 0.0)
+
+
+def _centred(features: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean (D,) and the centred features (N, D), in float64."""
+    if features.shape[0] < 2:
+        raise ValueError(f"a covariance needs at least 2 feature vectors, got {features.shape[0]}")
+    f = features.detach().to(torch.float64)
+    mu = f.mean(0)
+    return mu, f - mu
 
 
 __all__ = ["frechet_distance", "frechet_distance_features", "gaussian_stats"]

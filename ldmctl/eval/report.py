@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +13,12 @@ from torch import Tensor, nn
 
 from ldmctl.config import DataConfig
 from ldmctl.data import holdout_photos, iter_image_files, load_image, open_dataset, pil_to_tensor
-from ldmctl.errors import DataError
+from ldmctl.errors import ConfigError, DataError
 from ldmctl.eval.metrics import bicubic_roundtrip, lpips_distance, psnr, quantize_8bit, ssim
+
+log = logging.getLogger(__name__)
+
+MIN_SIDE = 11  # SSIM's Gaussian window (eval.metrics.ssim) needs images at least this large
 
 
 def center_crop(x: Tensor, size: int) -> Tensor:
@@ -26,15 +31,23 @@ def center_crop(x: Tensor, size: int) -> Tensor:
     return x[..., top:top + size, left:left + size]
 
 
-def load_eval_images(source: str, *, size: int = 0, limit: int = 0) -> list[tuple[str, Tensor]]:
-    """Images to evaluate on, as ``(name, (3, H, W) in [0, 1])``; ``size`` > 0 center-crops.
+def load_eval_images(source: str, *, size: int = 0, limit: int = 0, multiple: int = 1,
+                     skipped: list[tuple[str, str]] | None = None) -> list[tuple[str, Tensor]]:
+    """Images to evaluate on, as ``(name, (3, H, W) in [0, 1])``; ``size`` > 0 center-crops, and
+    the bottom/right edges are cut so that H and W are multiples of ``multiple``.
 
     ``source`` is a folder (every image in it, recursively), ``builtin:photos-holdout`` (the
     photos never used for training) or another ``builtin:NAME`` (its first ``limit`` items).
+    A file of a folder that cannot be decoded, or is too small to score, is logged and appended
+    to ``skipped`` as ``(path, reason)``, never fatal; a folder with no usable image is a DataError.
     """
+    if size < 0 or 0 < size < MIN_SIDE:
+        raise ConfigError(f"--size {size}: use 0 (whole images) or at least {MIN_SIDE} px (the SSIM window)")
+    if limit < 0:
+        raise ConfigError(f"--limit {limit}: use 0 (all images) or a positive count")
     if "," in source and not Path(source).exists():
         items = [it for part in source.split(",") if part.strip()
-                 for it in load_eval_images(part.strip(), size=size, limit=limit)]
+                 for it in load_eval_images(part.strip(), size=size, limit=limit, multiple=multiple, skipped=skipped)]
         return items[:limit] if limit else items
     if source == "builtin:photos-holdout":
         items = [(name, pil_to_tensor(img)) for name, img in holdout_photos()]
@@ -43,15 +56,37 @@ def load_eval_images(source: str, *, size: int = 0, limit: int = 0) -> list[tupl
         n = min(len(ds), limit or 64)
         items = [(it.get("path") or f"{source}#{i}", it["image"]) for i, it in ((i, ds[i]) for i in range(n))]
     else:
-        files = iter_image_files(Path(source))
-        if limit:
-            files = files[:limit]
-        items = [(str(p), pil_to_tensor(load_image(p))) for p in files]
+        min_side = max(size, -(-MIN_SIDE // multiple) * multiple)
+        items = _folder_images(Path(source), min_side, limit, skipped)
     items = [(name, (x + 1) / 2) for name, x in items]
     if size:
         items = [(name, center_crop(x, size)) for name, x in items]
+    items = [(name, x[..., : x.shape[-2] // multiple * multiple, : x.shape[-1] // multiple * multiple])
+             for name, x in items]
     if not items:
-        raise DataError(f"no image to evaluate in {source!r}")
+        first = f"first problem: {skipped[0][0]}: {skipped[0][1]}" if skipped else None
+        raise DataError(f"no image to evaluate in {source!r}", hint=first)
+    return items
+
+
+def _folder_images(folder: Path, min_side: int, limit: int,
+                   skipped: list[tuple[str, str]] | None) -> list[tuple[str, Tensor]]:
+    """The first ``limit`` (0: all) usable images of ``folder`` as (path, (3, H, W) in [-1, 1])."""
+    items: list[tuple[str, Tensor]] = []
+    for path in iter_image_files(folder):
+        try:
+            x = pil_to_tensor(load_image(path))
+            if min(x.shape[-2:]) < min_side:
+                raise DataError(f"image {str(path)!r}: {x.shape[-1]}x{x.shape[-2]} px is smaller than "
+                                f"the {min_side} px this evaluation needs")
+        except DataError as err:
+            log.warning("skipping %s: %s", path, err)
+            if skipped is not None:
+                skipped.append((str(path), str(err)))
+            continue
+        items.append((str(path), x))
+        if len(items) == limit:
+            break
     return items
 
 

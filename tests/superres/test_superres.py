@@ -187,3 +187,46 @@ def test_strength_starts_from_the_noised_bicubic_latent(sr_model):
         upscale(model, lr, steps=10, strength=0.3, sampler="dpmpp")
     with pytest.raises(ConfigError, match="strength"):
         upscale(model, lr, steps=10, strength=0.0)
+
+
+@pytest.fixture(scope="module")
+def residual_model(tmp_path_factory, sr_model):
+    """A residual SR model (x0 prediction) trained briefly, reusing sr_model's autoencoder."""
+    root = tmp_path_factory.mktemp("sr-res")
+    r = CliRunner().invoke(app, ["train-ldm", "--preset", "tiny", "--task", "superres", "--ae",
+                                 str(sr_model.parent.parent / "ae" / "ae.safetensors"), "--data", "builtin:synthetic",
+                                 "--size", "32", "--max-steps", "2", "--prediction", "x0",
+                                 "--set", "model.residual=true", "--set", "model.unet.attention_levels=[]",
+                                 "--set", "model.unet.mid_attention=false", "--out", str(root / "ldm")])
+    assert r.exit_code == 0, r.output
+    return load_ldm(root / "ldm" / "ldm.safetensors")
+
+
+def test_residual_scale_is_measured_and_stored(residual_model):
+    assert residual_model.config.residual and residual_model.config.residual_scale > 0
+    assert residual_model.config.residual_scale != 1.0
+
+
+def test_a_zero_residual_gives_bicubic_exactly_with_detail_transfer(residual_model):
+    """With the UNet's (zero-init) output layer zeroed, an x0 model predicts a zero residual, so the
+    latent is the bicubic upscale's (up to the sampler's last-step noise, sqrt(1 - alpha_bar_0) ~ 0.03
+    of it); detail transfer then returns the bicubic upscale, without it the autoencoder's output."""
+    from ldmctl.diffusion.ldm import upscale_image
+
+    torch.nn.init.zeros_(residual_model.unet.conv_out.weight)
+    torch.nn.init.zeros_(residual_model.unet.conv_out.bias)
+    lr = torch.rand(3, 12, 20) * 2 - 1
+    out = upscale(residual_model, lr, sampler="ddim", steps=2, tile=4, overlap=2)
+    assert out.shape == (3, 48, 80)
+    bicubic = upscale_image(lr[None], (48, 80))[0]
+    plain = upscale(residual_model, lr, sampler="ddim", steps=2, detail_transfer=False)
+    err, err_plain = (out - bicubic).abs().mean(), (plain - bicubic).abs().mean()
+    assert err < 0.02 and err_plain > 5 * err
+
+
+def test_residual_needs_the_superres_task(sr_model, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train-ldm", "--preset", "tiny", "--ae", str(sr_model.parent.parent / "ae" / "ae.safetensors"),
+              "--data", "builtin:synthetic", "--max-steps", "1", "--set", "model.residual=true"])
+    assert exc.value.code == 1
+    assert "superres" in capsys.readouterr().err
