@@ -33,10 +33,14 @@ class DiagonalGaussianDistribution:
         self.std = torch.exp(0.5 * self.logvar)
         self.var = torch.exp(self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """Draw mean + std * eps, eps ~ N(0, I) from ``generator`` (on any device)."""
+    def sample(self, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> Tensor:
+        """Draw mean + std * eps, eps ~ N(0, I) from ``generator`` (on any device). With
+        ``shard = (rank, world)`` eps is drawn for ``world`` times the batch and rows
+        ``rank::world`` are used (data-parallel ranks share one random stream)."""
+        rank, world = shard
         device = generator.device if generator is not None else self.mean.device
-        eps = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        shape = (self.mean.shape[0] * world, *self.mean.shape[1:])
+        eps = torch.randn(shape, generator=generator, device=device, dtype=self.mean.dtype)[rank::world]
         return self.mean + self.std * eps.to(self.mean.device)
 
     def mode(self) -> Tensor:
@@ -93,10 +97,11 @@ class AutoencoderKL(nn.Module):
         """Map latents (B, z, h, w) to images (B, C, h*f, w*f)."""
         return self.decoder(self.post_quant_conv(z))
 
-    def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> AEOutput:
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None,
+                shard: tuple[int, int] = (0, 1)) -> AEOutput:
         """Training pass: reconstruct from a posterior sample; reg_loss is the mean per-image KL."""
         post = self.posterior(x)
-        recon = self.decode(post.sample(generator))
+        recon = self.decode(post.sample(generator, shard))
         kl = post.kl().mean()
         return AEOutput(recon=recon, reg_loss=kl, stats={"kl": float(kl.detach())})
 

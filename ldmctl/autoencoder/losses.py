@@ -18,6 +18,7 @@ weights. It is held as a submodule (so ``.to(device)`` moves it) but left out of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -31,11 +32,14 @@ from ldmctl.errors import ConfigError
 
 
 def adaptive_weight(nll: Tensor, g_loss: Tensor, last_layer: nn.Parameter,
-                    disc_weight: float) -> Tensor:
+                    disc_weight: float, reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Esser et al. 2021, eq. 7: ||grad_L(nll)|| / (||grad_L(g_loss)|| + 1e-4), clamped to
-    [0, 1e4], detached, times ``disc_weight`` (L = the decoder's last layer)."""
+    [0, 1e4], detached, times ``disc_weight`` (L = the decoder's last layer). ``reduce`` maps
+    each local gradient to the global one (data-parallel training averages it across ranks)."""
     nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    if reduce is not None:
+        nll_grad, g_grad = reduce(nll_grad), reduce(g_grad)
     weight = torch.norm(nll_grad) / (torch.norm(g_grad) + 1e-4)
     return torch.clamp(weight, 0.0, 1e4).detach() * disc_weight
 
@@ -71,6 +75,7 @@ class AELoss(nn.Module):
         self.cfg, self.kind = cfg, kind
         self.logvar = nn.Parameter(torch.tensor(float(cfg.logvar_init)))
         self.discriminator = NLayerDiscriminator(in_channels, cfg.disc_channels, cfg.disc_layers)
+        self.grad_reduce: Callable[[Tensor], Tensor] | None = None  # set by data-parallel training
         self.perceptual = perceptual
         # public since torch 2.4 (same hook signature as the older private name)
         getattr(self, "register_state_dict_post_hook", self._register_state_dict_hook)(_drop_perceptual)
@@ -118,7 +123,7 @@ class AELoss(nn.Module):
             return nll.new_tensor(self.cfg.disc_weight)
         if not (torch.is_grad_enabled() and nll.requires_grad and g_loss.requires_grad):
             return nll.new_zeros(())
-        return adaptive_weight(nll, g_loss, last_layer, self.cfg.disc_weight)
+        return adaptive_weight(nll, g_loss, last_layer, self.cfg.disc_weight, reduce=self.grad_reduce)
 
     def discriminator_loss(self, x: Tensor, recon: Tensor, *,
                            step: int) -> tuple[Tensor, dict[str, float]]:

@@ -131,7 +131,8 @@ class VQModel(nn.Module):
     def _decode_quantized(self, z_q: Tensor) -> Tensor:
         return self.decoder(self.post_quant_conv(z_q))
 
-    def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> AEOutput:
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None,
+                shard: tuple[int, int] = (0, 1)) -> AEOutput:
         """Training pass; reg_loss is the codebook + commitment loss. Records code usage.
 
         ``generator`` is accepted for parity with AutoencoderKL; VQ has no sampling.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,6 +33,7 @@ def command(
     lpips_weights: Annotated[Optional[Path], typer.Option(help="torchvision ImageNet backbone weights for LPIPS (default: the torch hub cache).")] = None,
     disc_start: Annotated[Optional[int], typer.Option(help="Step at which the PatchGAN term starts.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (this process's GPU if any, else CPU), cpu or cuda.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes.")] = None,
     sample_every: Annotated[Optional[int], typer.Option(help="Steps between reconstruction grids.")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints.")] = None,
@@ -47,9 +49,12 @@ def command(
         "data": {"source": data, "size": size},
         "train": {"batch_size": batch_size, "max_steps": max_steps, "lr": lr, "seed": seed,
                   "precision": precision, "num_workers": workers, "sample_every": sample_every,
-                  "save_every": save_every},
+                  "save_every": save_every, "device": device},
     }
     cfg = resolve_ae_config(preset, config, flags, set_ or [])
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 alone reports
+        train_ae(cfg, out, resume=resume, lpips_weights=lpips_weights, init_from=init)
+        return
     with step_progress(cfg.train.max_steps, description="train-ae") as (progress, task):
         callbacks = Callbacks(
             on_step=lambda step, logs: progress.update(task, completed=step, stats=format_logs(logs, _SHOWN)),

@@ -12,6 +12,7 @@ folder holds::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from ldmctl.checkpoint import (load_autoencoder, load_state, read_checkpoint, sa
 from ldmctl.config import AETrainingConfig, to_dict, validate_ae
 from ldmctl.data import open_dataset
 from ldmctl.errors import CheckpointError, ConfigError
+from ldmctl.train.dist import Dist, setup, teardown
 from ldmctl.train.loop import (
     Callbacks,
     NonFiniteGuard,
@@ -59,50 +61,72 @@ class AERun:
     generator: torch.Generator
     step: int = 0
     guard: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(5))
+    dist: Dist = field(default_factory=Dist)
 
 
-def build_run(cfg: AETrainingConfig, perceptual: nn.Module | None) -> AERun:
+def build_run(cfg: AETrainingConfig, perceptual: nn.Module | None, dist: Dist | None = None) -> AERun:
     """Build model, loss and optimizers from the config, seeded by ``cfg.train.seed``."""
+    d = dist or Dist()
+    if cfg.train.grad_accum != 1 or cfg.train.compile or cfg.train.precision == "fp16":
+        raise ConfigError("train-ae does not support train.grad_accum, train.compile or fp16 yet",
+                          hint="use them with train-ldm; train-ae takes fp32 or bf16")
+    d.local_batch(cfg.train.batch_size)
     torch.manual_seed(cfg.train.seed)
-    ae = build_autoencoder(cfg.model)
-    loss = AELoss(cfg.loss, kind=cfg.model.kind, perceptual=perceptual)
+    ae = build_autoencoder(cfg.model).to(d.device)
+    loss = AELoss(cfg.loss, kind=cfg.model.kind, perceptual=perceptual).to(d.device)
+    loss.grad_reduce = d.mean if d.world > 1 else None
     t = cfg.train
     g_params = list(ae.parameters()) + [loss.logvar]
     opt_g = torch.optim.Adam(g_params, lr=t.lr, betas=t.adam_betas)
     opt_d = torch.optim.Adam(loss.discriminator.parameters(), lr=t.lr, betas=t.adam_betas)
     gen = torch.Generator().manual_seed(t.seed)
-    return AERun(cfg, ae, loss, opt_g, opt_d, gen, guard=NonFiniteGuard(cfg.train.max_nonfinite))
+    return AERun(cfg, ae, loss, opt_g, opt_d, gen, guard=NonFiniteGuard(cfg.train.max_nonfinite), dist=d)
+
+
+def _finite(d: Dist, loss: Tensor) -> Tensor:
+    """``loss``, or NaN on every rank when it is not finite on any (so all ranks skip together)."""
+    return loss if d.all_true(bool(torch.isfinite(loss.detach()).all())) else loss.detach() * float("nan")
 
 
 def train_step(run: AERun, x: Tensor) -> dict[str, float]:
-    """One generator step, then (once the GAN is on) one discriminator step."""
-    cfg, step, t = run.cfg, run.step, run.cfg.train
+    """One generator step, then (once the GAN is on) one discriminator step.
+
+    Data-parallel (:mod:`ldmctl.train.dist`): ``x`` is this rank's share of the global batch;
+    gradients are averaged across ranks with an all-reduce (the adaptive weight's last-layer
+    gradients too), so the update is the global batch's. The discriminator's BatchNorm uses
+    each rank's own batch statistics.
+    """
+    cfg, step, t, d = run.cfg, run.step, run.cfg.train, run.dist
     lr = lr_at(step, base=t.lr, warmup=t.warmup_steps, total=t.max_steps, schedule=t.lr_schedule,
                min_ratio=t.lr_min_ratio)
     set_lr(run.opt_g, lr)
     set_lr(run.opt_d, lr)
     run.ae.train()
-    with autocast(cfg.train.precision):
-        out = run.ae(x, generator=run.generator)
+    x = x.to(d.device)
+    with autocast(cfg.train.precision, d.device):
+        out = run.ae(x, generator=run.generator, shard=d.shard)
     out.recon = out.recon.float()
     loss_g, logs = run.loss.generator_loss(x, out, step=step, last_layer=run.ae.last_layer)
-    if not run.guard.ok(loss_g, step):
+    if not run.guard.ok(_finite(d, loss_g), step):
         return {**logs, **out.stats, "lr": lr, "skipped": 1.0}
     run.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
+    d.average_grads([p for g in run.opt_g.param_groups for p in g["params"]])
     if cfg.train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.ae.parameters(), cfg.train.grad_clip)
     run.opt_g.step()
     if run.loss.gan_active(step):
         loss_d, d_logs = run.loss.discriminator_loss(x, out.recon.detach(), step=step)
-        if run.guard.ok(loss_d, step, "discriminator loss"):
+        if run.guard.ok(_finite(d, loss_d), step, "discriminator loss"):
             run.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
+            d.average_grads(list(run.loss.discriminator.parameters()))
             run.opt_d.step()
         logs.update(d_logs)
     if cfg.model.kind == "vq" and cfg.model.vq_restart_dead and (step + 1) % cfg.model.vq_restart_every == 0:
         with torch.no_grad():
             run.ae.restart_dead_codes(run.ae.encode(x))
+        d.broadcast_module(run.ae)  # rank 0's restarted codebook everywhere
     logs.update(out.stats)
     logs["lr"] = lr
     return logs
@@ -194,53 +218,69 @@ def train_ae(cfg: AETrainingConfig, out_dir: str | Path, *, resume: bool = False
     run (fresh optimizers, step 0) from the weights of an existing autoencoder checkpoint,
     e.g. to fine-tune at a larger crop size or on your own photos.
     """
-    cb = callbacks or Callbacks()
-    out = Path(out_dir)
     cfg = validate_ae(cfg)
     if perceptual is None and cfg.loss.perceptual == "lpips":
         perceptual = build_perceptual(cfg.loss.perceptual_net, weights=lpips_weights)
+    d = setup(cfg.train.device)
+    try:
+        return _train(cfg, Path(out_dir), resume, perceptual, init_from, callbacks or Callbacks(), d)
+    finally:
+        teardown(d)
+
+
+def _train(cfg: AETrainingConfig, out: Path, resume: bool, perceptual: nn.Module | None,
+           init_from: str | Path | None, cb: Callbacks, d: Dist) -> dict[str, Any]:
+    if not d.main:
+        cb = Callbacks()
     if resume:  # the run's stored config (data source included) wins over the flags
         cfg = prepare_run_dir(cfg, out, resume=True)
     dataset = open_dataset(cfg.data, seed=cfg.train.seed)
     if not resume:
-        cfg = prepare_run_dir(cfg, out, resume=False)
-    run = build_run(cfg, perceptual)
+        if d.main:
+            cfg = prepare_run_dir(cfg, out, resume=False)
+        d.barrier()
+    run = build_run(cfg, perceptual, d)
     if resume:
         restore_run(run, out)
         cb.message(f"resumed at step {run.step}")
     elif init_from is not None:
         init_weights(run.ae, init_from)
         cb.message(f"initialised the autoencoder from {init_from}")
-    grid_images = fixed_images(dataset, min(8, cfg.train.scale_samples))
-    scale_images = fixed_images(dataset, cfg.train.scale_samples)
+    grid_images = fixed_images(dataset, min(8, cfg.train.scale_samples)).to(d.device)
+    scale_images = fixed_images(dataset, cfg.train.scale_samples).to(d.device)
     return _loop(run, dataset, out, grid_images, scale_images, cb)
 
 
 def _loop(run: AERun, dataset: Any, out: Path, grid_images: Tensor, scale_images: Tensor,
           cb: Callbacks) -> dict[str, Any]:
-    t = run.cfg.train
+    t, d = run.cfg.train, run.dist
     batches = batch_stream(dataset, t.batch_size, seed=t.seed, start_step=run.step,
-                           num_workers=t.num_workers)
+                           num_workers=t.num_workers, rank=d.rank, world=d.world)
     speed, started, logs = Throughput(), time.time(), {}
-    with StopSignals() as stop, (out / "log.jsonl").open("a") as logfile:
+    logfile = (out / "log.jsonl").open("a") if d.main else contextlib.nullcontext()
+    with StopSignals() as stop, logfile:
         while run.step < t.max_steps:
             batch = next(batches)
             logs = train_step(run, batch["image"])
             run.step += 1
             logs["steps_per_s"] = speed.tick()
             cb.step(run.step, logs)
-            if due(run.step, t.log_every, t.max_steps):
+            if d.main and due(run.step, t.log_every, t.max_steps):
                 write_log(logfile, run.step, logs)
-            if due(run.step, t.sample_every, t.max_steps):
+            if d.main and due(run.step, t.sample_every, t.max_steps):
                 cb.images(run.step, f"recon_{run.step:07d}", reconstruct_grid(run.ae, grid_images))
-            if due(run.step, t.save_every, t.max_steps) or stop.requested:
-                path = save_run(run, out, scale_images, {"skipped_files": len(dataset.skipped)})
-                cb.saved(run.step, str(path))
-            if stop.requested:
-                cb.message(f"{stop.requested}: stopped at step {run.step} with a checkpoint; continue with --resume")
+            stopping = d.any_true(stop.requested is not None)
+            if due(run.step, t.save_every, t.max_steps) or stopping:
+                if d.main:
+                    path = save_run(run, out, scale_images, {"skipped_files": len(dataset.skipped)})
+                    cb.saved(run.step, str(path))
+                d.barrier()
+            if stopping:
+                cb.message(f"{stop.requested or 'SIGTERM'}: stopped at step {run.step} with a checkpoint; "
+                           "continue with --resume")
                 break
     summary = {
-        "interrupted": stop.requested,
+        "interrupted": stop.requested or (run.step < t.max_steps and "stopped") or None,
         "steps": run.step,
         "seconds": round(time.time() - started, 2),
         "steps_per_s": round(logs.get("steps_per_s", 0.0), 3),
@@ -248,8 +288,10 @@ def _loop(run: AERun, dataset: Any, out: Path, grid_images: Tensor, scale_images
         "scale_factor": float(run.ae.scale_factor),
         "skipped_files": [{"path": p, "reason": r} for p, r in dataset.skipped],
         "checkpoint": str(out / "ae.safetensors"),
+        "processes": d.world,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if d.main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

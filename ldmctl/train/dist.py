@@ -80,6 +80,21 @@ class Dist:
             tdist.all_reduce(p.grad, op=tdist.ReduceOp.SUM)
             p.grad /= self.world
 
+    def mean(self, x: Tensor) -> Tensor:
+        """The average of ``x`` over ranks (``x`` itself for one process)."""
+        if self.world == 1:
+            return x
+        x = x.detach().clone()
+        tdist.all_reduce(x, op=tdist.ReduceOp.SUM)
+        return x / self.world
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers of ``module`` to every rank."""
+        if self.world == 1:
+            return
+        for t in [*module.parameters(), *module.buffers()]:
+            tdist.broadcast(t.data, src=0)
+
     def barrier(self) -> None:
         if self.world > 1:
             tdist.barrier()
