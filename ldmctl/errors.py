@@ -39,5 +39,9 @@ class WeightsError(LdmctlError):
     """Pretrained weights (LPIPS backbone, Inception, ...) that are not on this machine."""
 
 
+class PackageError(LdmctlError):
+    """An optional package a feature needs is not installed; the hint names the extra to install."""
+
+
 class TrainingError(LdmctlError):
     """A run that cannot go on: e.g. the loss stayed non-finite for too many steps in a row."""

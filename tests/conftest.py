@@ -76,3 +76,22 @@ def tiny_clip_folder(tmp_path_factory):
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder
+
+
+@pytest.fixture(scope="session")
+def class_ldm(tmp_path_factory):
+    """A tiny class-conditional LDM on builtin:synthetic (4 shape classes), trained 1 step."""
+    from typer.testing import CliRunner
+
+    from ldmctl.cli import app
+
+    root = tmp_path_factory.mktemp("ldm")
+    runner = CliRunner()
+    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
+                            "--max-steps", "1", "--out", str(root / "ae")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(root / "ae" / "ae.safetensors"),
+                            "--data", "builtin:synthetic", "--max-steps", "1", "--cond", "class",
+                            "--out", str(root / "ldm")])
+    assert r.exit_code == 0, r.output
+    return root / "ldm" / "ldm.safetensors"

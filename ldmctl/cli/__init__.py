@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from ldmctl import __version__
 from ldmctl.cli import (
+    compare,
     demo,
     eval_ae,
     eval_sr,
@@ -43,6 +44,7 @@ app.command("superres")(superres.command)
 app.command("eval-sr")(eval_sr.command)
 app.command("train-classifier")(train_classifier.command)
 app.command("eval")(eval_generative.command)
+app.add_typer(compare.app)
 app.command("plugins")(plugins.command)
 app.command("demo")(demo.command)
 

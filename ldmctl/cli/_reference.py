@@ -8,11 +8,20 @@ import typer
 def cli_reference_markdown(app: typer.Typer) -> str:
     """Markdown with one section per command: its summary and a table of its parameters."""
     group = typer.main.get_command(app)  # a click-style group (Typer vendors click)
-    ctx = group.context_class(group, info_name="ldmctl")
+    return "\n".join(_group_lines(group, "ldmctl"))
+
+
+def _group_lines(group: typer.main.TyperGroup, prefix: str) -> list[str]:
+    """Sections for every command of ``group``; a sub-group (``ldmctl compare``) lists its own."""
+    ctx = group.context_class(group, info_name=prefix)
     lines: list[str] = []
-    for name in sorted(group.list_commands(ctx)):
-        cmd = group.get_command(ctx, name)
+    for cmd_name in sorted(group.list_commands(ctx)):
+        cmd = group.get_command(ctx, cmd_name)
         assert cmd is not None
+        name = f"{prefix.removeprefix('ldmctl').strip()} {cmd_name}".strip()
+        if hasattr(cmd, "list_commands"):
+            lines += _group_lines(cmd, f"{prefix} {cmd_name}")
+            continue
         args = [p.name.upper() + ("..." if p.nargs == -1 else "") for p in cmd.params
                 if p.param_type_name == "argument"]
         usage = " ".join(["[OPTIONS]", *args])
@@ -27,4 +36,4 @@ def cli_reference_markdown(app: typer.Typer) -> str:
             helptext = (getattr(p, "help", None) or "").replace("|", "\\|")
             lines.append(f"| `{flag}` | {default} | {helptext} |")
         lines.append("")
-    return "\n".join(lines)
+    return lines

@@ -3,8 +3,6 @@ checkpoint's samples or a folder of images against reference images. See docs/me
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from ldmctl.eval.generative import (
     generative_report,
     pick_indices,
 )
+from ldmctl.eval.report import write_json
 from ldmctl.eval.kid import DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS
 
 
@@ -174,17 +173,6 @@ def _collect(title: str, total: int, batches: Iterator[Batch], ex: Extractors, c
         return collect(batches, ex, clip=clip, on_batch=lambda k: progress.advance(task, k))
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities as None, so the JSON is strict."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _print(report: dict[str, Any], title: str, json_out: Path | None) -> None:
     m = report["metrics"]
     rows = [{"metric": k, "value": v, "meaning": report["descriptions"].get(k, "")} for k, v in m.items()
@@ -196,8 +184,7 @@ def _print(report: dict[str, Any], title: str, json_out: Path | None) -> None:
     if report.get("per_class"):
         console.print(metrics_table("per class (FD_cls, not FID)", report["per_class"], ["class", "n", "fd_cls", "acc"]))
     if json_out is not None:
-        text = json.dumps(_finite(report), indent=2, ensure_ascii=False)
-        atomic_write(json_out, lambda tmp: tmp.write_text(text))
+        write_json(report, json_out)
         console.print(str(json_out), highlight=False)
 
 

@@ -28,6 +28,7 @@ def command(
     seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
     strength: Annotated[float, typer.Option(help="< 1 (ddim only): start from the noised bicubic upscale (see superres).")] = 1.0,
     detail_transfer: Annotated[bool, typer.Option("--detail-transfer/--no-detail-transfer", help="Residual models: output bicubic + D(z) - D(z_bicubic), cancelling the autoencoder's error on the bicubic content.")] = True,
+    ensemble: Annotated[int, typer.Option(help="Average 1, 2, 4 or 8 runs on flipped/transposed copies of the input (geometric self-ensemble; that many times slower).")] = 1,
     lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS backbone weights (default: torch hub cache).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also save each super-resolved and bicubic image as PNG here.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
@@ -59,12 +60,13 @@ def command(
             lr = resize(x[0] * 2 - 1, (x.shape[-2] // s, x.shape[-1] // s)).clamp(-1, 1)
             with torch.inference_mode():
                 hr = upscale(ldm, lr, sampler=sampler, steps=steps, seed=seed, strength=strength,
-                             detail_transfer=detail_transfer)
+                             detail_transfer=detail_transfer, ensemble=ensemble)
             progress.advance(task)
             return ((hr + 1) / 2)[None]
 
         report = evaluate_reconstructions(images, restore, baseline_factor=s, perceptual=perceptual,
                                           on_output=_saver(out))
     report.update(checkpoint=str(model), data=data, crop=size, scale=s, sampler=sampler, steps=steps, seed=seed, strength=strength,
-                  detail_transfer=detail_transfer and ldm.config.residual, skipped=[list(k) for k in skipped])
+                  detail_transfer=detail_transfer and ldm.config.residual, ensemble=ensemble,
+                  skipped=[list(k) for k in skipped])
     print_report(f"eval-sr: {Path(model).name} x{s} on {data}", report, json_out)

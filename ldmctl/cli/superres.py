@@ -70,6 +70,7 @@ def command(
     overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles in latent cells.")] = 16,
     strength: Annotated[float, typer.Option(help="< 1 (ddim only): start from the bicubic upscale noised to strength * T instead of pure noise.")] = 1.0,
     detail_transfer: Annotated[bool, typer.Option("--detail-transfer/--no-detail-transfer", help="Residual models: output bicubic + D(z) - D(z_bicubic), cancelling the autoencoder's error on the bicubic content.")] = True,
+    ensemble: Annotated[int, typer.Option(help="Average 1, 2, 4 or 8 runs on flipped/transposed copies of the input (geometric self-ensemble; that many times slower).")] = 1,
 ) -> None:
     """Upscale photos with a super-resolution LDM; tiles keep memory bounded on large inputs."""
     from ldmctl.data.images import open_image
@@ -96,7 +97,7 @@ def command(
             with torch.inference_mode():
                 hr = upscale(ldm, rgb, sampler=sampler, steps=steps, eta=eta, seed=seed, tile=tile,
                              overlap=overlap, strength=strength,
-                             detail_transfer=detail_transfer, progress=report)
+                             detail_transfer=detail_transfer, ensemble=ensemble, progress=report)
             a = upscale_alpha(alpha, tuple(hr.shape[-2:])) if alpha is not None else None
             _save(merge_image(hr, a, mode), target)
             progress.update(task, completed=i + 1)

@@ -96,10 +96,48 @@ def _inputs(model: LatentDiffusion, lr: Tensor, hw: tuple[int, int], *, tile: in
     return batch
 
 
+# the dihedral group of the square: (transposed?, flipped rows?, flipped columns?); each is its own inverse
+# when applied as transpose-then-flip forward and flip-then-transpose back
+_DIHEDRAL = [(False, False, False), (False, False, True), (False, True, False), (False, True, True),
+             (True, False, False), (True, False, True), (True, True, False), (True, True, True)]
+
+
+def _forward(x: Tensor, t: tuple[bool, bool, bool]) -> Tensor:
+    if t[0]:
+        x = x.transpose(-1, -2)
+    dims = [d for d, on in ((-2, t[1]), (-1, t[2])) if on]
+    return x.flip(dims) if dims else x
+
+
+def _inverse(x: Tensor, t: tuple[bool, bool, bool]) -> Tensor:
+    dims = [d for d, on in ((-2, t[1]), (-1, t[2])) if on]
+    x = x.flip(dims) if dims else x
+    return x.transpose(-1, -2) if t[0] else x
+
+
 @torch.no_grad()
 def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
             seed: int = 0, tile: int = 64, overlap: int = 16, strength: float = 1.0,
-            detail_transfer: bool = True, progress: Progress | None = None) -> Tensor:
+            detail_transfer: bool = True, ensemble: int = 1, progress: Progress | None = None) -> Tensor:
+    """:func:`upscale_once`, or with ``ensemble`` = 2, 4 or 8 the mean of that many runs on flipped
+    and transposed copies of the input, each mapped back (geometric self-ensemble: averages out
+    what the model invents differently per orientation; ``ensemble`` times the cost)."""
+    if ensemble not in (1, 2, 4, 8):
+        raise ConfigError(f"--ensemble {ensemble} must be 1, 2, 4 or 8")
+    out = None
+    for k, t in enumerate(_DIHEDRAL[:ensemble]):
+        report = (lambda done, total, k=k: progress(k * total + done, ensemble * total)) if progress else None
+        y = _inverse(upscale_once(model, _forward(lr, t), sampler=sampler, steps=steps, eta=eta, seed=seed, tile=tile,
+                                  overlap=overlap, strength=strength, detail_transfer=detail_transfer,
+                                  progress=report), t)
+        out = y if out is None else out + y
+    return out / ensemble
+
+
+@torch.no_grad()
+def upscale_once(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+                 seed: int = 0, tile: int = 64, overlap: int = 16, strength: float = 1.0,
+                 detail_transfer: bool = True, progress: Progress | None = None) -> Tensor:
     """Super-resolve ``lr`` (3, h, w) in [-1, 1] to (3, s*h, s*w) in [-1, 1] (see the module doc).
 
     ``tile`` and ``overlap`` are in latent cells (one cell is f output pixels). ``strength`` < 1
@@ -162,4 +200,4 @@ def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps:
     return crop_to(image[0], h * s, w * s).clamp(-1, 1)
 
 
-__all__ = ["input_multiple", "sr_scale", "tiled_model_fn", "upscale"]
+__all__ = ["input_multiple", "sr_scale", "tiled_model_fn", "upscale", "upscale_once"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ldmctl.checkpoint import atomic_write
 from ldmctl.config import DataConfig
 from ldmctl.data import holdout_photos, iter_image_files, load_image, open_dataset, pil_to_tensor
 from ldmctl.errors import ConfigError, DataError
@@ -133,3 +135,19 @@ def autoencoder_restorer(ae: nn.Module) -> Callable[[Tensor], Tensor]:
             return (reconstruct(ae, x * 2 - 1) + 1) / 2
 
     return restore
+
+
+def write_json(results: dict[str, Any], path: Path) -> Path:
+    """``results`` as strict JSON (NaN and infinities become null)."""
+    text = json.dumps(_finite(results), indent=2, ensure_ascii=False)
+    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

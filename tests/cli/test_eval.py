@@ -37,21 +37,6 @@ def classifier(tmp_path_factory):
     return save_classifier(model, tmp_path_factory.mktemp("cls") / "cls.safetensors")
 
 
-@pytest.fixture(scope="module")
-def class_ldm(tmp_path_factory):
-    """A tiny class-conditional LDM on builtin:synthetic (4 shape classes), trained 1 step."""
-    root = tmp_path_factory.mktemp("ldm")
-    runner = CliRunner()
-    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
-                            "--max-steps", "1", "--out", str(root / "ae")])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(root / "ae" / "ae.safetensors"),
-                            "--data", "builtin:synthetic", "--max-steps", "1", "--cond", "class",
-                            "--out", str(root / "ldm")])
-    assert r.exit_code == 0, r.output
-    return root / "ldm" / "ldm.safetensors"
-
-
 def test_folder_offline_metrics_with_per_class_figures(images, classifier, tmp_path, isolated_torch_hub):
     out = tmp_path / "report.json"
     r = CliRunner().invoke(app, ["eval", str(images), "--ref", "builtin:synthetic", "--ref-limit", "12",

@@ -230,3 +230,18 @@ def test_residual_needs_the_superres_task(sr_model, capsys):
               "--data", "builtin:synthetic", "--max-steps", "1", "--set", "model.residual=true"])
     assert exc.value.code == 1
     assert "superres" in capsys.readouterr().err
+
+
+def test_self_ensemble_transforms_invert_and_average(residual_model):
+    from ldmctl.diffusion.superres import _DIHEDRAL, _forward, _inverse
+
+    x = torch.arange(2 * 3 * 5, dtype=torch.float32).view(2, 3, 5)
+    outs = {tuple(_forward(x, t).flatten().tolist()) for t in _DIHEDRAL}
+    assert len(outs) == 8  # eight distinct orientations
+    assert all(torch.equal(_inverse(_forward(x, t), t), x) for t in _DIHEDRAL)
+    lr = torch.rand(3, 12, 20) * 2 - 1
+    one = upscale(residual_model, lr, sampler="ddim", steps=2)
+    four = upscale(residual_model, lr, sampler="ddim", steps=2, ensemble=4)
+    assert four.shape == one.shape == (3, 48, 80)
+    with pytest.raises(Exception, match="ensemble"):
+        upscale(residual_model, lr, ensemble=3)
