@@ -4,7 +4,8 @@
 
 1. trains a tiny autoencoder (the tiny preset, builtin:synthetic) and, as the reference, a tiny LDM
    (``--trainer ae``: a tiny autoencoder with its PatchGAN on) for ``--steps`` steps without interruption;
-2. runs the same command again in a subprocess, SIGKILLs it after a random delay, checks that
+2. runs the same command again in a subprocess, SIGKILLs it at a random moment (every 4th kill
+   during start-up, the others during training, spread so that steps remain for each), checks that
    every checkpoint file in the run folder can be read, and restarts it with ``--resume`` (from
    scratch while no checkpoint exists yet) — ``--kills`` times — then lets it finish;
 3. compares the final weights (UNet, EMA, conditioners) with the reference, tensor by tensor.
@@ -79,9 +80,17 @@ def main() -> None:
         subprocess.run(ldmctl("train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
                               "--max-steps", "2", "--out", str(root / "ae")), env=ENV, check=True, capture_output=True)
     ref, run = root / "reference", root / "killed"
-    started = time.time()
-    subprocess.run(train_cmd(args.trainer, ae, ref, args.steps, args.seed, False), env=ENV, check=True, capture_output=True)
+    started, startup_s = time.time(), None
+    proc = subprocess.Popen(train_cmd(args.trainer, ae, ref, args.steps, args.seed, False), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None:  # start-up = time to the first log line (step 10): imports, data, latent cache
+        if startup_s is None and (ref / "log.jsonl").is_file() and (ref / "log.jsonl").stat().st_size:
+            startup_s = time.time() - started
+        time.sleep(0.05)
+    if proc.returncode != 0:
+        raise SystemExit("the reference run failed")
     ref_s = time.time() - started
+    startup_s = startup_s or 0.0
     kills, resumes, bad, log = 0, 0, [], []
     while True:
         resume = any(run.glob("checkpoints/step_*.state.pt"))
@@ -91,7 +100,17 @@ def main() -> None:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         resumes += resume
         if kills < args.kills:
-            delay = rng.uniform(3.0, 3.0 + ref_s / args.kills)
+            # every 4th kill lands at a random moment of start-up (imports, data, latent cache), the
+            # others at a random moment of training: after the run's next log line, within the time
+            # of 1/(2 x kills) of the run's steps, so steps remain for every kill whatever the load
+            log_file = run / "log.jsonl"
+            before = log_file.stat().st_size if log_file.is_file() else 0
+            if kills % 4 == 3:
+                delay = rng.uniform(0.0, startup_s)
+            else:
+                while proc.poll() is None and (log_file.stat().st_size if log_file.is_file() else 0) <= before:
+                    time.sleep(0.02)
+                delay = rng.uniform(0.0, (ref_s - startup_s) / (2 * args.kills))
             try:
                 proc.wait(timeout=delay)
             except subprocess.TimeoutExpired:
@@ -102,8 +121,9 @@ def main() -> None:
                 bad += found
                 step = max((int(p.stem.split("_")[1].split(".")[0]) for p in run.glob("checkpoints/step_*.state.pt")),
                            default=0)
-                log.append({"kill": kills, "after_s": round(delay, 2), "last_checkpoint_step": step,
-                            "unreadable": len(found)})
+                trained = (log_file.stat().st_size if log_file.is_file() else 0) > before
+                log.append({"kill": kills, "phase": "training" if trained else "start-up",
+                            "last_checkpoint_step": step, "unreadable": len(found)})
                 print(json.dumps(log[-1]), flush=True)
                 continue
         err = proc.communicate()[1].decode(errors="replace")
@@ -116,7 +136,7 @@ def main() -> None:
     differing = sorted(k for k in a if k not in b or not torch.equal(a[k], b[k]))
     record = {"trainer": args.trainer, "steps": args.steps, "kills": kills, "resumes": resumes, "unreadable_files": bad,
               "tensors": len(a), "differing_tensors": differing[:10], "identical": not differing and a.keys() == b.keys(),
-              "reference_seconds": round(ref_s, 1), "log": log}
+              "reference_seconds": round(ref_s, 1), "startup_seconds": round(startup_s, 1), "log": log}
     if args.json:
         args.json.write_text(json.dumps(record, indent=2))
     print(json.dumps({k: v for k, v in record.items() if k != "log"}))

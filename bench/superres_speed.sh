@@ -14,7 +14,7 @@ for side in (256, 512):
 PY
 model=()
 [[ $# -ge 1 ]] && model=(--model "$1")
-for side in 256 512; do  # the defaults: dpmpp, 10 steps, tile 64 / overlap 16 latent cells
+for side in 256 512; do  # the defaults: dpmpp, 1 step, tile 64 / overlap 16 latent cells
   /usr/bin/time -f "in ${side}px -> out $((side * 4))px: %e s wall, peak RSS %M KB" \
     ldmctl superres "$tmp/in$side.png" -o "$tmp/out$side.png" "${model[@]}" > /dev/null 2> "$tmp/log"
   tail -1 "$tmp/log"

@@ -62,7 +62,7 @@ def command(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output file (one input) or folder (default: the current folder, <name>_x4.png).")] = None,
     model: Annotated[Path | None, typer.Option(help="LDM-SR checkpoint (default: the built-in x4 photo model).")] = None,
-    steps: Annotated[int, typer.Option(help="Sampling steps (1 with dpmpp: the posterior mean, smooth; more: sharper samples).")] = 10,
+    steps: Annotated[int, typer.Option(help="Sampling steps. 1 (default): the posterior mean, the highest PSNR/SSIM; more steps draw sharper, partly invented detail.")] = 1,
     sampler: Annotated[str, typer.Option(help="dpmpp (DPM-Solver++ 2M), ddim, plms or ddpm.")] = "dpmpp",
     eta: Annotated[float, typer.Option(help="DDIM stochasticity (0: deterministic).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
