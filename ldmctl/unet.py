@@ -254,6 +254,11 @@ def check_unet_config(cfg: UNetConfig) -> None:
             raise ConfigError(f"width {w} is not divisible into {heads} attention heads")
     if cfg.num_res_blocks < 1 or not cfg.channel_mult:
         raise ConfigError("unet.num_res_blocks must be >= 1 and unet.channel_mult non-empty")
+    if (cfg.context_dim or cfg.token_dim) and not cfg.attention_levels and not cfg.mid_attention:
+        kind = "crossattn" if cfg.context_dim else "tokens"
+        raise ConfigError(f"a {kind} conditioner enters the UNet through its attention blocks, but this UNet has none "
+                          "(unet.attention_levels = [] and unet.mid_attention = false): the condition would be ignored",
+                          hint="set model.unet.attention_levels (e.g. [1]) or model.unet.mid_attention = true")
 
 
 def downsample_factor(cfg: UNetConfig) -> int:

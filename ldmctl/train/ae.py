@@ -218,12 +218,15 @@ def train_ae(cfg: AETrainingConfig, out_dir: str | Path, *, resume: bool = False
     run (fresh optimizers, step 0) from the weights of an existing autoencoder checkpoint,
     e.g. to fine-tune at a larger crop size or on your own photos.
     """
+    out = Path(out_dir)
+    if resume:  # the run's stored config (data source, perceptual loss included) wins over the flags
+        cfg = prepare_run_dir(cfg, out, resume=True)
     cfg = validate_ae(cfg)
     if perceptual is None and cfg.loss.perceptual == "lpips":
         perceptual = build_perceptual(cfg.loss.perceptual_net, weights=lpips_weights)
     d = setup(cfg.train.device)
     try:
-        return _train(cfg, Path(out_dir), resume, perceptual, init_from, callbacks or Callbacks(), d)
+        return _train(cfg, out, resume, perceptual, init_from, callbacks or Callbacks(), d)
     finally:
         teardown(d)
 
@@ -232,8 +235,6 @@ def _train(cfg: AETrainingConfig, out: Path, resume: bool, perceptual: nn.Module
            init_from: str | Path | None, cb: Callbacks, d: Dist) -> dict[str, Any]:
     if not d.main:
         cb = Callbacks()
-    if resume:  # the run's stored config (data source included) wins over the flags
-        cfg = prepare_run_dir(cfg, out, resume=True)
     dataset = open_dataset(cfg.data, seed=cfg.train.seed)
     if not resume:
         if d.main:

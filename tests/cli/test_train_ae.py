@@ -142,3 +142,13 @@ def test_bad_image_in_folder_is_skipped_and_counted(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["skipped_files"]) == 2
+
+
+def test_resume_uses_the_stored_perceptual_setting(tmp_path, isolated_torch_hub):
+    """A run trained with --perceptual none resumes without repeating the flag, even where the
+    LPIPS weights are absent (the stored config is read before the LPIPS network would be built)."""
+    args = ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--out", str(tmp_path / "run")]
+    r = CliRunner().invoke(app, [*args, "--perceptual", "none", "--max-steps", "2", "--save-every", "2"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, [*args, "--max-steps", "4", "--resume"])
+    assert r.exit_code == 0, r.output
