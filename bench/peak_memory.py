@@ -23,9 +23,11 @@ RUNS = [  # (name, preset, extra flags); an LDM uses the last AE run of its pres
     ("ae", "tiny", []), ("ldm", "tiny", []),
     ("ae", "small", []), ("ldm", "small", []),
     ("ae", "base", []), ("ae", "base", ["--batch-size", "2"]), ("ldm", "base", []),
-    ("ldm", "base", ["--grad-checkpointing"]),
-    ("ldm", "base", ["--grad-accum", "4"]),
-    ("ldm", "base", ["--precision", "bf16"]),
+    # the memory knobs, encoding on the fly (no latent cache) so they measure training itself
+    ("ldm", "base", ["--set", "cache_latents=false"]),
+    ("ldm", "base", ["--set", "cache_latents=false", "--grad-checkpointing"]),
+    ("ldm", "base", ["--set", "cache_latents=false", "--grad-accum", "4"]),
+    ("ldm", "base", ["--set", "cache_latents=false", "--precision", "bf16"]),
 ]
 
 
