@@ -35,6 +35,13 @@ class AutoencoderConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2)  # width multipliers per level; sets f
     num_res_blocks: int = 2  # ResNet blocks per encoder level (decoder: one more)
     z_channels: int = 4  # latent channels (KL)
+    # KL only. posterior_logvar_init: 0 starts q(z|x) with unit variance (very noisy latents).
+    # linear_shortcut: a linear path from each f x f pixel patch to the latent mean and back,
+    # beside the deep encoder/decoder; train-ae initialises it with a whitened PCA of training
+    # patches and the deep path's output layers at zero, so training starts from the best linear
+    # autoencoder and the deep path learns what it misses (docs/autoencoder.md)
+    posterior_logvar_init: float = 0.0  # initial posterior log-variance (KL)
+    linear_shortcut: bool = False  # PCA-initialised linear patch path beside the coders (KL)
     # extra self-attention at these LEVEL INDICES (0 = full resolution, i = 1/2**i of it),
     # not pixel sizes, so the architecture does not depend on the training image size
     attn_resolutions: tuple[int, ...] = ()  # level indices with extra self-attention

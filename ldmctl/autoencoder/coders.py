@@ -49,6 +49,9 @@ def check_config(cfg: AutoencoderConfig) -> None:
         raise ConfigError(f"model.attn_resolutions={list(cfg.attn_resolutions)}: {bad} are not "
                           f"level indices in [0, {len(cfg.channel_mult) - 1}]",
                           hint="attn_resolutions lists levels (0 = full resolution), not sizes")
+    if cfg.linear_shortcut and cfg.kind != "kl":
+        raise ConfigError("model.linear_shortcut is implemented for kind='kl' only",
+                          hint="set model.linear_shortcut = false for a VQ model")
     if cfg.z_channels <= 0 or cfg.embed_dim <= 0 or cfg.n_embed <= 0:
         raise ConfigError("model.z_channels, embed_dim and n_embed must be positive")
 

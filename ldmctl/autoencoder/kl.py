@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldmctl.autoencoder.coders import AEOutput, Decoder, Encoder
@@ -74,8 +75,15 @@ class AutoencoderKL(nn.Module):
         z = cfg.z_channels
         self.encoder = Encoder(cfg, out_channels=2 * z)  # mean and log-variance ("double_z")
         self.quant_conv = nn.Conv2d(2 * z, 2 * z, kernel_size=1)
+        if cfg.posterior_logvar_init:
+            with torch.no_grad():  # shift the log-variance half of [mean, logvar]
+                self.quant_conv.bias[z:] += cfg.posterior_logvar_init
         self.post_quant_conv = nn.Conv2d(z, z, kernel_size=1)
         self.decoder = Decoder(cfg, in_channels=z)
+        f, c = cfg.downsample_factor, cfg.in_channels
+        # linear_shortcut: latent mean += A * patches(x); image += patches^-1(B z) (see init_linear_shortcut)
+        self.shortcut_in = nn.Conv2d(c * f * f, z, kernel_size=1) if cfg.linear_shortcut else None
+        self.shortcut_out = nn.Conv2d(z, c * f * f, kernel_size=1) if cfg.linear_shortcut else None
         self.register_buffer("scale_factor", torch.tensor(1.0, dtype=torch.float32))
 
     @property
@@ -85,7 +93,13 @@ class AutoencoderKL(nn.Module):
 
     def posterior(self, x: Tensor) -> DiagonalGaussianDistribution:
         """q(z|x) for images x (B, C, H, W) in [-1, 1]."""
-        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))  # (B, 2z, H/f, W/f)
+        params = self.quant_conv(self.encoder(x))  # (B, 2z, H/f, W/f): [mean, logvar]
+        if self.shortcut_in is not None:
+            f = self.config.downsample_factor  # the deep path floors odd sizes; crop to match
+            x = x[..., : x.shape[-2] // f * f, : x.shape[-1] // f * f]
+            linear = self.shortcut_in(F.pixel_unshuffle(x, f))  # (B, z, h, w)
+            params = params + torch.cat([linear, torch.zeros_like(linear)], dim=1)
+        return DiagonalGaussianDistribution(params)
 
     def encode(self, x: Tensor, *, sample: bool = False,
                generator: torch.Generator | None = None) -> Tensor:
@@ -95,7 +109,43 @@ class AutoencoderKL(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Map latents (B, z, h, w) to images (B, C, h*f, w*f)."""
-        return self.decoder(self.post_quant_conv(z))
+        x = self.decoder(self.post_quant_conv(z))
+        if self.shortcut_out is not None:
+            x = x + F.pixel_shuffle(self.shortcut_out(z), self.config.downsample_factor)
+        return x
+
+    @torch.no_grad()
+    def init_linear_shortcut(self, images: Tensor) -> None:
+        """Start training from the best linear autoencoder of ``images`` (B, C, H, W), H and W
+        multiples of f: the shortcut becomes a whitened PCA of their f x f patches (latent
+        channel k = the k-th principal component, unit variance over the patches; the decoder
+        adds back the mean patch and the z leading components), and the deep path's output layers
+        start at zero, so at step 0 the model *is* that PCA. The posterior log-variance starts at
+        ``posterior_logvar_init``. Does nothing for a model without ``linear_shortcut``.
+        """
+        if self.shortcut_in is None or self.shortcut_out is None:
+            return
+        f, z = self.config.downsample_factor, self.config.z_channels
+        patches = F.pixel_unshuffle(images.float(), f).permute(0, 2, 3, 1).reshape(-1, self.shortcut_in.in_channels)
+        patches = patches.double()
+        mean = patches.mean(dim=0)
+        cov = (patches - mean).T @ (patches - mean) / max(len(patches) - 1, 1)
+        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+        order = eigvals.argsort(descending=True)[:z]
+        # fix each component's sign (largest entry positive) so the init does not depend on the solver
+        vecs = eigvecs[:, order]
+        vecs = vecs * vecs.gather(0, vecs.abs().argmax(dim=0, keepdim=True)).sign()
+        std = eigvals[order].clamp_min(1e-12).sqrt()
+        dtype = self.shortcut_in.weight.dtype
+        self.shortcut_in.weight.copy_((vecs / std).T.to(dtype)[:, :, None, None])
+        self.shortcut_in.bias.copy_((-(mean @ vecs) / std).to(dtype))
+        self.shortcut_out.weight.copy_((vecs * std).to(dtype)[:, :, None, None])
+        self.shortcut_out.bias.copy_(mean.to(dtype))
+        for conv in (self.encoder.conv_out, self.decoder.conv_out):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        self.quant_conv.bias.zero_()
+        self.quant_conv.bias[z:] = self.config.posterior_logvar_init
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None,
                 shard: tuple[int, int] = (0, 1)) -> AEOutput:

@@ -187,7 +187,7 @@ def init_weights(ae: nn.Module, path: str | Path) -> None:
 
 
 # model fields that only affect training, so --init may change them
-_TRAINING_ONLY = {"vq_restart_dead", "vq_restart_every", "dropout"}
+_TRAINING_ONLY = {"vq_restart_dead", "vq_restart_every", "dropout", "posterior_logvar_init"}
 
 
 def restore_run(run: AERun, out: Path) -> None:
@@ -247,6 +247,10 @@ def _train(cfg: AETrainingConfig, out: Path, resume: bool, perceptual: nn.Module
     elif init_from is not None:
         init_weights(run.ae, init_from)
         cb.message(f"initialised the autoencoder from {init_from}")
+    elif getattr(run.ae, "shortcut_in", None) is not None:
+        # every rank computes the same PCA from the same first items, so no broadcast is needed
+        run.ae.init_linear_shortcut(fixed_images(dataset, cfg.train.scale_samples).to(d.device))
+        cb.message(f"linear shortcut initialised by a PCA of {cfg.train.scale_samples} training images")
     grid_images = fixed_images(dataset, min(8, cfg.train.scale_samples)).to(d.device)
     scale_images = fixed_images(dataset, cfg.train.scale_samples).to(d.device)
     return _loop(run, dataset, out, grid_images, scale_images, cb)

@@ -109,7 +109,47 @@ def test_attention_levels_are_level_indices():
     ({"attn_resolutions": (3,)}, "level indices"),
     ({"norm_groups": 3}, "norm_groups"),
     ({"channel_mult": ()}, "channel_mult"),
+    ({"kind": "vq", "linear_shortcut": True}, "linear_shortcut"),
 ])
 def test_bad_configs_are_config_errors(changes, match):
     with pytest.raises(ConfigError, match=match):
         check_config(_tiny(**changes))
+
+
+def _pca_projection(x, f, k):
+    """Reference: project every f x f patch of x onto its k leading principal components."""
+    patches = torch.nn.functional.pixel_unshuffle(x, f).permute(0, 2, 3, 1).reshape(-1, x.shape[1] * f * f).double()
+    mean = patches.mean(0)
+    _, _, v = torch.linalg.svd(patches - mean, full_matrices=False)
+    proj = (patches - mean) @ v[:k].T @ v[:k] + mean
+    b, _, h, w = x.shape
+    proj = proj.reshape(b, h // f, w // f, -1).permute(0, 3, 1, 2).float()
+    return torch.nn.functional.pixel_shuffle(proj, f)
+
+
+def test_linear_shortcut_starts_as_a_whitened_pca():
+    torch.manual_seed(0)
+    # images with correlated pixels, so the leading components are well separated
+    x = torch.nn.functional.interpolate(torch.randn(6, 3, 4, 4), size=16, mode="bilinear").tanh()
+    ae = build_autoencoder(_tiny(linear_shortcut=True, posterior_logvar_init=-7.0)).eval()
+    f, k = ae.config.downsample_factor, ae.config.z_channels
+    ae.init_linear_shortcut(x)
+    post = ae.posterior(x)
+    z = post.mode()  # (6, k, 4, 4): whitened principal components
+    flat = z.permute(1, 0, 2, 3).reshape(k, -1)
+    assert torch.allclose(flat.mean(1), torch.zeros(k), atol=1e-4)
+    assert torch.allclose(flat.std(1), torch.ones(k), atol=1e-3)
+    assert torch.allclose(post.logvar, torch.full_like(post.logvar, -7.0))
+    recon = ae.decode(z)
+    assert torch.allclose(recon, _pca_projection(x, f, k), atol=1e-4)
+    # the deep path is live: one gradient step changes the reconstruction beyond the PCA
+    (recon - x).abs().mean().backward()
+    assert ae.decoder.conv_out.weight.grad.abs().sum() > 0
+    assert ae.encoder.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_linear_shortcut_handles_sizes_that_are_not_multiples_of_f():
+    ae = build_autoencoder(_tiny(linear_shortcut=True)).eval()
+    ae.init_linear_shortcut(torch.rand(2, 3, 16, 16) * 2 - 1)
+    z = ae.encode(torch.rand(1, 3, 18, 22) * 2 - 1)
+    assert z.shape[-2:] == (18 // 4, 22 // 4)

@@ -92,3 +92,20 @@ def test_init_from_checkpoint_starts_a_new_run_from_its_weights(tmp_path):
     other = merge(_cfg(2), {"model": {"z_channels": 3}})
     with pytest.raises(ConfigError, match="z_channels"):
         train_ae(other, tmp_path / "c", init_from=tmp_path / "a" / "ae.safetensors")
+
+
+def test_linear_shortcut_run_starts_from_pca_and_resumes_exactly(tmp_path):
+    cfg = merge(_cfg(2), {"model": {"linear_shortcut": True, "posterior_logvar_init": -6.0},
+                          "train": {"lr": 1e-9}})
+    train_ae(cfg, tmp_path / "a")
+    ae = load_autoencoder(tmp_path / "a" / "ae.safetensors")
+    assert ae.config.linear_shortcut and ae.shortcut_in is not None
+    # lr ~0: still the PCA start, i.e. the deep path's output layer is (almost) zero
+    assert ae.decoder.conv_out.weight.abs().max() < 1e-6
+    assert ae.shortcut_out.weight.abs().max() > 1e-3
+    full = merge(cfg, {"train": {"max_steps": 4, "lr": 1e-3}})
+    train_ae(full, tmp_path / "b")
+    train_ae(merge(full, {"train": {"max_steps": 2}}), tmp_path / "c")
+    train_ae(full, tmp_path / "c", resume=True)
+    b, c = _weights(tmp_path / "b" / "ae.safetensors"), _weights(tmp_path / "c" / "ae.safetensors")
+    assert all(torch.equal(b[k], c[k]) for k in b)
