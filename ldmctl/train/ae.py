@@ -247,12 +247,12 @@ def _train(cfg: AETrainingConfig, out: Path, resume: bool, perceptual: nn.Module
     elif init_from is not None:
         init_weights(run.ae, init_from)
         cb.message(f"initialised the autoencoder from {init_from}")
-    elif getattr(run.ae, "shortcut_in", None) is not None:
-        # every rank computes the same PCA from the same first items, so no broadcast is needed
-        run.ae.init_linear_shortcut(fixed_images(dataset, cfg.train.scale_samples).to(d.device))
-        cb.message(f"linear shortcut initialised by a PCA of {cfg.train.scale_samples} training images")
-    grid_images = fixed_images(dataset, min(8, cfg.train.scale_samples)).to(d.device)
     scale_images = fixed_images(dataset, cfg.train.scale_samples).to(d.device)
+    grid_images = scale_images[:8]  # the first items of epoch 0, like scale_images
+    if not resume and init_from is None and getattr(run.ae, "shortcut_in", None) is not None:
+        # every rank computes the same PCA from the same first items, so no broadcast is needed
+        run.ae.init_linear_shortcut(scale_images)
+        cb.message(f"linear shortcut initialised by a PCA of {len(scale_images)} training images")
     return _loop(run, dataset, out, grid_images, scale_images, cb)
 
 
