@@ -68,7 +68,8 @@ class AutoencoderConfig:
 class AELossConfig:
     """L1 + LPIPS + NLL log-variance + KL / codebook + PatchGAN (Esser et al. 2021; LDM)."""
 
-    rec_weight: float = 1.0  # L1 pixel term
+    rec_loss: Literal["l1", "l2"] = "l1"  # pixel term: absolute (L1) or squared (L2, the error PSNR measures)
+    rec_weight: float = 1.0  # weight of the pixel term
     perceptual: Perceptual = "lpips"  # none trains without the LPIPS term
     perceptual_net: Literal["alex", "vgg", "squeeze"] = "alex"  # LPIPS backbone
     perceptual_weight: float = 1.0  # weight of LPIPS against L1

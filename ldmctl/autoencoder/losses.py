@@ -4,7 +4,8 @@ Follows the LDM ``LPIPSWithDiscriminator`` recipe (Rombach et al. 2022, §3.1 an
 Esser et al. 2021, eq. 4-7):
 
 1. rec = rec_weight * |x - x_hat| + perceptual_weight * LPIPS(x, x_hat)  (per pixel; LPIPS is
-   broadcast over pixels, so it carries C*H*W times its value after the sum below)
+   broadcast over pixels, so it carries C*H*W times its value after the sum below);
+   ``rec_loss = "l2"`` uses (x - x_hat)^2 instead of |x - x_hat|
 2. nll = sum_pixels(rec / exp(logvar) + logvar), mean over the batch (VQ: mean over pixels
    too, as in taming's VQ loss); ``logvar`` is learned
 3. + kl_weight * KL (KL models) or codebook_weight * codebook loss (VQ models)
@@ -94,9 +95,9 @@ class AELoss(nn.Module):
         LDM), so a validation loss measures reconstruction + regulariser only.
         """
         cfg, recon = self.cfg, out.recon
-        l1 = (x - recon).abs()  # (B, C, H, W)
-        rec = cfg.rec_weight * l1
-        logs: dict[str, float] = {"rec": float(l1.detach().mean())}
+        err = (x - recon).abs() if cfg.rec_loss == "l1" else (x - recon).square()  # (B, C, H, W)
+        rec = cfg.rec_weight * err
+        logs: dict[str, float] = {"rec": float(err.detach().mean())}
         if self.perceptual is not None and cfg.perceptual_weight > 0:
             p = self.perceptual(x, recon)  # (B,)
             rec = rec + cfg.perceptual_weight * p[:, None, None, None]

@@ -161,3 +161,12 @@ def test_patchgan_shape_init_and_size_check():
     with pytest.raises(ConfigError, match="too small"):
         d(torch.randn(1, 3, 16, 16))
     assert NLayerDiscriminator(3, 8, 2)(torch.randn(1, 3, 12, 12)).shape == (1, 1, 1, 1)
+
+
+def test_l2_pixel_term_is_the_squared_error():
+    loss_fn = AELoss(_cfg(rec_loss="l2", rec_weight=0.5), kind="kl")
+    x, out, last = _batch()
+    loss, logs = loss_fn.generator_loss(x, out, step=0, last_layer=last)
+    sq = (x - out.recon).square()
+    torch.testing.assert_close(loss, (0.5 * sq).sum() / 2 + 1e-6 * 3.0)
+    assert logs["rec"] == pytest.approx(sq.mean().item())
