@@ -1,10 +1,12 @@
-"""Docs that are generated from code stay in sync with it."""
+"""Docs that are generated from code stay in sync with it; documented recipes stay valid."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ldmctl.config import reference_markdown
+import pytest
+
+from ldmctl.config import load_file, merge, preset, reference_markdown, validate_ae
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -36,3 +38,18 @@ def test_readme_test_command_is_what_ci_runs():
     readme = (root / "README.md").read_text()
     ci = (root / ".ci" / "run").read_text()
     assert "python -m pytest" in readme and "\npython -m pytest\n" in ci
+
+
+@pytest.mark.parametrize("recipe", sorted((DOCS / "recipes").glob("ae-*.toml")), ids=lambda p: p.name)
+def test_autoencoder_recipes_are_valid_configs(recipe):
+    """Every documented train-ae recipe loads onto the small preset and passes validation."""
+    cfg = validate_ae(merge(preset("small"), load_file(recipe)))
+    assert cfg.data.size % cfg.model.downsample_factor == 0
+
+
+def test_f4_recipe_stages_share_one_model():
+    """The second stage starts from the first one's weights (--init): same [model] section."""
+    recipes = DOCS / "recipes"
+    first, finish = (load_file(recipes / n) for n in ("ae-kl-f4-photos.toml", "ae-kl-f4-photos-finish.toml"))
+    assert first["model"] == finish["model"]
+    assert finish["data"]["size"] > first["data"]["size"]
