@@ -94,7 +94,13 @@ class DataConfig:
     resize: bool = False  # resize the short side to `size` before cropping
     flip: bool = True  # random horizontal flip
     channel_shuffle: bool = False  # random RGB permutation (colour augmentation)
+    min_scale: float = 1.0  # random zoom-out: a crop covers size/s source pixels, s uniform in [min_scale, 1]
+    rot90: bool = False  # random quarter-turn rotation (with flip: all 8 square symmetries)
     max_pixels: int = 89_478_485  # decompression-bomb guard (PIL's default limit)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_scale <= 1.0:
+            raise ConfigError(f"data.min_scale must be in (0, 1], got {self.min_scale}")
 
 
 @dataclass(frozen=True)

@@ -172,23 +172,38 @@ def crop_and_flip(img: Image.Image, cfg: DataConfig, rng: random.Random) -> Imag
     """Apply ``cfg``: optional short-side resize, random/center crop of ``cfg.size``, h-flip.
 
     An image smaller than the crop is upscaled (bicubic) first. The RNG draws, in this order,
-    the crop offset and the flip, so center crops with flip=True still flip half the items;
-    ``channel_shuffle`` then permutes R, G and B at random (colour augmentation for
-    autoencoders: every hue arrangement is a valid image to reconstruct).
+    the zoom (only when ``min_scale < 1``), the crop offset, the flip, the quarter turn (only with
+    ``rot90``) and the channel order (only with ``channel_shuffle``), so switching an optional
+    augmentation off leaves the draws of the others unchanged. With ``min_scale < 1`` the crop
+    covers ``size / s`` source pixels (``s`` uniform in ``[min_scale, 1]``, never more than the
+    image allows) and is resized to ``size`` with an antialiased bicubic filter: the same photo
+    seen from further away, with denser detail. ``channel_shuffle`` permutes R, G and B (colour
+    augmentation for autoencoders: every hue arrangement is a valid image to reconstruct).
     """
     size = cfg.size
     if cfg.resize or min(img.size) < size:
         img = resize_short_side(img, size)
     w, h = img.size
+    side = size
+    if cfg.min_scale < 1.0:
+        scale = max(rng.uniform(cfg.min_scale, 1.0), size / min(w, h))
+        side = min(min(w, h), round(size / scale))
     if cfg.crop == "random":
-        left, top = rng.randint(0, w - size), rng.randint(0, h - size)
+        left, top = rng.randint(0, w - side), rng.randint(0, h - side)
     else:
-        left, top = (w - size) // 2, (h - size) // 2
-    if (left, top, w, h) != (0, 0, size, size):
+        left, top = (w - side) // 2, (h - side) // 2
+    if side != size:
+        img = img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    elif (left, top, w, h) != (0, 0, size, size):
         img = img.crop((left, top, left + size, top + size))
     if cfg.flip and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if cfg.channel_shuffle:  # drawn last, so runs without it keep the same crops and flips
+    if cfg.rot90:
+        turns = rng.randrange(4)
+        if turns:
+            img = img.transpose((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                 Image.Transpose.ROTATE_270)[turns - 1])
+    if cfg.channel_shuffle:
         bands = img.split()
         order = rng.sample(range(3), 3)
         img = Image.merge("RGB", [bands[i] for i in order])

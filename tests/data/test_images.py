@@ -330,3 +330,63 @@ def test_channel_shuffle_permutes_colours_deterministically():
     assert len(seen) == 6 and all(sorted(p) == [10, 100, 200] for p in seen)
     a = crop_and_flip(img, cfg, _random.Random(3)).getpixel((0, 0))
     assert a == crop_and_flip(img, cfg, _random.Random(3)).getpixel((0, 0))
+
+
+def _ramp(w: int, h: int) -> Image.Image:
+    """Grey image whose value is the column index: a crop's slope tells its zoom."""
+    arr = np.repeat(np.arange(w, dtype=np.uint8)[None, :, None], h, 0).repeat(3, 2)
+    return Image.fromarray(arr, mode="RGB")
+
+
+def test_min_scale_zooms_out_within_its_range():
+    import random as _random
+
+    from ldmctl.data.images import crop_and_flip
+
+    img = _ramp(200, 120)
+    plain = DataConfig(size=32, flip=False)
+    zoom = DataConfig(size=32, flip=False, min_scale=0.5)
+    slopes = []
+    for i in range(60):
+        out = np.asarray(crop_and_flip(img, zoom, _random.Random(i)), dtype=float)
+        assert out.shape == (32, 32, 3)
+        slopes.append((out[16, 28, 0] - out[16, 3, 0]) / 25)
+        base = np.asarray(crop_and_flip(img, plain, _random.Random(i)), dtype=float)
+        assert (base[16, 28, 0] - base[16, 3, 0]) / 25 == 1.0
+    assert min(slopes) >= 0.95 and max(slopes) <= 2.05  # s in [0.5, 1]: 1/s source px per px
+    assert max(slopes) > 1.7 and min(slopes) < 1.2  # the whole range is used
+    a = crop_and_flip(img, zoom, _random.Random(7))
+    assert a.tobytes() == crop_and_flip(img, zoom, _random.Random(7)).tobytes()
+
+
+def test_min_scale_never_asks_for_more_than_the_image():
+    import random as _random
+
+    from ldmctl.data.images import crop_and_flip
+
+    img = _ramp(40, 36)  # a 32 px crop can zoom out to at most 36 px of source
+    cfg = DataConfig(size=32, min_scale=0.1)
+    for i in range(20):
+        out = np.asarray(crop_and_flip(img, cfg, _random.Random(i)), dtype=float)
+        assert out.shape == (32, 32, 3)
+        assert abs(out[16, 31, 0] - out[16, 0, 0]) <= 36
+
+
+def test_rot90_with_flip_gives_all_eight_symmetries():
+    import random as _random
+
+    from ldmctl.data.images import crop_and_flip
+
+    img = Image.fromarray(np.array([[[0] * 3, [1] * 3], [[2] * 3, [3] * 3]], dtype=np.uint8), mode="RGB")
+    seen = {crop_and_flip(img, DataConfig(size=2, rot90=True), _random.Random(i)).tobytes() for i in range(200)}
+    assert len(seen) == 8
+    seen = {crop_and_flip(img, DataConfig(size=2), _random.Random(i)).tobytes() for i in range(200)}
+    assert len(seen) == 2  # flip only
+
+
+def test_min_scale_out_of_range_is_a_config_error():
+    from ldmctl.errors import ConfigError
+
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ConfigError, match="min_scale"):
+            DataConfig(min_scale=bad)
