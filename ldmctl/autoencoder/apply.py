@@ -1,26 +1,66 @@
-"""Run a trained autoencoder on whole images of any size (pad to a multiple of f, crop back)."""
+"""Run a trained autoencoder on whole images of any size.
+
+The image is padded (reflect) to a multiple of f and cropped back. An image with a side longer
+than ``tile`` pixels is reconstructed in overlapping tiles blended with raised-cosine weights
+(:func:`ldmctl.tiling.tiled_apply`): the mid-block self-attention costs time and memory that grow
+with the *square* of the pixel count, so a 12-megapixel photo in one piece would take hours and
+more memory than a laptop has, while tiles keep both linear in the pixel count. An image no
+larger than one tile runs in one piece, exactly as without tiling.
+"""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldmctl.data.modes import crop_to, pad_to_multiple
+from ldmctl.errors import ConfigError
+from ldmctl.tiling import Progress, count_tiles, tiled_apply
 
-def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
-    """Reflect-pad (B, C, H, W) on the bottom/right so H and W are multiples of ``multiple``."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"  # reflect needs pad < size
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
+DEFAULT_TILE = 512  # pixels: a 128x128 latent at f=4, well inside what the attention handles fast
+DEFAULT_OVERLAP = 64  # pixels blended between neighbouring tiles
+
+
+def check_tiling(f: int, tile: int, overlap: int) -> None:
+    """Raise ConfigError unless ``tile`` (0: never tile) is a positive multiple of f and
+    ``overlap`` is in [0, tile)."""
+    if tile == 0:
+        return
+    if tile < 0 or tile % f:
+        raise ConfigError(f"--tile {tile} must be 0 (whole image) or a positive multiple of f={f} pixels")
+    if not 0 <= overlap < tile:
+        raise ConfigError(f"--overlap {overlap} must be >= 0 and smaller than --tile {tile}")
+
+
+def reconstruction_tiles(ae: nn.Module, h: int, w: int, *, tile: int = DEFAULT_TILE,
+                         overlap: int = DEFAULT_OVERLAP) -> int:
+    """How many tiles :func:`reconstruct` runs for an ``h`` x ``w`` image (1: one piece)."""
+    f = ae.config.downsample_factor
+    check_tiling(f, tile, overlap)
+    if tile == 0:
+        return 1
+    return count_tiles(h + (-h) % f, w + (-w) % f, tile, overlap)
 
 
 @torch.no_grad()
-def reconstruct(ae: nn.Module, x: Tensor) -> Tensor:
-    """Encode (posterior mode) and decode images in [-1, 1] of any size; same size out."""
+def reconstruct(ae: nn.Module, x: Tensor, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                progress: Progress | None = None) -> Tensor:
+    """Encode (posterior mode) and decode images (B, C, H, W) in [-1, 1]; same size out.
+
+    ``tile`` (pixels, a multiple of f; 0 = always in one piece) and ``overlap`` set the tiling of
+    images larger than one tile. ``progress(done, total)`` runs after each tile.
+    """
     f = ae.config.downsample_factor
+    check_tiling(f, tile, overlap)
     padded, (h, w) = pad_to_multiple(x, f)
-    recon = ae.decode(ae.encode(padded))
-    return recon[..., :h, :w].clamp(-1, 1)
+    if tile == 0:
+        recon = ae.decode(ae.encode(padded))
+        if progress is not None:
+            progress(1, 1)
+    else:  # tiles are `tile` pixels or a whole (padded) side, so every tile is a multiple of f
+        recon = tiled_apply(lambda t, _at: ae.decode(ae.encode(t)), padded, tile=tile, overlap=overlap,
+                            progress=progress)
+    return crop_to(recon, h, w).clamp(-1, 1)
+
+
+__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "check_tiling", "reconstruct", "reconstruction_tiles"]

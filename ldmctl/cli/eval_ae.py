@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from ldmctl.autoencoder.apply import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 from ldmctl.checkpoint import atomic_write, check_writable, ensure_folder, load_autoencoder
 from ldmctl.cli._console import console, err_console, metrics_table, to_uint8_image
 from ldmctl.errors import WeightsError
@@ -65,16 +66,19 @@ def command(
     lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS backbone weights (default: torch hub cache).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also save each reconstruction (and bicubic baseline) as PNG here.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    tile: Annotated[int, typer.Option(help="Reconstruct images with a side over TILE pixels in overlapping tiles (a multiple of f; 0: always whole).")] = DEFAULT_TILE,
+    overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles, in pixels.")] = DEFAULT_OVERLAP,
 ) -> None:
     """Score reconstructions against the originals: a table on stdout, optionally JSON."""
     if json_out is not None:
         check_writable(json_out)
     ae = load_autoencoder(ckpt)
+    check_tiling(ae.config.downsample_factor, tile, overlap)
     skipped: list[tuple[str, str]] = []
     images = load_eval_images(data, size=size, limit=limit, skipped=skipped)
     perceptual = optional_lpips(lpips_weights)
     f = ae.config.downsample_factor
-    report = evaluate_reconstructions(images, autoencoder_restorer(ae), baseline_factor=f if baseline else 0,
+    report = evaluate_reconstructions(images, autoencoder_restorer(ae, tile=tile, overlap=overlap), baseline_factor=f if baseline else 0,
                                       perceptual=perceptual, on_output=_saver(out))
-    report.update(checkpoint=str(ckpt), data=data, crop=size, f=f, skipped=[list(s) for s in skipped])
+    report.update(checkpoint=str(ckpt), data=data, crop=size, f=f, tile=tile, overlap=overlap, skipped=[list(s) for s in skipped])
     print_report(f"eval-ae: {ckpt.name} on {data}", report, json_out)

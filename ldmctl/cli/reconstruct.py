@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ldmctl.autoencoder.apply import reconstruct
+from ldmctl.autoencoder.apply import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, reconstruct
 from ldmctl.checkpoint import atomic_write, ensure_folder, load_autoencoder
-from ldmctl.cli._console import console, to_uint8_image
+from ldmctl.cli._console import console, step_progress, to_uint8_image
 from ldmctl.data import load_image, pil_to_tensor
 
 
@@ -17,14 +17,23 @@ def command(
     ckpt: Annotated[Path, typer.Argument(help="Autoencoder checkpoint (.safetensors from train-ae).")],
     images: Annotated[list[Path], typer.Argument(help="Image files to reconstruct.")],
     out: Annotated[Path, typer.Option(help="Folder for the reconstructed PNGs.")] = Path("reconstructions"),
+    tile: Annotated[int, typer.Option(help="Reconstruct images with a side over TILE pixels in overlapping tiles (a multiple of f; 0: always whole).")] = DEFAULT_TILE,
+    overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles, in pixels.")] = DEFAULT_OVERLAP,
 ) -> None:
-    """Encode and decode images (any size; padded to a multiple of f, cropped back) to PNGs."""
+    """Encode and decode images (any size; padded to a multiple of f, cropped back) to PNGs.
+
+    Large images run in overlapping, blended tiles, so time and memory grow linearly with the
+    pixel count instead of with its square (the mid-block attention)."""
     ae = load_autoencoder(ckpt)
+    check_tiling(ae.config.downsample_factor, tile, overlap)
     loaded = [(p, load_image(p)) for p in images]  # fail on a bad input before writing anything
     ensure_folder(out)
-    for path, img in loaded:
-        x = pil_to_tensor(img).unsqueeze(0)
-        recon = to_uint8_image(reconstruct(ae, x)[0])
-        target = out / f"{path.stem}.png"
-        atomic_write(target, lambda tmp: recon.save(tmp, format="PNG"))
-        console.print(str(target), highlight=False)
+    with step_progress(len(loaded), description="reconstruct") as (progress, task):
+        for i, (path, img) in enumerate(loaded):
+            x = pil_to_tensor(img).unsqueeze(0)
+            report = (lambda done, total, i=i: progress.update(task, completed=i + done / total))
+            recon = to_uint8_image(reconstruct(ae, x, tile=tile, overlap=overlap, progress=report)[0])
+            target = out / f"{path.stem}.png"
+            atomic_write(target, lambda tmp, recon=recon: recon.save(tmp, format="PNG"))
+            progress.update(task, completed=i + 1)
+            console.print(str(target), highlight=False)

@@ -7,7 +7,7 @@
 2. the concat condition is computed once for the whole latent grid, and z_T is drawn once for
    the whole latent from one seeded generator, so a seed gives the same image whatever the tiles;
 3. the sampler runs on the whole latent, but its ``model_fn`` evaluates the UNet on overlapping
-   latent tiles and blends the predictions (:func:`~ldmctl.diffusion.tiling.tiled_apply`) at
+   latent tiles and blends the predictions (:func:`~ldmctl.tiling.tiled_apply`) at
    every step: neighbouring tiles agree on their overlap throughout sampling, so there are no seams;
 4. a residual model (``config.residual``) samples the difference from the latent of the bicubic
    upscale, which is added back here;
@@ -32,10 +32,10 @@ from torch import Tensor
 from ldmctl.conditioning.base import Cond
 from ldmctl.data.modes import crop_to, pad_to_multiple
 from ldmctl.diffusion.ldm import LatentDiffusion, upscale_image
-from ldmctl.diffusion.tiling import count_tiles, tiled_apply
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.samplers import get_sampler
 from ldmctl.samplers.common import spacing
+from ldmctl.tiling import count_tiles, tiled_apply
 from ldmctl.unet import downsample_factor
 
 Progress = Callable[[int, int], None]

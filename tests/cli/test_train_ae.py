@@ -52,6 +52,21 @@ def test_reconstruct_any_size(trained, tmp_path):
     assert Image.open(tmp_path / "rec" / "gray.png").size == (24, 24)
 
 
+def test_reconstruct_large_image_in_tiles(trained, tmp_path, capsys):
+    img_path = tmp_path / "wide.png"
+    arr = (torch.rand(30, 41, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    Image.fromarray(arr).save(img_path)
+    ckpt = str(trained / "ae.safetensors")
+    for tile in ("16", "0"):  # tiled (2 x 3 tiles of 16 px) and whole
+        result = CliRunner().invoke(app, ["reconstruct", ckpt, str(img_path), "--tile", tile, "--overlap", "4",
+                                          "--out", str(tmp_path / f"rec{tile}")])
+        assert result.exit_code == 0, result.output
+        assert Image.open(tmp_path / f"rec{tile}" / "wide.png").size == (41, 30)
+    code, err = _run_main(["reconstruct", ckpt, str(img_path), "--tile", "10", "--out", str(tmp_path / "bad")],
+                          capsys)
+    assert code == 1 and "--tile 10" in err and "Traceback" not in err
+
+
 def test_eval_ae_table_and_json(trained, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldmctl.diffusion.tiling import blend_window, count_tiles, tile_starts, tiled_apply
 from ldmctl.errors import ConfigError
+from ldmctl.tiling import blend_window, count_tiles, tile_starts, tiled_apply
 
 
 def _covers(starts: list[int], length: int, tile: int, overlap: int) -> None:
