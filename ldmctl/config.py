@@ -97,10 +97,13 @@ class DataConfig:
     min_scale: float = 1.0  # random zoom-out: a crop covers size/s source pixels, s uniform in [min_scale, 1]
     rot90: bool = False  # random quarter-turn rotation (with flip: all 8 square symmetries)
     max_pixels: int = 89_478_485  # decompression-bomb guard (PIL's default limit)
+    cache_mb: int = 1024  # keep decoded (with resize: resized) folder images in memory up to this many MB; 0: off
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_scale <= 1.0:
             raise ConfigError(f"data.min_scale must be in (0, 1], got {self.min_scale}")
+        if self.cache_mb < 0:
+            raise ConfigError(f"data.cache_mb must be >= 0, got {self.cache_mb}")
 
 
 @dataclass(frozen=True)

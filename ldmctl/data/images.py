@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import warnings
 from collections.abc import Callable
@@ -44,27 +45,35 @@ Item = dict[str, Any]  # {"image": (3, S, S) float in [-1, 1], "label": int, "ca
 # decoding
 
 
-def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 0) -> Image.Image:
     """Decode ``path`` into an 8-bit RGB image with its EXIF orientation applied.
+
+    ``min_side`` > 0 says the caller needs the image only with its shorter side at least that
+    long (it will downscale it): a JPEG is then decoded at the smallest of 1/2, 1/4 or 1/8 scale
+    that still keeps it (libjpeg's DCT scaling: many times faster on large photos).
 
     Raises DataError (message names the file and the reason) for a missing, empty, truncated,
     non-image or oversized file.
     """
-    img = open_image(path, max_pixels=max_pixels)
+    img = open_image(path, max_pixels=max_pixels, min_side=min_side)
     try:
         return to_rgb(img)
     except ValueError as err:
         raise DataError(f"image {str(path)!r}: {err}") from None
 
 
-def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 0) -> Image.Image:
     """Decode ``path`` in its own mode (L, RGBA, I;16, ...) with its EXIF orientation applied;
-    the same checks and errors as :func:`load_image`."""
+    ``min_side``, checks and errors as for :func:`load_image`."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"image {str(p)!r} does not exist or is not a file")
     try:
         with _open_checked(p, max_pixels) as img:
+            w, h = img.size
+            if min_side > 0 and img.format == "JPEG" and min(w, h) >= 2 * min_side:
+                # Pillow picks the largest DCT scale whose result is at least the size asked for
+                img.draft(None, (math.ceil(w * min_side / min(w, h)), math.ceil(h * min_side / min(w, h))))
             img.load()
             img = ImageOps.exif_transpose(img)
     except DataError as err:
@@ -312,6 +321,8 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, root: str | Path, cfg: DataConfig, *, seed: int = 0) -> None:
         self.root, self.cfg, self.seed, self.epoch = Path(root), cfg, seed, 0
+        self._cache: dict[int, Image.Image] = {}  # decoded images, see _decode
+        self._cache_bytes = 0
         files = iter_image_files(self.root)
         self.skipped: list[tuple[str, str]] = []
         self.class_names, labels = folder_labels(self.root, files)
@@ -370,12 +381,29 @@ class ImageFolderDataset(Dataset):
                 continue
             path, label, caption = self._entries[i]
             try:
-                return path, label, caption, load_image(path, max_pixels=self.cfg.max_pixels)
+                return path, label, caption, self._decode(i, path)
             except DataError as err:
                 self._bad.add(i)
                 self._skip(path, str(err))
         raise DataError(f"none of the images in {str(self.root)!r} can be decoded",
                         hint=f"first problem: {self.skipped[0][0]}: {self.skipped[0][1]}")
+
+    def _decode(self, i: int, path: Path) -> Image.Image:
+        """Entry ``i`` as RGB, resized already when ``cfg.resize`` (decoded at a reduced JPEG
+        scale when that suffices). Images are kept in memory while they fit in ``cfg.cache_mb``
+        (first come, first kept: with random access an LRU would only churn), so a small folder
+        is decoded once per process (each DataLoader worker holds its own cache)."""
+        if i in self._cache:
+            return self._cache[i]
+        size = self.cfg.size
+        img = load_image(path, max_pixels=self.cfg.max_pixels, min_side=size if self.cfg.resize else 0)
+        if self.cfg.resize:
+            img = resize_short_side(img, size)
+        nbytes = img.width * img.height * 3
+        if self._cache_bytes + nbytes <= self.cfg.cache_mb * 2**20:
+            self._cache[i] = img
+            self._cache_bytes += nbytes
+        return img
 
 
 __all__ = [

@@ -20,7 +20,8 @@ from ldmctl.data import (
     pil_to_tensor,
     tensor_to_pil,
 )
-from ldmctl.errors import DataError
+from ldmctl.data.images import resize_short_side
+from ldmctl.errors import ConfigError, DataError
 
 
 def _noise(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -390,3 +391,60 @@ def test_min_scale_out_of_range_is_a_config_error():
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ConfigError, match="min_scale"):
             DataConfig(min_scale=bad)
+
+
+def _smooth(w: int, h: int) -> Image.Image:
+    """A smooth colour ramp (JPEG's DCT scaling keeps such content nearly exactly)."""
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=-1).astype(np.uint8)
+    return Image.fromarray(arr, mode="RGB")
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(10 * np.log10(255**2 / max((d**2).mean(), 1e-12)))
+
+
+def test_min_side_decodes_a_large_jpeg_at_a_reduced_scale(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: the reduced decode must still be turned upright
+    path = _save(tmp_path / "big.jpg", _smooth(800, 600), quality=95, exif=exif)
+    full = load_image(path)
+    small = load_image(path, min_side=140)  # 600 / 140 > 4: libjpeg decodes at 1/4 scale
+    assert full.size == (600, 800) and small.size == (150, 200)
+    assert _psnr(resize_short_side(full, 140), resize_short_side(small, 140)) > 40
+    assert load_image(path, min_side=400).size == (600, 800)  # no scale keeps 400: full decode
+    png = _save(tmp_path / "big.png", _smooth(800, 600))
+    assert load_image(png, min_side=140).size == (800, 600)  # only JPEG has DCT scaling
+
+
+def test_decoded_images_are_cached_within_the_budget(tmp_path: Path) -> None:
+    for i in range(3):
+        _save(tmp_path / f"{i}.png", _noise(64, 48, seed=i))
+    cached = ImageFolderDataset(tmp_path, _cfg(tmp_path, size=16))  # 1024 MB: all three fit
+    off = ImageFolderDataset(tmp_path, _cfg(tmp_path, size=16, cache_mb=0))
+    first = [cached[i]["image"] for i in range(3)]
+    assert cached._cache_bytes == 3 * 64 * 48 * 3 and not off._cache
+    for i in range(3):
+        (tmp_path / f"{i}.png").unlink()  # later items come from memory, crops unchanged
+    cached.set_epoch(0)
+    for i in range(3):
+        assert torch.equal(cached[i]["image"], first[i])
+    with pytest.raises(ConfigError, match="cache_mb"):
+        DataConfig(cache_mb=-1)
+
+
+def test_the_cache_holds_the_resized_image_and_stops_at_its_budget(tmp_path: Path) -> None:
+    for i in range(3):
+        _save(tmp_path / f"{i}.png", _noise(80, 40, seed=i))
+    ds = ImageFolderDataset(tmp_path, _cfg(tmp_path, size=20, resize=True, cache_mb=1))
+    for i in range(3):
+        ds[i]
+    assert ds._cache_bytes == 3 * 40 * 20 * 3  # resized to a 20 px short side before caching
+    big = tmp_path / "big"
+    for i in range(3):
+        _save(big / f"{i}.png", _smooth(600, 600))  # 1.03 MiB each decoded
+    ds = ImageFolderDataset(big, _cfg(big, size=16, cache_mb=2))
+    for i in range(3):
+        ds[i]
+    assert sorted(ds._cache) == [0]  # the first image fits in 2 MiB, a second would not
