@@ -392,7 +392,7 @@ class ImageFolderDataset(Dataset):
         """Entry ``i`` as RGB, resized already when ``cfg.resize`` (decoded at a reduced JPEG
         scale when that suffices). Images are kept in memory while they fit in ``cfg.cache_mb``
         (first come, first kept: with random access an LRU would only churn), so a small folder
-        is decoded once per process (each DataLoader worker holds its own cache)."""
+        is decoded once per process (DataLoader workers hold their own caches, for one epoch)."""
         if i in self._cache:
             return self._cache[i]
         size = self.cfg.size
