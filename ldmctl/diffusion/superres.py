@@ -35,10 +35,9 @@ from ldmctl.diffusion.ldm import LatentDiffusion, upscale_image
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.samplers import get_sampler
 from ldmctl.samplers.common import spacing
-from ldmctl.tiling import count_tiles, tiled_apply
+from ldmctl.tiling import Progress, count_tiles, tiled_apply
 from ldmctl.unet import downsample_factor
 
-Progress = Callable[[int, int], None]
 
 
 def sr_scale(model: LatentDiffusion) -> int:
