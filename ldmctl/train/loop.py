@@ -139,29 +139,52 @@ def index_batches(n: int, batch_size: int, *, seed: int, start_step: int = 0, ra
         epoch, offset = epoch + 1, 0
 
 
+class _EpochKeyed(Dataset):
+    """Items by ``(index, epoch)`` key: the epoch travels with every index, so DataLoader workers
+    created once for the whole run (their decoded-image caches with them) follow it."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, epoch = key
+        if epoch != self.epoch and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self.epoch = epoch
+        return self.dataset[index]
+
+
 def batch_stream(dataset: Dataset, batch_size: int, *, seed: int, start_step: int = 0,
                  num_workers: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, Any]]:
     """Yield collated batches forever, in an order fixed by ``seed``, starting at ``start_step``.
 
     ``batch_size`` is the global batch; each of ``world`` ranks gets ``batch_size / world``
     items of it (:func:`index_batches`). Every batch is full: the incomplete tail of an epoch is
-    dropped, and a data set smaller than one batch is repeated within the batch.
+    dropped, and a data set smaller than one batch is repeated within the batch. With
+    ``num_workers > 0`` one DataLoader serves the whole run (its workers, and what they cache,
+    live as long as the stream); the batches are the same as without workers.
     """
     n = len(dataset)  # type: ignore[arg-type]
     per_epoch = max(1, n // batch_size)
     indices = index_batches(n, batch_size, seed=seed, start_step=start_step, rank=rank, world=world)
-    step = start_step
-    while True:
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(step // per_epoch)
-        left = per_epoch - step % per_epoch  # batches left in this epoch
-        batches = [next(indices) for _ in range(left)]
-        if num_workers > 0:
-            yield from DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=default_collate)
-        else:
-            for idx in batches:
-                yield default_collate([dataset[i] for i in idx])
-        step += left
+    keyed = _EpochKeyed(dataset)
+
+    def keys() -> Iterator[list[tuple[int, int]]]:
+        step = start_step
+        while True:
+            yield [(i, step // per_epoch) for i in next(indices)]
+            step += 1
+
+    if num_workers > 0:
+        yield from DataLoader(keyed, batch_sampler=keys(), num_workers=num_workers,  # type: ignore[arg-type]
+                              collate_fn=default_collate)
+    else:
+        for key in keys():
+            yield default_collate([keyed[k] for k in key])
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:

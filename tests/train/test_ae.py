@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
@@ -48,6 +49,34 @@ def test_batch_stream_resumes_mid_epoch():
     assert [next(resumed)["image"].flatten().tolist() for _ in range(3)] == first[2:]
     assert sorted(epoch_permutation(10, 1, 0).tolist()) == list(range(10))
     assert not torch.equal(epoch_permutation(10, 1, 0), epoch_permutation(10, 1, 1))
+
+
+class _EpochItems(torch.utils.data.Dataset):
+    """Items that depend on the epoch and name the process that made them."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": torch.tensor([float(100 * self.epoch + i)]), "pid": os.getpid()}
+
+
+def test_batch_stream_workers_live_for_the_run_and_follow_the_epoch():
+    plain = batch_stream(_EpochItems(7), 3, seed=2, start_step=1)
+    with_workers = batch_stream(_EpochItems(7), 3, seed=2, start_step=1, num_workers=2)
+    a = [next(plain) for _ in range(9)]  # 2 batches per epoch: five epochs
+    b = [next(with_workers) for _ in range(9)]
+    assert [x["image"].flatten().tolist() for x in a] == [x["image"].flatten().tolist() for x in b]
+    assert {int(v) // 100 for x in a for v in x["image"].flatten()} == {0, 1, 2, 3, 4}
+    pids = {int(p) for x in b for p in x["pid"]}
+    assert len(pids) == 2 and os.getpid() not in pids  # the same two workers in every epoch
+    with_workers.close()
 
 
 def test_scale_factor_is_inverse_std():
