@@ -112,8 +112,9 @@ class TrainConfig:
 
     batch_size: int = 8  # images per optimisation step
     max_steps: int = 1000  # total optimisation steps
-    lr: float = 1e-4  # peak Adam learning rate (generator and discriminator)
+    lr: float = 1e-4  # peak learning rate (generator and discriminator)
     adam_betas: tuple[float, float] = (0.5, 0.9)  # Adam betas (GAN-style default)
+    optimizer: Literal["adam", "muon"] = "adam"  # train-ae: muon = Muon for weight matrices, Adam for the rest
     warmup_steps: int = 0  # linear learning-rate warm-up
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine decays to lr * lr_min_ratio
     lr_min_ratio: float = 0.1  # final lr / peak lr for cosine

@@ -30,6 +30,7 @@ from ldmctl.config import AETrainingConfig, to_dict, validate_ae
 from ldmctl.data import open_dataset
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.train.dist import Dist, setup, teardown
+from ldmctl.train.optim import build_optimizer
 from ldmctl.train.loop import (
     Callbacks,
     NonFiniteGuard,
@@ -76,8 +77,8 @@ def build_run(cfg: AETrainingConfig, perceptual: nn.Module | None, dist: Dist | 
     loss = AELoss(cfg.loss, kind=cfg.model.kind, perceptual=perceptual).to(d.device)
     loss.grad_reduce = d.mean if d.world > 1 else None
     t = cfg.train
-    g_params = list(ae.parameters()) + [loss.logvar]
-    opt_g = torch.optim.Adam(g_params, lr=t.lr, betas=t.adam_betas)
+    g_named = list(ae.named_parameters()) + [("logvar", loss.logvar)]
+    opt_g = build_optimizer(t.optimizer, g_named, lr=t.lr, betas=t.adam_betas)
     opt_d = torch.optim.Adam(loss.discriminator.parameters(), lr=t.lr, betas=t.adam_betas)
     gen = torch.Generator().manual_seed(t.seed)
     return AERun(cfg, ae, loss, opt_g, opt_d, gen, guard=NonFiniteGuard(cfg.train.max_nonfinite), dist=d)

@@ -154,6 +154,9 @@ def configure_spec(spec: ConditionerSpec, dataset: Any) -> ConditionerSpec:
 
 def build_run(cfg: LDMTrainingConfig, ae: nn.Module, dist: Dist | None = None) -> LDMRun:
     d = dist or Dist()
+    if cfg.train.optimizer != "adam":
+        raise ConfigError(f"train.optimizer = {cfg.train.optimizer!r} is implemented for train-ae only",
+                          hint="train-ldm uses AdamW: leave train.optimizer at 'adam'")
     d.local_batch(cfg.train.batch_size, cfg.train.grad_accum)  # checks the split early
     torch.manual_seed(cfg.train.seed)
     model = LatentDiffusion(cfg.model, ae).to(d.device)

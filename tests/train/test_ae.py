@@ -138,3 +138,15 @@ def test_linear_shortcut_run_starts_from_pca_and_resumes_exactly(tmp_path):
     train_ae(full, tmp_path / "c", resume=True)
     b, c = _weights(tmp_path / "b" / "ae.safetensors"), _weights(tmp_path / "c" / "ae.safetensors")
     assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+def test_muon_run_resumes_exactly(tmp_path):
+    cfg = merge(_cfg(4), {"train": {"optimizer": "muon"}})
+    train_ae(cfg, tmp_path / "a")
+    train_ae(merge(cfg, {"train": {"max_steps": 2}}), tmp_path / "b")
+    train_ae(cfg, tmp_path / "b", resume=True)
+    a, b = _weights(tmp_path / "a" / "ae.safetensors"), _weights(tmp_path / "b" / "ae.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train_ae(_cfg(4), tmp_path / "adam")
+    adam = _weights(tmp_path / "adam" / "ae.safetensors")
+    assert any(not torch.equal(a[k], adam[k]) for k in a)

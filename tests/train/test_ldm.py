@@ -89,3 +89,5 @@ def test_wrong_kind_and_bad_sizes_are_clear_errors(ae_path, tmp_path):
         train_ldm(merge(tiny_cfg(), {"model": {"unet": {"channel_mult": [1, 2, 2, 2]}}}), ae_path, tmp_path / "bad2")
     with pytest.raises(ConfigError, match="needs --ae"):
         train_ldm(tiny_cfg(), None, tmp_path / "bad3")
+    with pytest.raises(ConfigError, match="train-ae only"):
+        train_ldm(merge(tiny_cfg(), {"train": {"optimizer": "muon"}}), ae_path, tmp_path / "bad4")
