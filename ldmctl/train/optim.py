@@ -21,11 +21,12 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+
 def orthogonalize(g: Tensor, rel_floor: float = 1e-3) -> Tensor:
     """``U V^T`` for each ``g = U S V^T`` in a batch ``(n, rows, cols)``, through the Gram matrix.
 
-    Exact (an eigendecomposition of the smaller Gram matrix) and, on a CPU, about three times
-    cheaper than five Newton-Schulz iterations. Singular values below ``rel_floor`` times the
+    Exact (an eigendecomposition of the smaller Gram matrix) and, on a CPU, about half the time of
+    five Newton-Schulz iterations (``bench/orthogonalize_cost.py``). Singular values below ``rel_floor`` times the
     largest are scaled up to at most 1, not to exactly 1, so noise directions are not amplified
     without bound.
     """
@@ -40,8 +41,11 @@ def orthogonalize(g: Tensor, rel_floor: float = 1e-3) -> Tensor:
 
 
 def muon_eligible(name: str, p: Tensor, min_side: int = 16) -> bool:
-    """Weight matrices and conv kernels whose both matrix sides are at least ``min_side``."""
-    if p.ndim < 2 or not name.endswith("weight"):
+    """Weight matrices and conv kernels whose both matrix sides are at least ``min_side``.
+
+    Embedding tables (a VQ codebook) are rows of independent vectors, not a linear map: Adam.
+    """
+    if p.ndim < 2 or not name.endswith("weight") or "embedding" in name or "codebook" in name:
         return False
     rows, cols = p.shape[0], p[0].numel()
     return min(rows, cols) >= min_side

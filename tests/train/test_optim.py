@@ -30,6 +30,7 @@ def test_muon_takes_kernels_and_matrices_not_biases_norms_or_thin_layers():
     net = nn.Sequential(nn.Conv2d(3, 32, 3), nn.GroupNorm(4, 32), nn.Conv2d(32, 32, 3), nn.Conv2d(32, 4, 1))
     chosen = {n for n, p in net.named_parameters() if muon_eligible(n, p)}
     assert chosen == {"0.weight", "2.weight"}  # 32x27 and 32x288; 4x32 is too thin
+    assert not muon_eligible("quantize.embedding.weight", torch.zeros(512, 32))  # a VQ codebook
 
 
 def test_adam_groups_match_torch_adam_exactly():
