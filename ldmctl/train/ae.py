@@ -30,7 +30,6 @@ from ldmctl.config import AETrainingConfig, to_dict, validate_ae
 from ldmctl.data import open_dataset
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.train.dist import Dist, setup, teardown
-from ldmctl.train.optim import build_optimizer
 from ldmctl.train.loop import (
     Callbacks,
     NonFiniteGuard,
@@ -46,6 +45,7 @@ from ldmctl.train.loop import (
     set_rng_state,
     write_log,
 )
+from ldmctl.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 

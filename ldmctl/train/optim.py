@@ -25,10 +25,10 @@ from torch import Tensor, nn
 def orthogonalize(g: Tensor, rel_floor: float = 1e-3) -> Tensor:
     """``U V^T`` for each ``g = U S V^T`` in a batch ``(n, rows, cols)``, through the Gram matrix.
 
-    Exact (an eigendecomposition of the smaller Gram matrix) and, on a CPU, about half the time of
-    five Newton-Schulz iterations (``bench/orthogonalize_cost.py``). Singular values below ``rel_floor`` times the
-    largest are scaled up to at most 1, not to exactly 1, so noise directions are not amplified
-    without bound.
+    Exact (an eigendecomposition of the smaller Gram matrix) and, on a CPU, about half the time
+    of five Newton-Schulz iterations (``bench/orthogonalize_cost.py``). Singular values below
+    ``rel_floor`` times the largest are scaled up to at most 1, not to exactly 1, so noise
+    directions are not amplified without bound.
     """
     x = g.float()
     tall = x.shape[-2] > x.shape[-1]
