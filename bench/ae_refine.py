@@ -15,7 +15,6 @@ metadata, so ``ldmctl eval-ae C.safetensors`` scores it.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
@@ -23,13 +22,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ldmctl.checkpoint import load_autoencoder
+from ldmctl.eval.metrics import psnr, quantize_8bit
 from ldmctl.eval.report import load_eval_images
 
 
 def psnr_8bit(y: torch.Tensor, x: torch.Tensor) -> float:
-    """PSNR (dB) of ``y`` against ``x``, both in [-1, 1], after rounding ``y`` to 8 bits."""
-    y = ((y.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
-    return 10 * math.log10(4 / ((y - x) ** 2).mean().item())
+    """PSNR (dB) of ``y`` against ``x``, both in [-1, 1], as ``eval-ae`` scores it (8-bit ``y``)."""
+    return psnr(quantize_8bit((y + 1) / 2), (x + 1) / 2).item()
 
 
 def average(paths: list[str], out: str) -> None:
