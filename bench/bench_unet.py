@@ -37,7 +37,7 @@ from peer_factory import build as build_ldmctl
 def ldmctl_ddim_loop(model, name: str, steps: int, batch: int = 4, bf16: bool = False):
     """ldmctl's DDIM (same schedule and timesteps as the bench's DDIMScheduler) with CFG 7.5."""
     from ldmctl.conditioning import Cond
-    from ldmctl.diffusion.schedule import Schedule
+    from ldmctl.schedule import Schedule
     from ldmctl.samplers import ddim
     from ldmctl.samplers.guidance import cfg_model_fn
 

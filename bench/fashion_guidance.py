@@ -12,12 +12,13 @@ from pathlib import Path
 
 import torch
 
+from ldmctl.samplers.guidance import cfg_model_fn
 from ldmctl.config import DataConfig
 from ldmctl.data import open_dataset
 from ldmctl.eval.classifier import (ClassifierConfig, class_predictions, evaluate_accuracy, load_classifier,
                                     save_classifier, train_classifier)
 from ldmctl.samplers import dpmpp
-from ldmctl.train.ldm import load_ldm
+from ldmctl.diffusion.io import load_ldm
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
         for start in range(0, args.n, 100):
             lab = labels[start:start + 100]
             cond = model.cond({"label": lab})
-            fn = model.model_fn(cond, model.conditioners.null(len(lab), like=cond), guidance=guidance)
+            fn = cfg_model_fn(model.unet, cond, model.conditioners.null(len(lab), like=cond), guidance)
             images.append(model.decode(model.sample_latents(dpmpp, len(lab), steps=20, generator=g, model_fn=fn)))
         pred = class_predictions(clf, torch.cat(images))
         out[f"accuracy_guidance_{guidance:g}"] = round(float((pred == labels).float().mean()), 4)

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
+from ldmctl.samplers.guidance import cfg_model_fn
 from ldmctl.cli._console import save_grid
 from ldmctl.config import DataConfig
 from ldmctl.data.shapes import ShapesDataset
 from ldmctl.eval.shapes_check import parse_caption, score
 from ldmctl.samplers import dpmpp
-from ldmctl.train.ldm import load_ldm
+from ldmctl.diffusion.io import load_ldm
 
 
 def generate(model, prompts: list[str], *, guidance: float, steps: int, seed: int, batch: int = 100) -> torch.Tensor:
@@ -34,7 +35,7 @@ def generate(model, prompts: list[str], *, guidance: float, steps: int, seed: in
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
         cond = model.cond({"caption": chunk})
-        fn = model.model_fn(cond, model.conditioners.null(len(chunk), like=cond), guidance=guidance)
+        fn = cfg_model_fn(model.unet, cond, model.conditioners.null(len(chunk), like=cond), guidance)
         out.append(model.decode(model.sample_latents(dpmpp, len(chunk), steps=steps, generator=g, model_fn=fn)))
     return torch.cat(out)
 

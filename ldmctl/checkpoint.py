@@ -10,15 +10,12 @@ Metadata keys (all strings, as safetensors requires):
 
 Only safetensors files are ever read as models. Training state (optimizers, discriminator, RNG)
 goes in a separate ``.pt`` file loaded with ``torch.load(weights_only=True)``. Every write is
-atomic: temporary file, fsync, rename, so a crash never leaves a half-written checkpoint.
+atomic (:func:`ldmctl.files.atomic_write`), so a crash never leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from torch import Tensor, nn
 
 from ldmctl import __version__
 from ldmctl.errors import CheckpointError, ConfigError
+from ldmctl.files import atomic_write
 
 SCHEMA = "1"
 
@@ -44,65 +42,6 @@ class Checkpoint:
     tensors: dict[str, Tensor]
     extra: dict[str, Any]
     version: str
-
-
-def check_writable(path: str | Path) -> Path:
-    """Refuse, before any long work, an output file that :func:`atomic_write` could not create."""
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise CheckpointError(f"cannot write {str(path)!r}: folder {str(folder)!r} {what}")
-    if path.is_dir():
-        raise CheckpointError(f"cannot write {str(path)!r}: it is a folder", hint="name a file inside it")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CheckpointError(f"cannot write {str(path)!r}: folder {str(folder)!r} is read-only")
-    return path
-
-
-def ensure_folder(folder: str | Path) -> Path:
-    """Create an output folder (and its parents) if needed; failing that is a CheckpointError."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CheckpointError(f"cannot create output folder {str(folder)!r}: {err.strerror or err}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CheckpointError(f"cannot write into output folder {str(folder)!r}: it is read-only")
-    return folder
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename over ``path``.
-
-    An OSError on the way (read-only folder, full disk) is a CheckpointError, and the temporary
-    file is always removed: a failed write leaves nothing behind.
-    """
-    path = check_writable(path)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise CheckpointError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp (and safetensors) make 0600; give the usual permissions
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as err:
-        raise CheckpointError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], *, kind: str,
@@ -179,19 +118,6 @@ def load_autoencoder(path: str | Path) -> nn.Module:
     ae = build_autoencoder(cfg)
     load_state(ae, ckpt.tensors, str(ckpt.path))
     return ae.eval()
-
-
-def load_model(path: str | Path) -> nn.Module:
-    """Rebuild whatever model a checkpoint holds, dispatching on ``ldmctl.kind``."""
-    from ldmctl.eval.classifier import load_classifier
-    from ldmctl.train.ldm import load_ldm
-
-    ckpt = read_checkpoint(path)
-    loaders = {"autoencoder": load_autoencoder, "ldm": load_ldm, "classifier": load_classifier}
-    if ckpt.kind not in loaders:
-        raise CheckpointError(f"{str(path)!r}: unknown checkpoint kind {ckpt.kind!r}; "
-                              f"this ldmctl knows {sorted(loaders)}", hint="upgrade ldmctl")
-    return loaders[ckpt.kind](path)
 
 
 def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:

@@ -4,7 +4,7 @@ text vocabulary (``ldmctl export``).
 A training checkpoint holds the raw UNet, its EMA, both copies of the conditioners and the
 autoencoder in fp32. The exported file keeps what sampling uses — the EMA UNet (``ema.*``), the
 EMA conditioners (``cond.*``) and the autoencoder (``ae.*``) — and loads with the same
-:func:`~ldmctl.train.ldm.load_ldm` (weights are cast back to fp32 on load).
+:func:`~ldmctl.diffusion.io.load_ldm` (weights are cast back to fp32 on load).
 
 ``prune_vocab``: a jointly trained ``bert`` text encoder has one embedding row per WordPiece token
 (30,522 x width), but only the tokens of the training captions ever received a gradient; the
@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from ldmctl.checkpoint import read_checkpoint, save_checkpoint
-from ldmctl.config import DataConfig, from_dict, to_dict
-from ldmctl.conditioning.base import LatentSpec
+from ldmctl.checkpoint import read_checkpoint
+from ldmctl.config import DataConfig, from_dict
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.errors import ConfigError
 from ldmctl.text import TextEncoder
-from ldmctl.train.ldm import load_ldm
+from ldmctl.diffusion.io import load_ldm, write_ldm
+from ldmctl.diffusion.ldm import latent_spec
 
 MAX_CAPTION_ITEMS = 50_000  # captions read from a data set to collect the kept vocabulary
 
@@ -81,21 +80,16 @@ def export_ldm(src: str | Path, dst: str | Path, *, half: bool = True, prune_voc
             kept[spec.name] = len(keep)
         states.append(state)
     cfg = dataclasses.replace(model.config, conditioners=tuple(specs))
-    conds = ConditionerSet(cfg.conditioners, LatentSpec(cfg.unet.in_channels, cfg.latent_size,
-                                                        model.autoencoder.config.downsample_factor))
+    conds = ConditionerSet(cfg.conditioners, latent_spec(cfg, model.autoencoder))
     for c, state in zip(conds.items, states):
         c.load_state_dict(state)
-    dtype = torch.float16 if half else torch.float32
-    tensors: dict[str, Tensor] = {}
-    for prefix, module in (("ema", model.unet), ("cond", conds), ("ae", model.autoencoder)):
-        for k, v in module.state_dict().items():
-            tensors[f"{prefix}.{k}"] = v.to(dtype) if v.is_floating_point() else v
-    config = {"ldm": to_dict(cfg), "autoencoder": to_dict(model.autoencoder.config), "plugins": conds.plugins()}
     extra = {**{k: v for k, v in ckpt.extra.items() if k in ("step", "train_config", "autoencoder")},
              "exported_from": Path(src).name, "export": {"half": half, "prune_vocab": prune_vocab, "weights": "ema"}}
-    save_checkpoint(dst, tensors, kind="ldm", config=config, extra=extra)
+    parts = {"ema": model.unet.state_dict(), "cond": conds.state_dict(), "ae": model.autoencoder.state_dict()}
+    write_ldm(dst, parts, config=cfg, autoencoder=model.autoencoder.config, conditioners=conds, extra=extra,
+              dtype=torch.float16 if half else None)
     return {"src_bytes": Path(src).stat().st_size, "dst_bytes": Path(dst).stat().st_size,
-            "tensors": len(tensors), "kept_tokens": kept}
+            "tensors": sum(len(state) for state in parts.values()), "kept_tokens": kept}
 
 
 __all__ = ["caption_token_ids", "dataset_captions", "export_ldm"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ldmctl.checkpoint import (atomic_write, load_train_state, read_checkpoint, save_checkpoint,
-                               save_train_state)
+from ldmctl.checkpoint import load_train_state, read_checkpoint, save_checkpoint, save_train_state
+from ldmctl.files import atomic_write
 from ldmctl.errors import CheckpointError
 
 
@@ -69,7 +69,7 @@ def test_atomic_write_into_missing_folder(tmp_path):
 
 def test_autoencoder_file_alone_rebuilds_an_identical_model(tmp_path):
     from ldmctl.autoencoder import build_autoencoder
-    from ldmctl.checkpoint import load_model, save_autoencoder
+    from ldmctl.checkpoint import load_autoencoder as load_model, save_autoencoder
     from ldmctl.config import preset
 
     for kind in ("kl", "vq"):
@@ -101,7 +101,8 @@ def test_written_files_get_the_usual_permissions(tmp_path):
 
     import torch
 
-    from ldmctl.checkpoint import atomic_write, save_checkpoint
+    from ldmctl.checkpoint import save_checkpoint
+    from ldmctl.files import atomic_write
 
     umask = os.umask(0o022)
     try:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ldmctl.checkpoint import read_checkpoint
 from ldmctl.cli import app, main
-from ldmctl.train.ldm import load_ldm
+from ldmctl.diffusion.io import load_ldm
 
 
 @pytest.fixture(scope="module")

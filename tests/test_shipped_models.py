@@ -8,7 +8,7 @@ from PIL import Image
 
 from ldmctl.cli import app
 from ldmctl.models import SHIPPED
-from ldmctl.train.ldm import load_ldm
+from ldmctl.diffusion.io import load_ldm
 
 MAX_BYTES = 16 * 2**20
 

@@ -13,7 +13,7 @@ import torch
 import typer
 
 from ldmctl import __version__
-from ldmctl.checkpoint import ensure_folder
+from ldmctl.files import ensure_folder
 from ldmctl.cli._console import console, err_console, step_progress
 from ldmctl.errors import ConfigError
 from ldmctl.eval.compare import SamplersConfig, Setting, TrainingConfig
@@ -124,7 +124,7 @@ def samplers_command(
     from ldmctl.cli.sample import check_options, sampling_conditions
     from ldmctl.eval.compare import compare_samplers, parse_setting, validate_samplers
     from ldmctl.eval.judge import Judge
-    from ldmctl.train.ldm import load_ldm
+    from ldmctl.diffusion.io import load_ldm
 
     cfg = validate_samplers(SamplersConfig(samplers=tuple(s.strip() for s in samplers.split(",") if s.strip()),
                                            steps=_ints(steps, "--steps"), seed=seed, reference=reference,

@@ -15,6 +15,7 @@ from typing import Annotated
 import torch
 import typer
 
+from ldmctl.samplers.guidance import cfg_model_fn
 from ldmctl.cli._console import console, err_console, format_logs, save_grid, step_progress
 from ldmctl.cli._options import resolve_ae_config, resolve_ldm_config
 from ldmctl.train.loop import Callbacks
@@ -54,7 +55,8 @@ def command(
     from ldmctl.eval.shapes_check import score
     from ldmctl.samplers import dpmpp
     from ldmctl.train.ae import train_ae
-    from ldmctl.train.ldm import load_ldm, train_ldm
+    from ldmctl.diffusion.io import load_ldm
+    from ldmctl.train.ldm import train_ldm
 
     started = time.time()
     seed_flags = {"train": {"seed": seed}}
@@ -72,7 +74,7 @@ def command(
     prompts = [p for p in PROMPTS for _ in range(samples_per_prompt)]
     g = torch.Generator().manual_seed(seed)
     cond = model.cond({"caption": prompts})
-    fn = model.model_fn(cond, model.conditioners.null(len(prompts), like=cond), guidance=3.0)
+    fn = cfg_model_fn(model.unet, cond, model.conditioners.null(len(prompts), like=cond), 3.0)
     images = model.decode(model.sample_latents(dpmpp, len(prompts), steps=20, generator=g, model_fn=fn))
     rows = {p: images[i * samples_per_prompt:(i + 1) * samples_per_prompt] for i, p in enumerate(PROMPTS)}
     grid = save_grid(rows, out / "demo.png", max_cols=samples_per_prompt)

@@ -12,7 +12,7 @@ import torch
 import typer
 from torch import Tensor
 
-from ldmctl.checkpoint import atomic_write, check_writable, ensure_folder
+from ldmctl.files import atomic_write, check_writable, ensure_folder
 from ldmctl.cli._console import console, err_console, metrics_table, step_progress, to_uint8_image
 from ldmctl.config import DataConfig
 from ldmctl.data import iter_image_files, load_image, open_dataset
@@ -110,7 +110,7 @@ def _from_checkpoint(path: Path, opts: dict[str, Any]) -> _Samples:
     """N samples of an LDM checkpoint, drawn as ``sample`` draws them (same options, same seed)."""
     from ldmctl.cli.sample import generate, sampling_conditions
     from ldmctl.samplers import get_sampler
-    from ldmctl.train.ldm import load_ldm
+    from ldmctl.diffusion.io import load_ldm
 
     model = load_ldm(path, weights=opts["weights"])
     size = model.config.latent_size * model.autoencoder.config.downsample_factor

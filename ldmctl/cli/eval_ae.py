@@ -10,7 +10,8 @@ import typer
 from rich.markup import escape
 
 from ldmctl.autoencoder.apply import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
-from ldmctl.checkpoint import atomic_write, check_writable, ensure_folder, load_autoencoder
+from ldmctl.checkpoint import load_autoencoder
+from ldmctl.files import atomic_write, check_writable, ensure_folder
 from ldmctl.cli._console import console, err_console, metrics_table, to_uint8_image
 from ldmctl.errors import WeightsError
 from ldmctl.eval.report import autoencoder_restorer, evaluate_reconstructions, load_eval_images

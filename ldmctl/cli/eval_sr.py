@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from ldmctl.checkpoint import check_writable
+from ldmctl.files import check_writable
 from ldmctl.cli._console import step_progress
 from ldmctl.cli.eval_ae import _saver, optional_lpips, print_report
 from ldmctl.errors import ConfigError
@@ -35,9 +35,9 @@ def command(
 ) -> None:
     """Downscale each original by the model's factor (antialiased bicubic), super-resolve it, and
     score the result and bicubic upscaling against the original."""
-    from ldmctl.data.degrade import resize
-    from ldmctl.diffusion.superres import sr_scale, upscale
-    from ldmctl.train.ldm import load_ldm
+    from ldmctl.superres.degrade import resize
+    from ldmctl.superres.upscale import sr_scale, upscale
+    from ldmctl.diffusion.io import load_ldm
 
     if steps < 1:
         raise ConfigError(f"--steps must be positive, got {steps}")

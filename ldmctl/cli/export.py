@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ldmctl.checkpoint import check_writable
+from ldmctl.files import check_writable
 from ldmctl.cli._console import console, err_console
 from ldmctl.config import DataConfig
 from ldmctl.errors import ConfigError

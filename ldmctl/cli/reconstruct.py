@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from ldmctl.autoencoder.apply import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, reconstruct
-from ldmctl.checkpoint import atomic_write, ensure_folder, load_autoencoder
+from ldmctl.checkpoint import load_autoencoder
+from ldmctl.files import atomic_write, ensure_folder
 from ldmctl.cli._console import console, step_progress, to_uint8_image
 from ldmctl.data import load_image, pil_to_tensor
 

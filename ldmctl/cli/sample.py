@@ -10,7 +10,8 @@ from typing import Annotated
 import torch
 import typer
 
-from ldmctl.checkpoint import atomic_write, check_writable, ensure_folder
+from ldmctl.samplers.guidance import cfg_model_fn
+from ldmctl.files import atomic_write, check_writable, ensure_folder
 from ldmctl.cli._console import (
     console,
     err_console,
@@ -20,7 +21,7 @@ from ldmctl.cli._console import (
 )
 from ldmctl.errors import ConfigError
 from ldmctl.samplers import get_sampler
-from ldmctl.train.ldm import load_ldm
+from ldmctl.diffusion.io import load_ldm
 
 
 def check_options(n: int, steps: int, eta: float, batch_size: int, guidance: float | None) -> None:
@@ -72,7 +73,7 @@ def generate(model, sampler_fn, n: int, *, steps: int, eta: float = 0.0, seed: i
         if conditions:
             cond = model.cond(batch)
             negative = {"caption": [negative_prompt] * size} if negative_prompt is not None else None
-            model_fn = model.model_fn(cond, model.conditioners.null(size, like=cond, negative=negative), guidance=guidance)
+            model_fn = cfg_model_fn(model.unet, cond, model.conditioners.null(size, like=cond, negative=negative), guidance)
         callback = None if on_progress is None else (
             lambda i, total, z, d=done: on_progress(d + (i + 1) * z.shape[0]))
         with torch.no_grad():

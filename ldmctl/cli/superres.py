@@ -9,7 +9,7 @@ from typing import Annotated
 import torch
 import typer
 
-from ldmctl.checkpoint import atomic_write, check_writable, ensure_folder
+from ldmctl.files import atomic_write, check_writable, ensure_folder
 from ldmctl.cli._console import console, err_console, step_progress
 from ldmctl.data import IMAGE_SUFFIXES, iter_image_files
 from ldmctl.errors import ConfigError, DataError
@@ -75,8 +75,8 @@ def command(
     """Upscale photos with a super-resolution LDM; tiles keep memory bounded on large inputs."""
     from ldmctl.data.images import open_image
     from ldmctl.data.modes import merge_image, split_image, upscale_alpha
-    from ldmctl.diffusion.superres import sr_scale, upscale
-    from ldmctl.train.ldm import load_ldm
+    from ldmctl.superres.upscale import sr_scale, upscale
+    from ldmctl.diffusion.io import load_ldm
 
     if steps < 1 or not (math.isfinite(eta) and eta >= 0):
         raise ConfigError("--steps must be positive and --eta a finite number >= 0")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ldmctl.checkpoint import check_writable
+from ldmctl.files import check_writable
 from ldmctl.cli._console import console, format_logs, step_progress
 from ldmctl.config import DataConfig
 from ldmctl.data import open_dataset

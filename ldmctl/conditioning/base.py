@@ -71,6 +71,7 @@ class Conditioner(nn.Module, ABC):
     """
 
     name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()  # earlier names, still accepted (checkpoints keep the name they were saved with)
     kind: ClassVar[CondKind]
     Config: ClassVar[type]
     input_key: ClassVar[str]

@@ -76,7 +76,8 @@ def check_conditioner_class(cls: object) -> type[Conditioner]:
 
 
 def conditioners(pm: pluggy.PluginManager | None = None) -> dict[str, Registered]:
-    """Every registered conditioner by name, with the package and version that provides it."""
+    """Every registered conditioner by name (and by each of its aliases), with the package and version
+    that provides it."""
     pm = pm or plugin_manager()
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     found: dict[str, Registered] = {}
@@ -87,13 +88,20 @@ def conditioners(pm: pluggy.PluginManager | None = None) -> dict[str, Registered
 
         def register(cls: type, package: str = package, version: str = version) -> None:
             cls = check_conditioner_class(cls)
-            if cls.name in found and found[cls.name].cls is not cls:
-                raise PluginError(f"conditioner name {cls.name!r} is registered twice "
-                                  f"({found[cls.name].cls.__module__} and {cls.__module__})")
-            found[cls.name] = Registered(cls, package, version)
+            for name in (cls.name, *cls.aliases):
+                if name in found and found[name].cls is not cls:
+                    raise PluginError(f"conditioner name {name!r} is registered twice "
+                                      f"({found[name].cls.__module__} and {cls.__module__})")
+                found[name] = Registered(cls, package, version)
 
         impl.function(register=register)
     return found
+
+
+def canonical_name(name: str) -> str:
+    """The current name of conditioner ``name`` (itself, or the name an alias stands for)."""
+    found = conditioners().get(name)
+    return found.cls.name if found is not None else name
 
 
 def get_conditioner(name: str, *, needed_package: str | None = None) -> Registered:
@@ -101,9 +109,10 @@ def get_conditioner(name: str, *, needed_package: str | None = None) -> Register
     known = conditioners()
     if name not in known:
         hint = f"pip install {needed_package}" if needed_package else "ldmctl plugins lists the installed ones"
-        raise PluginError(f"no conditioner named {name!r} is installed; installed: {sorted(known)}", hint=hint)
+        current = sorted({r.cls.name for r in known.values()})
+        raise PluginError(f"no conditioner named {name!r} is installed; installed: {current}", hint=hint)
     return known[name]
 
 
-__all__ = ["GROUP", "Registered", "check_conditioner_class", "conditioners", "get_conditioner", "make_plugin_manager",
+__all__ = ["GROUP", "Registered", "canonical_name", "check_conditioner_class", "conditioners", "get_conditioner", "make_plugin_manager",
            "plugin_manager"]

@@ -36,12 +36,35 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ldmctl.data.degrade import resize
 from ldmctl.errors import ConfigError, DataError
 
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 ALPHA_MODES = {"RGBA": "RGBA", "LA": "LA", "PA": "RGBA", "RGBa": "RGBa", "La": "La"}
 LUMA_601 = (0.299, 0.587, 0.114)
+
+
+def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize (C, H, W) or (B, C, H, W) ``x`` to ``size = (h, w)`` with bicubic interpolation.
+
+    Antialiasing is on whenever an axis shrinks (PyTorch's antialiased bicubic, which matches
+    Pillow's), and off when only enlarging (plain bicubic, a = -0.75). Values are **not**
+    clamped: bicubic overshoots slightly near edges, and callers clamp where they need a range.
+    Same-size input is returned as is. Non-float input is computed in float32.
+    """
+    if x.ndim not in (3, 4):
+        raise ValueError(f"expected a (C, H, W) or (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    h, w = int(size[0]), int(size[1])
+    if h <= 0 or w <= 0:
+        raise ValueError(f"resize target must be positive, got {size}")
+    in_h, in_w = x.shape[-2:]
+    if (h, w) == (in_h, in_w):
+        return x
+    if not x.is_floating_point():
+        x = x.float()
+    batch = x if x.ndim == 4 else x.unsqueeze(0)
+    shrink = h < in_h or w < in_w
+    out = F.interpolate(batch, size=(h, w), mode="bicubic", align_corners=False, antialias=shrink)
+    return out if x.ndim == 4 else out.squeeze(0)
 
 
 def split_image(img: Image.Image) -> tuple[Tensor, Tensor | None, str]:

@@ -4,7 +4,10 @@
     noise z_T ─ sampler(model_fn) ─ z0 ─ / scale_factor ─ D ─ image
 
 The autoencoder is frozen (eval mode, no gradients). Training state (optimizer, EMA) lives in
-``ldmctl.train.ldm``; guidance in ``ldmctl.samplers.guidance``; grids and progress bars in the CLI.
+``ldmctl.train``; classifier-free guidance wraps :meth:`LatentDiffusion.model_fn` from outside
+(``ldmctl.samplers.guidance``); grids and progress bars in the CLI. A task (super-resolution,
+:mod:`ldmctl.superres.task`) may add derived inputs to a batch and change what is diffused; the
+model calls it without knowing its batch keys. The file format is :mod:`ldmctl.diffusion.io`.
 """
 
 from __future__ import annotations
@@ -13,25 +16,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldmctl.conditioning.base import Cond, LatentSpec
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import LDMConfig
 from ldmctl.diffusion.objective import Objective
-from ldmctl.samplers.guidance import cfg_model_fn, plain_model_fn
+from ldmctl.superres.task import task_for
 from ldmctl.unet import UNet
 
-
-DERIVED_KEYS = {"cond_latent": "cond_image"}  # batch key the model derives -> the key it is derived from
-
-
-def upscale_image(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bicubic resize of (B, C, H, W) images in [-1, 1] to ``size``, clamped."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x.float()
-    return F.interpolate(x.float(), size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def latent_spec(cfg: LDMConfig, autoencoder: nn.Module) -> LatentSpec:
@@ -51,6 +45,7 @@ class LatentDiffusion(nn.Module):
             cfg.conditioners, latent_spec(cfg, autoencoder))
         self.objective = Objective(cfg.diffusion)
         self.schedule = self.objective.schedule
+        self.task = task_for(cfg, {c.input_key for c in self.conditioners.items})
 
     def train(self, mode: bool = True) -> LatentDiffusion:
         super().train(mode)
@@ -72,6 +67,13 @@ class LatentDiffusion(nn.Module):
         """Scaled latents -> images in [-1, 1] (clamped)."""
         return self.autoencoder.decode(z.float() / self.config.scale_factor).clamp(-1, 1)
 
+    def batch_keys(self) -> tuple[str, ...]:
+        """The data keys a training batch must carry: every conditioner's input, and the task's."""
+        keys = [c.input_key for c in self.conditioners.items]
+        if self.task is not None:
+            keys = [k for k in keys if k not in self.task.derived_keys()] + list(self.task.source_keys(keys))
+        return tuple(dict.fromkeys(keys))
+
     def cond(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None,
              train_dropout: bool = False, shard: tuple[int, int] = (0, 1)) -> Cond | None:
         """The UNet's conditioning for a batch (None for an unconditional model)."""
@@ -81,47 +83,39 @@ class LatentDiffusion(nn.Module):
                                  shard=shard)
 
     def derived_inputs(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Add the batch keys the model derives itself when a conditioner reads them (see DERIVED_KEYS):
-        ``cond_latent`` = the first stage's latent of ``cond_image`` upscaled (bicubic) to the output size."""
-        if "cond_latent" in batch or "cond_image" not in batch:
-            return batch
-        if not self.config.residual and not any(c.input_key == "cond_latent" for c in self.conditioners.items):
-            return batch
-        f = self.autoencoder.config.downsample_factor
-        hw = batch.get("latent_hw") or (self.config.latent_size, self.config.latent_size)
-        return {**batch, "cond_latent": self.encode(upscale_image(batch["cond_image"], (hw[0] * f, hw[1] * f)))}
+        """``batch`` with the inputs the model's task derives itself (none for plain generation)."""
+        return batch if self.task is None else self.task.inputs(self, batch)
 
     def to_target(self, z0: Tensor, batch: Mapping[str, Any]) -> Tensor:
-        """What the diffusion process runs on: ``z0`` itself, or for a residual super-resolution model
-        (``config.residual``) its difference from ``batch["cond_latent"]`` (the latent of the bicubic
-        upscale; see :meth:`derived_inputs`), times ``residual_scale``."""
-        if not self.config.residual:
-            return z0
-        return (z0 - batch["cond_latent"].to(z0)) * self.config.residual_scale
+        """What the diffusion process runs on (``z0`` itself unless the task says otherwise)."""
+        return z0 if self.task is None else self.task.to_target(z0, batch)
 
     def from_target(self, z: Tensor, batch: Mapping[str, Any]) -> Tensor:
         """The inverse of :meth:`to_target`: a sampled ``z`` back to scaled latents for :meth:`decode`."""
-        if not self.config.residual:
-            return z
-        return z / self.config.residual_scale + batch["cond_latent"].to(z)
+        return z if self.task is None else self.task.from_target(z, batch)
 
-    def loss(self, z0: Tensor, cond: Cond | None = None,
-             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-        """The training loss of one batch of scaled latents."""
-        c = cond or Cond()
-        return self.objective(lambda z_t, t: self.unet(z_t, t, c), z0, generator)
+    def training_loss(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None,
+                      net: Callable[[Tensor, Tensor, Cond], Tensor] | None = None,
+                      shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, dict[str, float]]:
+        """The loss of one batch holding scaled latents ``z0`` and the conditioners' inputs: the
+        condition (with each spec's dropout), the target, timesteps and noise, then the objective.
+        ``net`` replaces ``self.unet`` (a DDP-wrapped or compiled copy of it)."""
+        batch = self.derived_inputs(batch)
+        cond = self.cond(batch, generator=generator, train_dropout=True, shard=shard) or Cond()
+        z0 = self.to_target(batch["z0"], batch)
+        t, noise = self.objective.draw(z0, generator, shard=shard)
+        unet = net if net is not None else self.unet
+        return self.objective(lambda z_t, tt: unet(z_t, tt, cond), z0, t=t, noise=noise)
 
-    def model_fn(self, cond: Cond | None = None, uncond: Cond | None = None, *, guidance: float = 1.0,
-                 unet: nn.Module | None = None) -> Callable[[Tensor, Tensor], Tensor]:
-        """The ``model_fn(z_t, t)`` a sampler calls, with guidance when ``uncond`` is given."""
+    def model_fn(self, cond: Cond | None = None, *, unet: nn.Module | None = None) -> ModelFn:
+        """The ``model_fn(z_t, t)`` a sampler calls (guidance wraps it: ``ldmctl.samplers.guidance``)."""
         net = unet if unet is not None else self.unet
-        if uncond is None or guidance == 1.0:
-            return plain_model_fn(net, cond)
-        return cfg_model_fn(net, cond or Cond(), uncond, guidance)
+        c = cond or Cond()
+        return lambda z_t, t: net(z_t, t, c)
 
     @torch.no_grad()
     def sample_latents(self, sampler: Callable[..., Tensor], n: int, *, steps: int, eta: float = 0.0,
-                       generator: torch.Generator | None = None, model_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                       generator: torch.Generator | None = None, model_fn: ModelFn | None = None,
                        callback: Callable[[int, int, Tensor], None] | None = None,
                        latent_size: int | None = None) -> Tensor:
         """Draw z_T with ``generator`` and run ``sampler`` from it; returns scaled latents."""
@@ -134,4 +128,4 @@ class LatentDiffusion(nn.Module):
                        callback=callback)
 
 
-__all__ = ["DERIVED_KEYS", "LatentDiffusion", "upscale_image"]
+__all__ = ["LatentDiffusion", "ModelFn", "latent_spec"]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ldmctl.config import DiffusionConfig
-from ldmctl.diffusion.schedule import Schedule, extract
+from ldmctl.schedule import Schedule, extract
 
 
 def schedule_from_config(cfg: DiffusionConfig) -> Schedule:

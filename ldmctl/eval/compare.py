@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ldmctl.checkpoint import ensure_folder
+from ldmctl.files import ensure_folder
 from ldmctl.config import LDMTrainingConfig
 from ldmctl.errors import ConfigError
 from ldmctl.eval.compare_report import write_samplers_report, write_training_report
@@ -266,7 +266,8 @@ def _train_variant(name: str, vcfg: LDMTrainingConfig, ae: str | Path, cfg: Trai
                    draw: Draw, out: Path, row: dict[str, Any], results: dict[str, Any],
                    watch: Callable[[str, LDMTrainingConfig], Any] | None, say: Say | None,
                    finals: dict[str, Tensor]) -> dict[str, Any]:
-    from ldmctl.train.ldm import load_ldm, train_ldm
+    from ldmctl.diffusion.io import load_ldm
+    from ldmctl.train.ldm import train_ldm
     from ldmctl.train.loop import Callbacks
 
     base = (watch(name, vcfg) if watch else None) or Callbacks()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ldmctl.checkpoint import atomic_write
+from ldmctl.files import atomic_write
 from ldmctl.eval.judge import METRICS, Metric
 from ldmctl.eval.plots import Panel, Point, plot_panels
 from ldmctl.eval.report import write_json

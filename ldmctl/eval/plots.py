@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from ldmctl.checkpoint import atomic_write
+from ldmctl.files import atomic_write
 from ldmctl.errors import PackageError
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldmctl.checkpoint import atomic_write
+from ldmctl.files import atomic_write
 from ldmctl.config import DataConfig
 from ldmctl.data import holdout_photos, iter_image_files, load_image, open_dataset, pil_to_tensor
 from ldmctl.errors import ConfigError, DataError

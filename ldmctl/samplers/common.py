@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldmctl.diffusion.schedule import Schedule
+from ldmctl.schedule import Schedule
 from ldmctl.errors import ConfigError
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from ldmctl.diffusion.schedule import Schedule
+from ldmctl.schedule import Schedule
 from ldmctl.samplers.common import (
     ModelFn,
     StepCallback,

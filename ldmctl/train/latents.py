@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldmctl.checkpoint import atomic_write
+from ldmctl.files import atomic_write
 from ldmctl.errors import ConfigError
 from ldmctl.train.loop import index_batches
 

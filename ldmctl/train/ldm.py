@@ -19,7 +19,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -29,22 +28,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from ldmctl.checkpoint import (
-    load_autoencoder,
-    load_state,
-    load_train_state,
-    read_checkpoint,
-    save_checkpoint,
-    save_train_state,
-)
+from ldmctl.checkpoint import load_autoencoder, load_state, load_train_state, read_checkpoint, save_train_state
 from ldmctl.conditioning.base import Cond, LatentSpec
 from ldmctl.conditioning.compose import ConditionerSet
-from ldmctl.config import ConditionerSpec, LDMConfig, LDMTrainingConfig, from_dict, to_dict
+from ldmctl.config import ConditionerSpec, LDMTrainingConfig, from_dict, to_dict
 from ldmctl.data import open_dataset
 from ldmctl.diffusion.ema import EMA
-from ldmctl.diffusion.ldm import DERIVED_KEYS, LatentDiffusion, upscale_image
+from ldmctl.diffusion.io import load_ldm, save_ldm, split_tensors
+from ldmctl.diffusion.ldm import LatentDiffusion
 from ldmctl.errors import CheckpointError, ConfigError
+from ldmctl.files import file_sha256
 from ldmctl.samplers.ddim import ddim
+from ldmctl.superres.task import measure_residual_scale, with_task
 from ldmctl.train.loop import (
     Callbacks,
     NonFiniteGuard,
@@ -53,7 +48,6 @@ from ldmctl.train.loop import (
     Throughput,
     batch_stream,
     due,
-    file_sha256,
     lr_at,
     prepare_run_dir,
     rng_state,
@@ -107,39 +101,6 @@ def resolve_ldm(cfg: LDMTrainingConfig, ae: nn.Module, dataset: Any = None) -> L
     if not cfg.train.lr > 0:
         raise ConfigError(f"train.lr must be positive, got {cfg.train.lr}")
     return replace(cfg, model=model)
-
-
-def with_task(cfg: LDMTrainingConfig) -> LDMTrainingConfig:
-    """For ``task = superres``: record the scale in the model and make sure a conditioner reads
-    the low-res image (a ``concat`` one, without condition dropout, is added when none does)."""
-    if cfg.task != "superres":
-        if cfg.model.residual:
-            raise ConfigError("model.residual = true is for super-resolution models", hint="set task = \"superres\"")
-        return cfg
-    scale = cfg.superres.scale
-    if scale < 1 or cfg.data.size % scale:
-        raise ConfigError(f"data.size={cfg.data.size} is not a multiple of superres.scale={scale}")
-    specs = cfg.model.conditioners
-    if not any(s.name in ("concat", "concat-latent") for s in specs):
-        specs = (ConditionerSpec("concat", {"channels": 3}, dropout=0.0), *specs)
-    return replace(cfg, model=replace(cfg.model, conditioners=specs, sr_scale=scale))
-
-
-@torch.no_grad()
-def measure_residual_scale(cfg: LDMTrainingConfig, ae: nn.Module, dataset: Any, n: int = 64) -> LDMTrainingConfig:
-    """For ``model.residual``: set ``residual_scale`` to 1/std of (z0 - latent of the bicubic
-    upscale) over the first ``n`` training pairs, so the diffusion runs on unit-variance residuals."""
-    if not cfg.model.residual:
-        return cfg
-    items = [dataset[i] for i in range(min(n, len(dataset)))]
-    x = torch.stack([it["image"] for it in items]).float()
-    lr = torch.stack([it["cond_image"] for it in items]).float()
-    sf = cfg.model.scale_factor
-    diff = (ae.encode(x).float() - ae.encode(upscale_image(lr, tuple(x.shape[-2:]))).float()) * sf
-    std = float(diff.std())
-    if not math.isfinite(std) or std <= 0:
-        raise ConfigError(f"cannot scale the super-resolution residuals (std {std}): are the low-res inputs identical to the targets?")
-    return replace(cfg, model=replace(cfg.model, residual_scale=1.0 / std))
 
 
 def configure_spec(spec: ConditionerSpec, dataset: Any) -> ConditionerSpec:
@@ -244,64 +205,6 @@ def train_step(run: LDMRun, batch: dict[str, Any]) -> dict[str, float]:
     return logs
 
 
-def ldm_tensors(model: LatentDiffusion, ema: EMA, cond_ema: EMA | None = None) -> dict[str, Tensor]:
-    """Everything one checkpoint file holds: ``unet.*``, ``ema.*``, ``ae.*`` and, for conditional
-    models, ``cond.*`` / ``ema_cond.*`` (the conditioners' weights and their EMA)."""
-    tensors = {f"unet.{k}": v for k, v in model.unet.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    tensors.update({f"ae.{k}": v for k, v in model.autoencoder.state_dict().items()})
-    tensors.update({f"cond.{k}": v for k, v in model.conditioners.state_dict().items()})
-    if cond_ema is not None:
-        tensors.update({f"ema_cond.{k}": v for k, v in cond_ema.state_dict().items()})
-    return tensors
-
-
-def save_ldm(model: LatentDiffusion, ema: EMA, path: str | Path, *, extra: dict[str, Any],
-             cond_ema: EMA | None = None) -> Path:
-    """Write a self-contained LDM checkpoint (the autoencoder included, so one file samples).
-
-    The config records which plugin package (and version) provides each conditioner, so loading
-    it where that package is missing names what to install.
-    """
-    config = {"ldm": to_dict(model.config), "autoencoder": to_dict(model.autoencoder.config),
-              "plugins": model.conditioners.plugins()}
-    return save_checkpoint(path, ldm_tensors(model, ema, cond_ema), kind="ldm", config=config, extra=extra)
-
-
-def load_ldm(path: str | Path, *, weights: str = "ema") -> LatentDiffusion:
-    """Rebuild a LatentDiffusion from one checkpoint; ``weights`` = ema (default) or raw UNet weights."""
-    from ldmctl.autoencoder import build_autoencoder
-    from ldmctl.config import AutoencoderConfig
-
-    if weights not in ("ema", "raw"):
-        raise ConfigError(f"--weights {weights!r}: choose ema or raw")
-    ckpt = read_checkpoint(path, expect_kind="ldm")
-    try:
-        cfg = from_dict(LDMConfig, ckpt.config["ldm"])
-        ae_cfg = from_dict(AutoencoderConfig, ckpt.config["autoencoder"])
-    except (ConfigError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{str(ckpt.path)!r}: stored config is invalid: {err}") from None
-    parts: dict[str, dict[str, Tensor]] = {"unet": {}, "ema": {}, "ae": {}, "cond": {}, "ema_cond": {}}
-    for key, value in ckpt.tensors.items():
-        prefix, _, rest = key.partition(".")
-        if prefix not in parts:
-            raise CheckpointError(f"{str(ckpt.path)!r}: unexpected tensor {key!r}", hint="the file may have been tampered with")
-        parts[prefix][rest] = value
-    if weights == "raw" and not parts["unet"] and parts["ema"]:
-        raise CheckpointError(f"{str(ckpt.path)!r} is an exported checkpoint: it holds the EMA weights only",
-                              hint="use --weights ema, or the training checkpoint for the raw weights")
-    ae = build_autoencoder(ae_cfg)
-    load_state(ae, parts["ae"], f"{ckpt.path} (autoencoder)")
-    unet = UNet(cfg.unet)
-    load_state(unet, parts["ema" if weights == "ema" else "unet"], f"{ckpt.path} ({weights} UNet)")
-    packages = {name: p.get("package", "") for name, p in ckpt.config.get("plugins", {}).items()}
-    conds = ConditionerSet(cfg.conditioners, LatentSpec(cfg.unet.in_channels, cfg.latent_size,
-                                                        ae_cfg.downsample_factor), packages)
-    use_ema = weights == "ema" and parts["ema_cond"]
-    load_state(conds, parts["ema_cond" if use_ema else "cond"], f"{ckpt.path} (conditioners)")
-    return LatentDiffusion(cfg, ae, unet, conds).eval()
-
-
 def save_run(run: LDMRun, out: Path, extra: dict[str, Any]) -> Path:
     ckpt_dir = out / "checkpoints"
     ckpt = ckpt_dir / f"step_{run.step:07d}.safetensors"
@@ -324,14 +227,13 @@ def restore_run(run: LDMRun, out: Path) -> None:
     if not ckpts:
         raise CheckpointError(f"--resume: {str(out)!r} has no complete checkpoint yet",
                               hint="drop --resume and start again, or use a new --out")
-    tensors = read_checkpoint(ckpts[-1], expect_kind="ldm").tensors
-    load_state(run.model.unet, {k[5:]: v for k, v in tensors.items() if k.startswith("unet.")}, str(ckpts[-1]))
+    parts = split_tensors(read_checkpoint(ckpts[-1], expect_kind="ldm").tensors, str(ckpts[-1]))
+    load_state(run.model.unet, parts["unet"], str(ckpts[-1]))
     state = load_train_state(ckpts[-1].with_suffix(".state.pt"))
-    run.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, state["ema_updates"])
-    load_state(run.model.conditioners, {k[5:]: v for k, v in tensors.items() if k.startswith("cond.")}, str(ckpts[-1]))
+    run.ema.load_state_dict(parts["ema"], state["ema_updates"])
+    load_state(run.model.conditioners, parts["cond"], str(ckpts[-1]))
     if run.cond_ema is not None:
-        run.cond_ema.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("ema_cond.")},
-                                     state["ema_updates"])
+        run.cond_ema.load_state_dict(parts["ema_cond"], state["ema_updates"])
     run.opt.load_state_dict(state["opt"])
     if run.scaler is not None and "scaler" in state:
         run.scaler.load_state_dict(state["scaler"])
@@ -387,7 +289,7 @@ def _train(cfg: LDMTrainingConfig, ae_path: str | Path | None, out: Path, resume
     cfg = with_task(cfg)
     dataset = open_dataset(cfg.data, seed=cfg.train.seed)
     if cfg.task == "superres":
-        from ldmctl.data.degrade import SuperresDataset
+        from ldmctl.superres.degrade import SuperresDataset
 
         dataset = SuperresDataset(dataset, cfg.superres, seed=cfg.train.seed)
     cfg = resolve_ldm(cfg, ae, dataset)
@@ -402,9 +304,7 @@ def _train(cfg: LDMTrainingConfig, ae_path: str | Path | None, out: Path, resume
         restore_run(run, out)
         cb.message(f"resumed at step {run.step}")
     t = cfg.train
-    keys = tuple(dict.fromkeys(DERIVED_KEYS.get(c.input_key, c.input_key) for c in run.model.conditioners.items))
-    if cfg.model.residual:
-        keys = tuple(dict.fromkeys((*keys, "cond_image")))
+    keys = run.model.batch_keys()
     if cfg.cache_latents:
         cache = _latent_cache(run, dataset, out, keys, ae_path, cb)
         batches = latent_batches(cache, t.batch_size, seed=t.seed, start_step=run.step, rank=d.rank, world=d.world)

@@ -8,7 +8,6 @@ replaying the data. Model code never imports this module.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -309,12 +308,3 @@ def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.A
             raise ConfigError("precision fp16 needs a GPU (it relies on a gradient scaler)", hint="use --precision bf16 on CPU")
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -77,7 +77,8 @@ class ClassAdd(_ClassEmbedding):
 class ClassToken(_ClassEmbedding):
     """(B,) labels -> (B, 1, dim), a one-token cross-attention context."""
 
-    name = "class-token"
+    name = "class-crossattn"
+    aliases = ("class-token",)
     kind = "crossattn"
 
     def forward(self, batch: Mapping[str, Any]) -> CondOutput:

@@ -21,7 +21,8 @@ class ImageConcat(Conditioner):
     training latent size. Resizing is bilinear with antialiasing; the null condition is zeros.
     """
 
-    name = "concat"
+    name = "image-concat"
+    aliases = ("concat",)
     kind = "concat"
     input_key = "cond_image"
 
@@ -65,7 +66,8 @@ class LatentConcat(Conditioner):
     difference (a latent-space analogue of predicting the residual over bicubic). Null: zeros.
     """
 
-    name = "concat-latent"
+    name = "latent-concat"
+    aliases = ("concat-latent",)
     kind = "concat"
     input_key = "cond_latent"
 

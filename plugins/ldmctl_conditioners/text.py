@@ -66,14 +66,16 @@ class _Text(Conditioner):
 class TextCrossAttn(_Text):
     """tau(y) (B, L, D) as keys and values of the cross-attention (LDM eq. 3)."""
 
-    name = "crossattn"
+    name = "text-crossattn"
+    aliases = ("crossattn",)
     kind = "crossattn"
 
 
 class TextPooled(_Text):
     """The masked mean of tau(y): one vector per prompt, added to the timestep embedding."""
 
-    name = "add"
+    name = "text-pooled"
+    aliases = ("add",)
     kind = "add"
 
     def encode(self, prompts: list[str]) -> CondOutput:
@@ -88,7 +90,8 @@ class TextTokens(_Text):
     its image tokens (which get their own 2-D position and image-type embeddings) for joint
     self-attention, and keeps only the image tokens after each block."""
 
-    name = "tokens"
+    name = "text-tokens"
+    aliases = ("tokens",)
     kind = "tokens"
 
     def __init__(self, config: TextConfig, latent: LatentSpec) -> None:

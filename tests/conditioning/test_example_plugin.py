@@ -51,7 +51,8 @@ def test_train_a_tiny_model_with_the_plugin(installed, tmp_path):
     from ldmctl.autoencoder import build_autoencoder
     from ldmctl.checkpoint import read_checkpoint, save_autoencoder
     from ldmctl.config import PRESETS, ConditionerSpec, DataConfig, ldm_preset
-    from ldmctl.train.ldm import load_ldm, train_ldm
+    from ldmctl.diffusion.io import load_ldm
+    from ldmctl.train.ldm import train_ldm
 
     torch.manual_seed(0)
     ae = save_autoencoder(build_autoencoder(PRESETS["tiny"].model), tmp_path / "ae.safetensors")

@@ -10,7 +10,7 @@ import torch
 from ldmctl.config import DiffusionConfig
 from ldmctl.diffusion.ema import EMA
 from ldmctl.diffusion.objective import Objective, min_snr_weights, vlb_weights
-from ldmctl.diffusion.schedule import Schedule, make_betas
+from ldmctl.schedule import Schedule, make_betas
 
 
 def test_beta_schedules_against_their_definitions():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldmctl.diffusion.schedule import Schedule, extract
+from ldmctl.schedule import Schedule, extract
 from ldmctl.samplers import SAMPLERS, spacing
 
 FIRST_T = {"ddim": ("leading", 1), "plms": ("leading", 1), "ddpm": ("leading", 0), "dpmpp": ("linspace", 0)}

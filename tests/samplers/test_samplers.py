@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from ldmctl.diffusion.schedule import Schedule
+from ldmctl.schedule import Schedule
 from ldmctl.errors import ConfigError
 from ldmctl.samplers import SAMPLERS, ddim, ddpm, dpmpp, get_sampler, plms, spacing
 

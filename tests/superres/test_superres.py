@@ -12,8 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ldmctl.cli import app, main
-from ldmctl.diffusion.superres import upscale
-from ldmctl.train.ldm import load_ldm
+from ldmctl.superres.upscale import upscale
+from ldmctl.diffusion.io import load_ldm
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_a_zero_residual_gives_bicubic_exactly_with_detail_transfer(residual_mod
     """With the UNet's (zero-init) output layer zeroed, an x0 model predicts a zero residual, so the
     latent is the bicubic upscale's (up to the sampler's last-step noise, sqrt(1 - alpha_bar_0) ~ 0.03
     of it); detail transfer then returns the bicubic upscale, without it the autoencoder's output."""
-    from ldmctl.diffusion.ldm import upscale_image
+    from ldmctl.superres.task import upscale_image
 
     torch.nn.init.zeros_(residual_model.unet.conv_out.weight)
     torch.nn.init.zeros_(residual_model.unet.conv_out.bias)
@@ -233,7 +233,7 @@ def test_residual_needs_the_superres_task(sr_model, capsys):
 
 
 def test_self_ensemble_transforms_invert_and_average(residual_model):
-    from ldmctl.diffusion.superres import _DIHEDRAL, _forward, _inverse
+    from ldmctl.superres.upscale import _DIHEDRAL, _forward, _inverse
 
     x = torch.arange(2 * 3 * 5, dtype=torch.float32).view(2, 3, 5)
     outs = {tuple(_forward(x, t).flatten().tolist()) for t in _DIHEDRAL}

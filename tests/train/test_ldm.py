@@ -12,7 +12,8 @@ from ldmctl.autoencoder import build_autoencoder
 from ldmctl.checkpoint import read_checkpoint, save_autoencoder
 from ldmctl.config import PRESETS, DataConfig, ldm_preset, merge
 from ldmctl.errors import CheckpointError, ConfigError
-from ldmctl.train.ldm import load_ldm, train_ldm
+from ldmctl.diffusion.io import load_ldm
+from ldmctl.train.ldm import train_ldm
 from ldmctl.train.loop import Callbacks
 
 

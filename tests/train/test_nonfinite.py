@@ -64,7 +64,7 @@ def test_a_run_of_nans_stops_and_keeps_the_last_checkpoint(ae_ckpt, tmp_path, mo
         train_ldm(_ldm_cfg(10), ae_ckpt, tmp_path / "ldm")
     ckpts = sorted((tmp_path / "ldm" / "checkpoints").glob("step_*.safetensors"))
     assert [c.name for c in ckpts] == ["step_0000002.safetensors", "step_0000004.safetensors"]
-    from ldmctl.train.ldm import load_ldm
+    from ldmctl.diffusion.io import load_ldm
 
     before, after = (load_ldm(c, weights="raw").unet.state_dict() for c in ckpts)
     for k, v in after.items():  # the skipped steps 3 and 4 left the weights as they were

@@ -11,7 +11,8 @@ import torch
 
 from ldmctl.config import DataConfig, ldm_preset, preset, with_updates
 from ldmctl.train.ae import train_ae
-from ldmctl.train.ldm import load_ldm, train_ldm
+from ldmctl.diffusion.io import load_ldm
+from ldmctl.train.ldm import train_ldm
 from ldmctl.train.loop import Callbacks
 
 

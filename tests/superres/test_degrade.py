@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ldmctl.config import DegradationConfig
-from ldmctl.data.degrade import SuperresDataset, degrade, resize
+from ldmctl.superres.degrade import SuperresDataset, degrade, resize
 from ldmctl.errors import ConfigError, DataError
 
 

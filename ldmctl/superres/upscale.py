@@ -1,5 +1,7 @@
 """Super-resolution with an LDM-SR model (an LDM whose ``concat`` conditioner reads the low-res image).
 
+The model is duck-typed (any :class:`~ldmctl.diffusion.ldm.LatentDiffusion`), so this module imports no model code.
+
 :func:`upscale` takes one RGB image (3, h, w) in [-1, 1] of any size and returns (3, s*h, s*w):
 
 1. pad bottom/right (reflect) so that the output side is a multiple of f * d (autoencoder factor
@@ -25,37 +27,38 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ldmctl.conditioning.base import Cond
 from ldmctl.data.modes import crop_to, pad_to_multiple
-from ldmctl.diffusion.ldm import LatentDiffusion, upscale_image
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.samplers import get_sampler
 from ldmctl.samplers.common import spacing
+from ldmctl.superres.task import LATENT_KEY, LOW_RES_KEY, READS_LOW_RES, upscale_image
 from ldmctl.tiling import Progress, count_tiles, tiled_apply
 from ldmctl.unet import downsample_factor
 
 
 
-def sr_scale(model: LatentDiffusion) -> int:
+def sr_scale(model: Any) -> int:
     """The model's upscaling factor; a CheckpointError if it is not a super-resolution model."""
-    if model.config.sr_scale <= 0 or not {"cond_image", "cond_latent"} & {c.input_key for c in model.conditioners.items}:
+    if model.config.sr_scale <= 0 or not READS_LOW_RES & {c.input_key for c in model.conditioners.items}:
         raise CheckpointError("this checkpoint is not a super-resolution model (train one with "
                               "`ldmctl train-ldm --task superres`)")
     return model.config.sr_scale
 
 
-def input_multiple(model: LatentDiffusion) -> int:
+def input_multiple(model: Any) -> int:
     """Low-res sides are padded to a multiple of this, so the output fits the latent grid."""
     s = sr_scale(model)
     cell = model.autoencoder.config.downsample_factor * downsample_factor(model.config.unet)
     return cell // math.gcd(s, cell)
 
 
-def _check_tiles(model: LatentDiffusion, tile: int, overlap: int) -> None:
+def _check_tiles(model: Any, tile: int, overlap: int) -> None:
     d = downsample_factor(model.config.unet)
     if tile < d or tile % d:
         raise ConfigError(f"--tile {tile} must be a positive multiple of {d} latent cells (the UNet's downsampling)")
@@ -63,7 +66,7 @@ def _check_tiles(model: LatentDiffusion, tile: int, overlap: int) -> None:
         raise ConfigError(f"--overlap {overlap} must be >= 0 and smaller than --tile {tile}")
 
 
-def tiled_model_fn(model: LatentDiffusion, cond: Cond, *, tile: int, overlap: int) -> Callable[[Tensor, Tensor], Tensor]:
+def tiled_model_fn(model: Any, cond: Cond, *, tile: int, overlap: int) -> Callable[[Tensor, Tensor], Tensor]:
     """``model_fn(z_t, t)`` evaluating the UNet tile by tile; ``cond.concat`` is sliced per tile."""
 
     def model_fn(z_t: Tensor, t: Tensor) -> Tensor:
@@ -78,12 +81,12 @@ def tiled_model_fn(model: LatentDiffusion, cond: Cond, *, tile: int, overlap: in
     return model_fn
 
 
-def _inputs(model: LatentDiffusion, lr: Tensor, hw: tuple[int, int], *, tile: int, overlap: int,
+def _inputs(model: Any, lr: Tensor, hw: tuple[int, int], *, tile: int, overlap: int,
             latent: bool = False) -> dict:
     """The conditioners' batch for the whole image; a ``cond_latent`` (the latent of the bicubic
     upscale) is encoded tile by tile, so memory stays bounded as for sampling."""
-    batch = {"cond_image": lr, "latent_hw": hw}
-    if latent or any(c.input_key == "cond_latent" for c in model.conditioners.items):
+    batch = {LOW_RES_KEY: lr, "latent_hw": hw}
+    if latent or any(c.input_key == LATENT_KEY for c in model.conditioners.items):
         f = model.autoencoder.config.downsample_factor
         up = upscale_image(lr, (hw[0] * f, hw[1] * f))
 
@@ -91,7 +94,7 @@ def _inputs(model: LatentDiffusion, lr: Tensor, hw: tuple[int, int], *, tile: in
             y, x = at[0] * f, at[1] * f
             return model.encode(up[..., y:y + t.shape[-2] * f, x:x + t.shape[-1] * f])
 
-        batch["cond_latent"] = tiled_apply(encode, torch.zeros(1, 1, *hw), tile=tile, overlap=overlap)
+        batch[LATENT_KEY] = tiled_apply(encode, torch.zeros(1, 1, *hw), tile=tile, overlap=overlap)
     return batch
 
 
@@ -115,7 +118,7 @@ def _inverse(x: Tensor, t: tuple[bool, bool, bool]) -> Tensor:
 
 
 @torch.no_grad()
-def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+def upscale(model: Any, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
             seed: int = 0, tile: int = 64, overlap: int = 16, strength: float = 1.0,
             detail_transfer: bool = True, ensemble: int = 1, progress: Progress | None = None) -> Tensor:
     """:func:`upscale_once`, or with ``ensemble`` = 2, 4 or 8 the mean of that many runs on flipped
@@ -134,7 +137,7 @@ def upscale(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps:
 
 
 @torch.no_grad()
-def upscale_once(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+def upscale_once(model: Any, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
                  seed: int = 0, tile: int = 64, overlap: int = 16, strength: float = 1.0,
                  detail_transfer: bool = True, progress: Progress | None = None) -> Tensor:
     """Super-resolve ``lr`` (3, h, w) in [-1, 1] to (3, s*h, s*w) in [-1, 1] (see the module doc).
@@ -170,7 +173,7 @@ def upscale_once(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", s
         if not ts:
             raise ConfigError(f"--strength {strength} leaves none of the {steps} steps; raise --steps or --strength")
         ab = float(model.schedule.alphas_cumprod[ts[0]])
-        start_z = model.to_target(inputs["cond_latent"], inputs)  # the bicubic upscale (zero residual)
+        start_z = model.to_target(inputs[LATENT_KEY], inputs)  # the bicubic upscale (zero residual)
         noise = ab**0.5 * start_z + (1 - ab) ** 0.5 * noise
         extra = {"start": start}
     runs = len(ts) if extra else steps  # sampler steps that actually run
@@ -195,7 +198,7 @@ def upscale_once(model: LatentDiffusion, lr: Tensor, *, sampler: str = "ddim", s
 
     image = decode(z)
     if transfer:
-        image = upscale_image(padded[None], (lh * f, lw * f)) + image - decode(inputs["cond_latent"])
+        image = upscale_image(padded[None], (lh * f, lw * f)) + image - decode(inputs[LATENT_KEY])
     return crop_to(image[0], h * s, w * s).clamp(-1, 1)
 
 
