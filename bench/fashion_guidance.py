@@ -16,7 +16,8 @@ from ldmctl.samplers.guidance import cfg_model_fn
 from ldmctl.config import DataConfig
 from ldmctl.data import open_dataset
 from ldmctl.eval.classifier import (ClassifierConfig, class_predictions, evaluate_accuracy, load_classifier,
-                                    save_classifier, train_classifier)
+                                    save_classifier)
+from ldmctl.train.classifier import train_classifier
 from ldmctl.samplers import dpmpp
 from ldmctl.diffusion.io import load_ldm
 

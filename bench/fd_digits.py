@@ -45,9 +45,9 @@ from ldmctl.eval.classifier import (
     extract_features,
     load_classifier,
     save_classifier,
-    train_classifier,
 )
 from ldmctl.eval.frechet import frechet_distance_features
+from ldmctl.train.classifier import train_classifier
 from ldmctl.train.loop import Callbacks
 
 DEFAULT_STEPS = 600  # about 2 min at one thread on a busy 2-core machine (0.2 s/step, batch 64)

@@ -45,3 +45,8 @@ class PackageError(LdmctlError):
 
 class TrainingError(LdmctlError):
     """A run that cannot go on: e.g. the loss stayed non-finite for too many steps in a row."""
+
+
+class InputError(ConfigError):
+    """A sample-time input (``--input KEY=VALUE``, ``--prompt``, ``--label``) that the model's
+    conditioners do not read, or a value the conditioner reading it cannot parse."""

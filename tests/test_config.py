@@ -4,9 +4,25 @@ import json
 
 import pytest
 
-from ldmctl.config import (PRESETS, AETrainingConfig, AutoencoderConfig, channel_mult_for_f,
-                           from_dict, load_file, merge, parse_set, preset, to_dict, validate_ae)
+from ldmctl.config import (
+    LDM_PRESETS,
+    PRESETS,
+    AETrainConfig,
+    AETrainingConfig,
+    AutoencoderConfig,
+    LDMTrainConfig,
+    LDMTrainingConfig,
+    channel_mult_for_f,
+    from_dict,
+    ldm_preset,
+    load_file,
+    merge,
+    parse_set,
+    preset,
+    to_dict,
+)
 from ldmctl.errors import ConfigError
+from ldmctl.train.configure import resolve_ae
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -14,7 +30,7 @@ def test_presets_round_trip_through_json(name):
     cfg = PRESETS[name]
     again = from_dict(AETrainingConfig, json.loads(json.dumps(to_dict(cfg))))
     assert again == cfg
-    validate_ae(cfg)
+    resolve_ae(cfg)
 
 
 def test_from_dict_is_strict():
@@ -62,10 +78,63 @@ def test_channel_mult_for_f(f, levels):
 
 def test_validation_names_the_field():
     with pytest.raises(ConfigError, match="norm_groups"):
-        validate_ae(merge(preset("tiny"), {"model": {"norm_groups": 3}}))
+        resolve_ae(merge(preset("tiny"), {"model": {"norm_groups": 3}}))
     with pytest.raises(ConfigError, match="multiple of f"):
-        validate_ae(merge(preset("tiny"), {"data": {"size": 18}}))
+        resolve_ae(merge(preset("tiny"), {"data": {"size": 18}}))
     with pytest.raises(ConfigError, match="max_steps"):
-        validate_ae(merge(preset("tiny"), {"train": {"max_steps": 0}}))
+        resolve_ae(merge(preset("tiny"), {"train": {"max_steps": 0}}))
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("huge")
+
+
+@pytest.mark.parametrize("name", sorted(LDM_PRESETS))
+def test_ldm_presets_round_trip_through_json(name):
+    cfg = LDM_PRESETS[name]
+    assert from_dict(LDMTrainingConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
+
+
+def test_each_trainer_has_its_own_train_section():
+    """train-ae carries no train-ldm option and the other way round: nothing is refused at run time."""
+    ae, ldm = {f for f in to_dict(AETrainConfig())}, {f for f in to_dict(LDMTrainConfig())}
+    assert {"optimizer", "scale_samples"} <= ae - ldm
+    assert {"grad_accum", "compile"} <= ldm - ae
+    assert {"batch_size", "lr", "precision", "seed", "device"} <= ae & ldm
+    assert isinstance(preset("tiny").train, AETrainConfig) and isinstance(ldm_preset("tiny").train, LDMTrainConfig)
+    with pytest.raises(ConfigError, match="not one of"):  # fp16 (a gradient scaler) is train-ldm's
+        merge(preset("tiny"), {"train": {"precision": "fp16"}})
+    assert merge(ldm_preset("tiny"), {"train": {"precision": "fp16"}}).train.precision == "fp16"
+    with pytest.raises(ConfigError, match="unknown key"):
+        merge(ldm_preset("tiny"), {"train": {"optimiser": "adam"}})
+
+
+def test_old_shared_train_sections_still_load():
+    """config.json and checkpoints' train_config written with the one shared TrainConfig: the other
+    trainer's keys at the values this trainer ran with are dropped, anything else is refused."""
+    shared = {"grad_accum": 1, "compile": False, "optimizer": "adam", "scale_samples": 64, "precision": "fp32"}
+    ae = from_dict(AETrainingConfig, {"train": {**shared, "optimizer": "muon"}})
+    assert ae.train.optimizer == "muon" and ae.train.scale_samples == 64
+    ldm = from_dict(LDMTrainingConfig, {"train": {**shared, "grad_accum": 2, "scale_samples": 8}})
+    assert ldm.train.grad_accum == 2 and not hasattr(ldm.train, "scale_samples")
+    with pytest.raises(ConfigError, match="train-ldm option"):
+        from_dict(AETrainingConfig, {"train": {**shared, "grad_accum": 2}})
+    with pytest.raises(ConfigError, match="train-ldm option"):
+        merge(preset("tiny"), parse_set(["train.compile=true"]))
+    with pytest.raises(ConfigError, match="train-ae only"):
+        merge(ldm_preset("tiny"), {"train": {"optimizer": "muon"}})
+    assert merge(preset("tiny"), {"train": {"grad_accum": 1}}) == preset("tiny")
+
+
+@pytest.mark.parametrize("name", ["ae", "uncond", "class", "crossattn", "sr", "sr-residual"])
+def test_train_config_of_pre_split_checkpoints_loads(name):
+    """The train_config that checkpoints written before the split carry (the same JSON as their run's
+    config.json, which --resume reads) still builds the trainer's config."""
+    from pathlib import Path
+
+    from ldmctl.checkpoint import read_checkpoint
+
+    path = Path(__file__).parent / "fixtures" / "pre-refactor" / f"{name}.safetensors"
+    stored = read_checkpoint(path).extra["train_config"]
+    assert {"grad_accum", "optimizer"} <= set(stored["train"])  # written with the one shared section
+    cfg = from_dict(AETrainingConfig if name == "ae" else LDMTrainingConfig, stored)
+    assert cfg.train.max_steps == stored["train"]["max_steps"] and cfg.data.size == stored["data"]["size"]
+    assert to_dict(cfg)["train"].keys() < stored["train"].keys()

@@ -27,9 +27,9 @@ def check_tiling(f: int, tile: int, overlap: int) -> None:
     if tile == 0:
         return
     if tile < 0 or tile % f:
-        raise ConfigError(f"--tile {tile} must be 0 (whole image) or a positive multiple of f={f} pixels")
+        raise ConfigError(f"--tile-px {tile} must be 0 (whole image) or a positive multiple of f={f} pixels")
     if not 0 <= overlap < tile:
-        raise ConfigError(f"--overlap {overlap} must be >= 0 and smaller than --tile {tile}")
+        raise ConfigError(f"--overlap-px {overlap} must be >= 0 and smaller than --tile-px {tile} (pixels)")
 
 
 def reconstruction_tiles(ae: nn.Module, h: int, w: int, *, tile: int = DEFAULT_TILE,

@@ -25,6 +25,7 @@ from ldmctl.cli import (
 )
 from ldmctl.cli import eval as eval_generative
 from ldmctl.cli._console import err_console
+from ldmctl.cli._vocab import Command
 from ldmctl.errors import LdmctlError
 
 app = typer.Typer(
@@ -32,21 +33,21 @@ app = typer.Typer(
     help="Latent diffusion models you can train on your own images, on your own machine.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    add_completion=True,
 )
-app.command("train-ae")(train_ae.command)
-app.command("reconstruct")(reconstruct.command)
-app.command("eval-ae")(eval_ae.command)
-app.command("train-ldm")(train_ldm.command)
-app.command("sample")(sample.command)
-app.command("export")(export.command)
-app.command("superres")(superres.command)
-app.command("eval-sr")(eval_sr.command)
-app.command("train-classifier")(train_classifier.command)
-app.command("eval")(eval_generative.command)
+app.command("train-ae", cls=Command)(train_ae.command)
+app.command("reconstruct", cls=Command)(reconstruct.command)
+app.command("eval-ae", cls=Command)(eval_ae.command)
+app.command("train-ldm", cls=Command)(train_ldm.command)
+app.command("sample", cls=Command)(sample.command)
+app.command("export", cls=Command)(export.command)
+app.command("superres", cls=Command)(superres.command)
+app.command("eval-sr", cls=Command)(eval_sr.command)
+app.command("train-classifier", cls=Command)(train_classifier.command)
+app.command("eval", cls=Command)(eval_generative.command)
 app.add_typer(compare.app)
-app.command("plugins")(plugins.command)
-app.command("demo")(demo.command)
+app.command("plugins", cls=Command)(plugins.command)
+app.command("demo", cls=Command)(demo.command)
 
 
 def _version(value: bool) -> None:

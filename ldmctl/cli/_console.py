@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from einops import rearrange
 from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
@@ -31,6 +34,29 @@ def step_progress(total: int, start: int = 0, description: str = "train") -> Ite
     with progress:
         task = progress.add_task(description, total=total, completed=start, stats="")
         yield progress, task
+
+
+def train_with_progress(train: Callable[..., dict[str, Any]], *, total: int, description: str,
+                        shown: tuple[str, ...], out: Path, max_cols: int = 8) -> dict[str, Any] | None:
+    """Run ``train(callbacks=...)`` under a progress bar showing the logs ``shown``, saving its
+    sample grids to OUT/samples/; return its summary. Under torchrun only rank 0 reports: the
+    other ranks call ``train()`` without callbacks and return None."""
+    from ldmctl.train.loop import Callbacks
+
+    if int(os.environ.get("RANK", "0")) > 0:
+        train()
+        return None
+    with step_progress(total, description=description) as (progress, task):
+        callbacks = Callbacks(
+            on_step=lambda step, logs: progress.update(task, completed=step, stats=format_logs(logs, shown)),
+            on_images=lambda step, name, rows: save_grid(rows, out / "samples" / f"{name}.png", max_cols=max_cols),
+            on_message=lambda text: progress.console.print(text),
+        )
+        summary = train(callbacks=callbacks)
+    if summary["skipped_files"]:
+        err_console.print(f"[yellow]skipped {len(summary['skipped_files'])} unusable file(s)[/] "
+                          f"(see {escape(str(out / 'summary.json'))})")
+    return summary
 
 
 def format_logs(logs: dict[str, float], keys: tuple[str, ...]) -> str:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+
+from ldmctl.cli._vocab import shown_opts
 
 
 def cli_reference_markdown(app: typer.Typer) -> str:
@@ -28,12 +32,20 @@ def _group_lines(group: typer.main.TyperGroup, prefix: str) -> list[str]:
         lines += [f"## `ldmctl {name}`", "", (cmd.help or "").strip().split("\n")[0], "",
                   f"`ldmctl {name} {usage}`", "", "| parameter | default | meaning |", "|---|---|---|"]
         for p in cmd.params:
-            if p.name == "help":
+            if p.name == "help" or getattr(p, "hidden", False):
                 continue
-            is_option = p.param_type_name == "option"
-            flag = " / ".join(p.opts + list(p.secondary_opts)) if is_option else p.name.upper()
-            default = "" if p.required or p.default is None else f"`{p.default}`"
-            helptext = (getattr(p, "help", None) or "").replace("|", "\\|")
-            lines.append(f"| `{flag}` | {default} | {helptext} |")
+            lines.append(_param_row(p))
         lines.append("")
     return lines
+
+
+def _param_row(p: Any) -> str:
+    """One table row: the current spellings (old ones are left out), default, help and choices."""
+    is_option = p.param_type_name == "option"
+    flag = " / ".join(shown_opts(p.opts) + list(p.secondary_opts)) if is_option else p.name.upper()
+    default = "" if p.required or p.default is None else f"`{p.default}`"
+    helptext = (getattr(p, "help", None) or "").replace("|", "\\|")
+    desc = getattr(p, "type_descriptor", None)
+    if desc is not None and desc.is_choice and desc.choices:
+        helptext += " One of: " + ", ".join(f"`{c}`" for c in desc.choices) + "."
+    return f"| `{flag}` | {default} | {helptext.strip()} |"

@@ -15,9 +15,9 @@ from typing import Annotated
 import torch
 import typer
 
-from ldmctl.samplers.guidance import cfg_model_fn
+from ldmctl.files import check_writable
 from ldmctl.cli._console import console, err_console, format_logs, save_grid, step_progress
-from ldmctl.cli._options import resolve_ae_config, resolve_ldm_config
+from ldmctl.train.configure import ae_config, ldm_config
 from ldmctl.train.loop import Callbacks
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -47,35 +47,39 @@ def _reconstruction_match(ae_path: Path, size: int, seed: int) -> float:
 
 
 def command(
-    out: Annotated[Path, typer.Option(help="Run folder for the two models and the grid.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option("--out-dir", "--out", help="Run folder for the two models and the grid.")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="Seed of both trainings and of the samples.")] = 0,
     samples_per_prompt: Annotated[int, typer.Option(help="Samples per prompt in the grid.")] = 6,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures (shapes-checker matches, time) as JSON here.")] = None,
 ) -> None:
     """Train a tiny text-to-image LDM on builtin:shapes and draw a grid for a few prompts."""
+    from ldmctl.eval.report import write_json
     from ldmctl.eval.shapes_check import score
     from ldmctl.samplers import dpmpp
+    from ldmctl.sampling import generate, sampling_conditions
     from ldmctl.train.ae import train_ae
     from ldmctl.diffusion.io import load_ldm
     from ldmctl.train.ldm import train_ldm
 
+    if json_out is not None:
+        check_writable(json_out)  # before the long part, not after it
     started = time.time()
     seed_flags = {"train": {"seed": seed}}
-    ae_cfg = resolve_ae_config("small", RECIPES / "demo-ae.toml", seed_flags, [])
+    ae_cfg = ae_config("small", RECIPES / "demo-ae.toml", seed_flags, [])
     with step_progress(ae_cfg.train.max_steps, description="1/2 autoencoder") as (progress, task):
         train_ae(ae_cfg, out / "ae", callbacks=_callbacks(progress, task, ("rec", "steps_per_s")))
     recon = _reconstruction_match(out / "ae" / "ae.safetensors", ae_cfg.data.size, seed)
     err_console.print(f"autoencoder: {100 * recon:.0f} % of 96 fresh shapes images still match their caption "
                       "after encoding and decoding")
-    ldm_cfg = resolve_ldm_config("small", RECIPES / "demo-ldm.toml", seed_flags, [])
+    ldm_cfg = ldm_config("small", RECIPES / "demo-ldm.toml", seed_flags, [])
     with step_progress(ldm_cfg.train.max_steps, description="2/2 text-to-image LDM") as (progress, task):
         summary = train_ldm(ldm_cfg, out / "ae" / "ae.safetensors", out / "ldm",
                             callbacks=_callbacks(progress, task, ("loss", "steps_per_s")))
     model = load_ldm(summary["checkpoint"])
     prompts = [p for p in PROMPTS for _ in range(samples_per_prompt)]
-    g = torch.Generator().manual_seed(seed)
-    cond = model.cond({"caption": prompts})
-    fn = cfg_model_fn(model.unet, cond, model.conditioners.null(len(prompts), like=cond), 3.0)
-    images = model.decode(model.sample_latents(dpmpp, len(prompts), steps=20, generator=g, model_fn=fn))
+    conditions = sampling_conditions(model, len(prompts), {"caption": prompts})
+    images = torch.cat([x for x, _ in generate(model, dpmpp, len(prompts), steps=20, seed=seed, conditions=conditions,
+                                               guidance=3.0, batch_size=len(prompts))])
     rows = {p: images[i * samples_per_prompt:(i + 1) * samples_per_prompt] for i, p in enumerate(PROMPTS)}
     grid = save_grid(rows, out / "demo.png", max_cols=samples_per_prompt)
     result = score(images, prompts)
@@ -84,3 +88,7 @@ def command(
     for p in PROMPTS:
         err_console.print(f"  row: {p}")
     console.print(str(grid), highlight=False)
+    if json_out is not None:
+        write_json({"grid": str(grid), "seconds": time.time() - started, "reconstruction_match": recon,
+                    "sample_match": result["match"], "samples": len(prompts), "seed": seed}, json_out)
+        console.print(str(json_out), highlight=False)

@@ -13,6 +13,8 @@ from ldmctl.autoencoder.apply import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 from ldmctl.checkpoint import load_autoencoder
 from ldmctl.files import atomic_write, check_writable, ensure_folder
 from ldmctl.cli._console import console, err_console, metrics_table, to_uint8_image
+from ldmctl.cli._vocab import pick_metrics
+from ldmctl.cli.reconstruct import OVERLAP_HELP, TILE_HELP
 from ldmctl.errors import WeightsError
 from ldmctl.eval.report import autoencoder_restorer, evaluate_reconstructions, load_eval_images
 
@@ -31,18 +33,37 @@ def _saver(out: Path | None):
     return save
 
 
-def optional_lpips(weights: Path | None):
-    """The LPIPS net, or None with a notice when its backbone weights are not on this machine
-    (an error only when the user named a weights file)."""
+RECONSTRUCTION_METRICS = ("psnr", "ssim", "lpips")
+METRICS_HELP = ("auto (default: psnr, ssim, and lpips when its weights are on this machine) or psnr, ssim, lpips, "
+                "comma-separated or repeated.")
+
+
+def optional_lpips(weights: Path | None, chosen: tuple[str, ...] | None = None):
+    """The LPIPS net for the metrics ``chosen`` by --metrics (None: auto), or None.
+
+    With auto, missing backbone weights skip LPIPS with a notice (an error only when the user
+    named a weights file); with lpips named explicitly they are an error; without it, no net."""
     from ldmctl.autoencoder import build_perceptual
 
+    if chosen is not None and "lpips" not in chosen:
+        return None
     try:
         return build_perceptual("alex", weights=weights)
     except WeightsError as err:
-        if weights is not None:
+        if weights is not None or chosen is not None:
             raise
         err_console.print(f"[dim]LPIPS skipped: {escape(str(err))}[/]", highlight=False)
         return None
+
+
+def keep_metrics(report: dict, chosen: tuple[str, ...] | None) -> dict:
+    """``report`` with only the columns of the chosen metrics (all for auto)."""
+    if chosen is not None:
+        def keep(row: dict) -> dict:
+            return {k: v for k, v in row.items() if k.rsplit("_", 1)[-1] in chosen or k in ("image", "size")}
+
+        report = {**report, "rows": [keep(r) for r in report["rows"]], "mean": keep(report["mean"])}
+    return {**report, "metrics": sorted({k.rsplit("_", 1)[-1] for k in report["mean"]}, key=RECONSTRUCTION_METRICS.index)}
 
 
 def print_report(title: str, report: dict, json_out: Path | None) -> None:
@@ -64,22 +85,25 @@ def command(
     size: Annotated[int, typer.Option(help="Center-crop each image to SIZE x SIZE; 0 keeps whole images.")] = 256,
     limit: Annotated[int, typer.Option(help="Evaluate at most this many images (0: all).")] = 0,
     baseline: Annotated[bool, typer.Option(help="Also score bicubic down-and-up by the same factor f.")] = True,
+    metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help=METRICS_HELP)] = None,
     lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS backbone weights (default: torch hub cache).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Also save each reconstruction (and bicubic baseline) as PNG here.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out-dir", "--out", help="Also save each reconstruction (and bicubic baseline) as PNG in this folder.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
-    tile: Annotated[int, typer.Option(help="Reconstruct images with a side over TILE pixels in overlapping tiles (a multiple of f; 0: always whole).")] = DEFAULT_TILE,
-    overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles, in pixels.")] = DEFAULT_OVERLAP,
+    tile: Annotated[int, typer.Option("--tile-px", "--tile", help=TILE_HELP)] = DEFAULT_TILE,
+    overlap: Annotated[int, typer.Option("--overlap-px", "--overlap", help=OVERLAP_HELP)] = DEFAULT_OVERLAP,
 ) -> None:
     """Score reconstructions against the originals: a table on stdout, optionally JSON."""
+    chosen = pick_metrics(metrics, RECONSTRUCTION_METRICS)
     if json_out is not None:
         check_writable(json_out)
     ae = load_autoencoder(ckpt)
     check_tiling(ae.config.downsample_factor, tile, overlap)
     skipped: list[tuple[str, str]] = []
     images = load_eval_images(data, size=size, limit=limit, skipped=skipped)
-    perceptual = optional_lpips(lpips_weights)
+    perceptual = optional_lpips(lpips_weights, chosen)
     f = ae.config.downsample_factor
     report = evaluate_reconstructions(images, autoencoder_restorer(ae, tile=tile, overlap=overlap), baseline_factor=f if baseline else 0,
                                       perceptual=perceptual, on_output=_saver(out))
-    report.update(checkpoint=str(ckpt), data=data, crop=size, f=f, tile=tile, overlap=overlap, skipped=[list(s) for s in skipped])
+    report = keep_metrics(report, chosen)
+    report.update(checkpoint=str(ckpt), data=data, crop=size, f=f, tile_px=tile, overlap_px=overlap, skipped=[list(s) for s in skipped])
     print_report(f"eval-ae: {ckpt.name} on {data}", report, json_out)

@@ -13,13 +13,17 @@ from ldmctl.files import atomic_write, ensure_folder
 from ldmctl.cli._console import console, step_progress, to_uint8_image
 from ldmctl.data import load_image, pil_to_tensor
 
+TILE_HELP = ("Tile side in pixels: images with a side over it run in overlapping tiles (a multiple of f; "
+             "0: always whole).")
+OVERLAP_HELP = "Overlap of neighbouring tiles in pixels."
+
 
 def command(
     ckpt: Annotated[Path, typer.Argument(help="Autoencoder checkpoint (.safetensors from train-ae).")],
     images: Annotated[list[Path], typer.Argument(help="Image files to reconstruct.")],
-    out: Annotated[Path, typer.Option(help="Folder for the reconstructed PNGs.")] = Path("reconstructions"),
-    tile: Annotated[int, typer.Option(help="Reconstruct images with a side over TILE pixels in overlapping tiles (a multiple of f; 0: always whole).")] = DEFAULT_TILE,
-    overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles, in pixels.")] = DEFAULT_OVERLAP,
+    out: Annotated[Path, typer.Option("--out-dir", "--out", help="Folder for the reconstructed PNGs (<name>.png).")] = Path("reconstructions"),
+    tile: Annotated[int, typer.Option("--tile-px", "--tile", help=TILE_HELP)] = DEFAULT_TILE,
+    overlap: Annotated[int, typer.Option("--overlap-px", "--overlap", help=OVERLAP_HELP)] = DEFAULT_OVERLAP,
 ) -> None:
     """Encode and decode images (any size; padded to a multiple of f, cropped back) to PNGs.
 

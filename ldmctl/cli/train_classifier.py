@@ -12,14 +12,15 @@ from ldmctl.cli._console import console, format_logs, step_progress
 from ldmctl.config import DataConfig
 from ldmctl.data import open_dataset
 from ldmctl.errors import DataError
+from ldmctl.eval.report import write_json
 from ldmctl.eval.classifier import (
     HOLDOUT_SPLITS,
     ClassifierConfig,
     evaluate_accuracy,
     holdout_split,
     save_classifier,
-    train_classifier,
 )
+from ldmctl.train.classifier import train_classifier
 from ldmctl.train.loop import Callbacks
 
 
@@ -29,7 +30,7 @@ def _open(source: str, size: int):
 
 def command(
     data: Annotated[str, typer.Option(help="Labelled images: builtin:digits, builtin:fashion or a folder with one sub-folder per class.")],
-    out: Annotated[Path, typer.Option(help="Classifier checkpoint to write (.safetensors).")],
+    out: Annotated[Path, typer.Option("--out-file", "-o", "--out", help="Classifier checkpoint to write (.safetensors).")],
     steps: Annotated[int, typer.Option(help="Training steps (AdamW, cosine decay).")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
@@ -38,9 +39,11 @@ def command(
     width: Annotated[int, typer.Option(help="Channels of the first stage (stages: 1x, 2x, 4x).")] = ClassifierConfig.width,
     feature_dim: Annotated[int, typer.Option(help="Width of the feature layer: the FD_cls feature space.")] = ClassifierConfig.feature_dim,
     holdout: Annotated[Optional[str], typer.Option(help="Held-out images for the accuracy (default: builtin:digits-holdout / builtin:fashion-test for those sets; otherwise every 10th image, not trained on).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the held-out accuracy and the settings as JSON here.")] = None,
 ) -> None:
     """Train the small classifier whose features give the offline FD_cls and class accuracy of `eval`."""
-    check_writable(out)
+    for target in [out] + ([json_out] if json_out else []):
+        check_writable(target)  # before training, not after it
     train = _open(data, size)
     names = list(getattr(train, "class_names", []) or [])
     if len(names) < 2:
@@ -64,8 +67,11 @@ def command(
         model = train_classifier(train, cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                  callbacks=Callbacks(on_step=on_step))
     accuracy = evaluate_accuracy(model, held)
-    save_classifier(model, out, extra={"data": data, "holdout": holdout, "holdout_accuracy": accuracy,
-                                       "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-                                       "class_names": names})
+    info = {"data": data, "holdout": holdout, "holdout_accuracy": accuracy, "steps": steps, "batch_size": batch_size,
+            "lr": lr, "seed": seed, "class_names": names}
+    save_classifier(model, out, extra=info)
     console.print(f"held-out accuracy {accuracy:.4f} on {len(held)} images ({holdout})", highlight=False)
     console.print(str(out), highlight=False)
+    if json_out is not None:
+        write_json({"checkpoint": str(out), "holdout_images": len(held), **info}, json_out)
+        console.print(str(json_out), highlight=False)

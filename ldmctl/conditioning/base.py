@@ -16,6 +16,13 @@ A :class:`Conditioner` declares its ``kind`` (which field it fills), its options
 dataclass ``Config``, the batch key it reads, its output width, and a ``null`` output for "no
 condition" (classifier-free guidance). Several conditioners of one kind are joined: concat and
 add outputs on the feature axis, context and token sequences on the sequence axis.
+
+At sample time a conditioner also says how its input is given on the command line (``ldmctl
+sample --input KEY=VALUE``): :meth:`Conditioner.parse_input` reads one value into one item,
+:meth:`Conditioner.collate_inputs` joins the items of a batch, :meth:`Conditioner.default_inputs`
+gives the items used when the user gives none (or None: the input is required) and
+:meth:`Conditioner.describe_input` says in a few words what a value is. The defaults suit a text
+input; a conditioner reading anything else overrides :meth:`~Conditioner.parse_input`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+
+from ldmctl.errors import InputError
 
 CondKind = Literal["concat", "add", "crossattn", "tokens"]
 KINDS: tuple[str, ...] = ("concat", "add", "crossattn", "tokens")
@@ -94,6 +103,32 @@ class Conditioner(nn.Module, ABC):
     def null(self, batch_size: int, device: torch.device | None = None) -> CondOutput:
         """The "no condition" output used for classifier-free guidance."""
 
+    # -- sample time: how a user gives batch[input_key] (``ldmctl sample --input KEY=VALUE``) --
+
+    def parse_input(self, text: str) -> Any:
+        """Read one command-line value into one item of ``batch[input_key]`` (default: the text itself).
+
+        Raise :class:`~ldmctl.errors.InputError` (or ValueError) for a value this conditioner cannot
+        read; the sampler adds the key and this conditioner's name to the message.
+        """
+        return text
+
+    def collate_inputs(self, items: list[Any]) -> Any:
+        """Join the items of one batch (one per sample) into the value :meth:`forward` reads.
+
+        Default (:func:`collate_items`): a list of strings, a stacked tensor of tensors, a tensor of
+        numbers. Whatever it returns is sliced into sampling batches (``value[start:stop]``).
+        """
+        return collate_items(items)
+
+    def default_inputs(self, n: int) -> list[Any] | None:
+        """Items to use when the user gives none, cycled over the ``n`` samples; None: the input is required."""
+        return None
+
+    def describe_input(self) -> str:
+        """What one command-line value is, in a few words (for help and error messages)."""
+        return "text"
+
     @classmethod
     def configure(cls, config: Any, dataset: Any) -> Any:
         """Fill options that depend on the training data (e.g. the number of classes); default: as is."""
@@ -105,4 +140,19 @@ class Conditioner(nn.Module, ABC):
         return p.device if p is not None else torch.device("cpu")
 
 
-__all__ = ["KINDS", "Cond", "CondKind", "CondOutput", "Conditioner", "LatentSpec"]
+def collate_items(items: list[Any]) -> Any:
+    """The default collation of sample-time items: a list of strings, a stacked tensor of (equal-shape)
+    tensors, a tensor of numbers (int64 for whole numbers, float32 otherwise); any other list as is."""
+    if items and all(isinstance(x, Tensor) for x in items):
+        shapes = sorted({tuple(x.shape) for x in items})
+        if len(shapes) > 1:
+            raise InputError(f"the values have different shapes {shapes}; one batch needs one shape",
+                             hint="give images of one size")
+        return torch.stack(items)
+    if items and all(isinstance(x, (bool, int, float)) for x in items):
+        whole = all(isinstance(x, (bool, int)) for x in items)
+        return torch.tensor(items, dtype=torch.int64 if whole else torch.float32)
+    return list(items)
+
+
+__all__ = ["KINDS", "Cond", "CondKind", "CondOutput", "Conditioner", "LatentSpec", "collate_items"]

@@ -29,5 +29,8 @@ def ldmctl_register_conditioners(register: Callable[[type], None]) -> None:
     """Call ``register(cls)`` once for each :class:`~ldmctl.conditioning.Conditioner` subclass.
 
     Each class is checked as it is registered: a duplicate ``name``, an unknown ``kind``, a
-    missing ``Config`` dataclass or ``input_key`` raises PluginError naming the class.
+    missing ``Config`` dataclass or ``input_key`` raises PluginError naming the class. A class
+    that reads anything but text also says how its input is given at sample time (``ldmctl
+    sample --input KEY=VALUE``): ``parse_input``, ``collate_inputs``, ``default_inputs`` and
+    ``describe_input`` (see :class:`~ldmctl.conditioning.Conditioner` and docs/plugins.md).
     """

@@ -40,6 +40,10 @@ class JoinedDataset(Dataset):
         for p in parts:
             self.offsets.append(self.offsets[-1] + len(p))
         self.class_names = list(getattr(parts[0], "class_names", []))
+        # extra item keys (metadata.jsonl fields) survive only where every part has them: one key set
+        common = set.intersection(*(set(getattr(p, "fields", ())) for p in parts))
+        self.fields = tuple(f for f in getattr(parts[0], "fields", ()) if f in common)
+        self._drop = {f for p in parts for f in getattr(p, "fields", ())} - common
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -60,7 +64,8 @@ class JoinedDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         k = bisect.bisect_right(self.offsets, index) - 1
-        return self.parts[k][index - self.offsets[k]]
+        item = self.parts[k][index - self.offsets[k]]
+        return {key: v for key, v in item.items() if key not in self._drop} if self._drop else item
 
 
 def open_dataset(cfg: DataConfig, *, seed: int = 0) -> Dataset:

@@ -3,7 +3,8 @@
 Every image goes through :func:`load_image` (EXIF orientation applied; L, 1, P, PA, LA, RGBA,
 CMYK, YCbCr, I;16 and I become RGB, with transparency composited on white). A folder becomes an
 :class:`ImageFolderDataset`: labels come from the top-level sub-folder names, captions from
-``metadata.jsonl`` (Hugging Face imagefolder convention) or a ``.txt`` file beside each image.
+``metadata.jsonl`` (Hugging Face imagefolder convention) or a ``.txt`` file beside each image, and
+the other fields of ``metadata.jsonl`` become item keys too (:mod:`ldmctl.data.metadata`).
 
 Bad files never stop a run. At scan time each header is opened (cheap) and files that are empty,
 not images, or larger than ``DataConfig.max_pixels`` are skipped; at load time a file that fails
@@ -15,12 +16,10 @@ data folder, is a DataError: it is the user's description of the data, not one b
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ldmctl.config import DataConfig
+from ldmctl.data.metadata import folder_captions, folder_metadata
 from ldmctl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def crop_and_flip(img: Image.Image, cfg: DataConfig, rng: random.Random) -> Imag
 
 
 # --------------------------------------------------------------------------------------------
-# folders: files, labels, captions
+# folders: files, labels (captions and extra fields: ldmctl.data.metadata)
 
 
 def iter_image_files(root: str | Path) -> list[Path]:
@@ -249,63 +249,6 @@ def folder_labels(root: Path, files: list[Path]) -> tuple[list[str], list[int]]:
     return names, [index[parts[0]] if len(parts) > 1 else -1 for parts in tops]
 
 
-def folder_captions(root: Path, files: list[Path], *,
-                    skip: Callable[[Path, str], None] | None = None) -> list[str]:
-    """Return one caption per file: ``metadata.jsonl`` first, then ``<stem>.txt``, else "".
-
-    A metadata row naming a file that does not exist is passed to ``skip(path, reason)``; a row
-    that is not valid JSON or UTF-8, or names a file outside ``root``, is a DataError.
-    """
-    meta: dict[Path, str] = {}
-    for jsonl in sorted(root.rglob("metadata.jsonl")):
-        meta.update(_read_metadata(jsonl, root, skip))
-    captions = []
-    for path in files:
-        text = meta.get(path.resolve())
-        if text is None:
-            txt = path.with_suffix(".txt")
-            text = txt.read_text(encoding="utf-8", errors="replace").strip() if txt.is_file() else ""
-        captions.append(text)
-    return captions
-
-
-_ROW_HINT = 'each line must be UTF-8 JSON like {"file_name": "a.png", "text": "a caption"}'
-
-
-def _read_metadata(jsonl: Path, root: Path, skip: Callable[[Path, str], None] | None) -> dict[Path, str]:
-    """Read ``{"file_name": ..., "text": ...}`` lines; file names are relative to the jsonl's folder."""
-    out: dict[Path, str] = {}
-    base = root.resolve()
-    for number, raw in enumerate(jsonl.read_bytes().splitlines(), start=1):
-        where = f"{jsonl}:{number}"
-        try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # tolerate a BOM
-            row = json.loads(line) if line.strip() else None
-        except UnicodeDecodeError as err:
-            raise DataError(f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})",
-                            hint=_ROW_HINT) from None
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg})", hint=_ROW_HINT) from None
-        if row is None:
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
-            raise DataError(f"{where}: expected an object with a string 'file_name'", hint=_ROW_HINT)
-        name, text = row["file_name"], row.get("text", "")
-        text = "" if text is None else str(text)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate such as "\ud800" is valid JSON, not text
-            raise DataError(f"{where}: the caption is not valid Unicode (lone surrogate)", hint=_ROW_HINT) from None
-        path = (jsonl.parent / name).resolve()
-        if Path(name).is_absolute() or not path.is_relative_to(base):
-            raise DataError(f"{where}: file_name {name!r} is outside the data folder {str(root)!r}",
-                            hint="file names are relative to the folder of metadata.jsonl and stay inside it")
-        if not path.exists() and skip is not None:
-            skip(path, f"listed in {where} but missing")
-        out[path] = text
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # the dataset
 
@@ -313,7 +256,8 @@ def _read_metadata(jsonl: Path, root: Path, skip: Callable[[Path, str], None] | 
 class ImageFolderDataset(Dataset):
     """A folder of images (recursive) as a map-style dataset of item dicts.
 
-    Items: ``{"image": (3, S, S) float in [-1, 1], "label": int, "caption": str, "path": str}``.
+    Items: ``{"image": (3, S, S) float in [-1, 1], "label": int, "caption": str, "path": str}``,
+    plus the extra ``metadata.jsonl`` fields named in ``fields``.
     Crops and flips are drawn from ``item_rng(seed, epoch, index)``; call :meth:`set_epoch`
     between epochs for new crops. With DataLoader workers, ``skipped`` only sees the files found
     bad at scan time and in the main process.
@@ -326,12 +270,13 @@ class ImageFolderDataset(Dataset):
         files = iter_image_files(self.root)
         self.skipped: list[tuple[str, str]] = []
         self.class_names, labels = folder_labels(self.root, files)
-        captions = folder_captions(self.root, files, skip=self._skip)
-        self._entries: list[tuple[Path, int, str]] = []
-        for path, label, caption in zip(files, labels, captions, strict=True):
+        captions, extra = folder_metadata(self.root, files, skip=self._skip)
+        self.fields = tuple(extra)  # extra item keys from metadata.jsonl
+        self._entries: list[tuple[Path, int, str, dict[str, Any]]] = []
+        for i, (path, label, caption) in enumerate(zip(files, labels, captions, strict=True)):
             reason = probe_image(path, cfg.max_pixels)
             if reason is None:
-                self._entries.append((path, label, caption))
+                self._entries.append((path, label, caption, {k: v[i] for k, v in extra.items()}))
             else:
                 self._skip(path, reason)
         self._bad: set[int] = set()  # entries that failed to decode at load time
@@ -357,7 +302,7 @@ class ImageFolderDataset(Dataset):
 
     def summary(self) -> str:
         """Describe the data set in one line: images, classes, captions, skipped files."""
-        n_cap = sum(1 for _, _, caption in self._entries if caption)
+        n_cap = sum(1 for _, _, caption, _ in self._entries if caption)
         return (f"{len(self._entries)} images in {self.root} ({len(self.class_names)} classes, "
                 f"{n_cap} captions); skipped {len(self.skipped)} bad files")
 
@@ -368,20 +313,21 @@ class ImageFolderDataset(Dataset):
         if not 0 <= index < len(self._entries):
             raise IndexError(f"index {index} out of range for {len(self._entries)} images")
         rng = item_rng(self.seed, self.epoch, index)
-        path, label, caption, img = self._load_good(index)
+        i, img = self._load_good(index)
+        path, label, caption, extra = self._entries[i]
         img = crop_and_flip(img, self.cfg, rng)
-        return {"image": pil_to_tensor(img), "label": label, "caption": caption, "path": str(path)}
+        return {"image": pil_to_tensor(img), "label": label, "caption": caption, "path": str(path), **extra}
 
-    def _load_good(self, index: int) -> tuple[Path, int, str, Image.Image]:
+    def _load_good(self, index: int) -> tuple[int, Image.Image]:
         """Decode entry ``index``, or the next entry (cyclically) that decodes."""
         n = len(self._entries)
         for k in range(index, index + n):
             i = k % n
             if i in self._bad:
                 continue
-            path, label, caption = self._entries[i]
+            path = self._entries[i][0]
             try:
-                return path, label, caption, self._decode(i, path)
+                return i, self._decode(i, path)
             except DataError as err:
                 self._bad.add(i)
                 self._skip(path, str(err))

@@ -13,6 +13,8 @@ model calls it without knowing its batch keys. The file format is :mod:`ldmctl.d
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -96,16 +98,40 @@ class LatentDiffusion(nn.Module):
 
     def training_loss(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None,
                       net: Callable[[Tensor, Tensor, Cond], Tensor] | None = None,
-                      shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, dict[str, float]]:
-        """The loss of one batch holding scaled latents ``z0`` and the conditioners' inputs: the
-        condition (with each spec's dropout), the target, timesteps and noise, then the objective.
-        ``net`` replaces ``self.unet`` (a DDP-wrapped or compiled copy of it)."""
+                      shard: tuple[int, int] = (0, 1), micro_batches: int = 1,
+                      backward: Callable[[Tensor], None] | None = None,
+                      amp: Callable[[], AbstractContextManager] = nullcontext) -> tuple[Tensor, dict[str, float]]:
+        """The loss of one batch holding scaled latents ``z0`` and the conditioners' inputs.
+
+        1. derive the task's inputs (the frozen first stage runs outside ``amp``);
+        2. the condition, with each spec's dropout, from ``generator``;
+        3. the target, then timesteps and noise from ``generator``;
+        4. the objective, with ``net`` (a DDP-wrapped or compiled copy of ``self.unet``) or the UNet.
+
+        Random draws cover ``world`` times the batch, rows ``rank::world`` kept (``shard``), so
+        data-parallel ranks together see what one process sees. ``amp`` gives the autocast
+        context of the conditioners' and the UNet's forward passes.
+
+        Without ``backward`` this returns the loss with its graph. With it (gradient accumulation)
+        the batch is cut into ``micro_batches`` equal row chunks that share the draws of steps
+        2-3; each chunk's loss, weighted by its share of the batch, goes to ``backward`` at once
+        (one chunk's UNet activations live at a time; a ``net`` with ``no_sync``, i.e. DDP,
+        all-reduces its gradients with the last chunk only), and the conditioners' graph is
+        backpropagated once at the end. The gradients are the whole batch's, up to rounding.
+        Then the returned loss is detached: the chunks' weighted sum; the logs are their mean.
+        """
         batch = self.derived_inputs(batch)
-        cond = self.cond(batch, generator=generator, train_dropout=True, shard=shard) or Cond()
+        with amp():
+            cond = self.cond(batch, generator=generator, train_dropout=True, shard=shard) or Cond()
         z0 = self.to_target(batch["z0"], batch)
         t, noise = self.objective.draw(z0, generator, shard=shard)
         unet = net if net is not None else self.unet
-        return self.objective(lambda z_t, tt: unet(z_t, tt, cond), z0, t=t, noise=noise)
+        if backward is None:
+            if micro_batches != 1:
+                raise ValueError("training_loss: micro_batches > 1 needs backward")
+            with amp():
+                return self.objective(lambda z_t, tt: unet(z_t, tt, cond), z0, t=t, noise=noise)
+        return _accumulate(self.objective, unet, cond, z0, t, noise, micro_batches, backward, amp)
 
     def model_fn(self, cond: Cond | None = None, *, unet: nn.Module | None = None) -> ModelFn:
         """The ``model_fn(z_t, t)`` a sampler calls (guidance wraps it: ``ldmctl.samplers.guidance``)."""
@@ -126,6 +152,50 @@ class LatentDiffusion(nn.Module):
         return sampler(model_fn or self.model_fn(), self.schedule, noise, steps=steps,
                        prediction=self.config.diffusion.prediction, eta=eta, generator=generator,
                        callback=callback)
+
+
+def _rows(cond: Cond, idx: slice) -> Cond:
+    return Cond(**{f.name: (v[idx] if (v := getattr(cond, f.name)) is not None else None) for f in fields(Cond)})
+
+
+def _leaves(cond: Cond) -> tuple[Cond, list[tuple[Tensor, Tensor]]]:
+    """Cut the conditioners' graph off the UNet's: the UNet's chunks backpropagate into leaf copies
+    of the condition tensors, whose summed gradients then go through the conditioners once."""
+    pairs, out = [], {}
+    for f in fields(Cond):
+        v = getattr(cond, f.name)
+        if v is not None and v.requires_grad:
+            leaf = v.detach().requires_grad_(True)
+            pairs.append((v, leaf))
+            v = leaf
+        out[f.name] = v
+    return Cond(**out), pairs
+
+
+def _accumulate(objective: Objective, unet: Callable[..., Tensor], cond: Cond, z0: Tensor, t: Tensor,
+                noise: Tensor, chunks: int, backward: Callable[[Tensor], None],
+                amp: Callable[[], AbstractContextManager]) -> tuple[Tensor, dict[str, float]]:
+    """The chunked forward/backward of :meth:`LatentDiffusion.training_loss` (see there)."""
+    cond_in, pairs = _leaves(cond)
+    b = z0.shape[0]
+    m = b // chunks
+    if m * chunks != b:
+        raise ValueError(f"a batch of {b} does not split into {chunks} micro-batches")
+    total, parts = z0.new_zeros(()), []
+    for i in range(chunks):
+        rows, c = slice(i * m, (i + 1) * m), _rows(cond_in, slice(i * m, (i + 1) * m))
+        last = i == chunks - 1
+        no_sync = getattr(unet, "no_sync", None)
+        with nullcontext() if last or no_sync is None else no_sync():
+            with amp():
+                loss, logs = objective(lambda z, tt, c=c: unet(z, tt, c), z0[rows], t=t[rows], noise=noise[rows])
+            backward(loss * (m / b))
+        total = total + loss.detach().float() * (m / b)
+        parts.append(logs)
+    if pairs:
+        torch.autograd.backward([v for v, _ in pairs],
+                                [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for _, leaf in pairs])
+    return total, {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
 
 
 __all__ = ["LatentDiffusion", "ModelFn", "latent_spec"]

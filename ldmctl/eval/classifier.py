@@ -2,9 +2,10 @@
 
 FID needs the FID Inception weights, which cannot be downloaded here (:mod:`ldmctl.eval.inception`).
 The offline alternative judges generated images in the features of a classifier that ldmctl
-trains itself (``ldmctl train-classifier``) on the training split of a labelled data set
-(``builtin:digits``, ``builtin:fashion``, a folder with class sub-folders). The Fréchet distance
-in that space is **FD_cls** (see :mod:`ldmctl.eval.frechet`); never call it FID.
+trains itself (``ldmctl train-classifier``; the training is :mod:`ldmctl.train.classifier`) on the
+training split of a labelled data set (``builtin:digits``, ``builtin:fashion``, a folder with
+class sub-folders). The Fréchet distance in that space is **FD_cls** (see
+:mod:`ldmctl.eval.frechet`); never call it FID.
 
 The network is three stages of (conv-GroupNorm-ReLU) x 2 + 2x2 average pooling, a flattened
 ``feature_dim`` layer (the features) and a linear head. GroupNorm keeps features independent of
@@ -28,7 +29,6 @@ from torch.utils.data import Dataset, Subset, default_collate
 from ldmctl.checkpoint import load_state, read_checkpoint, save_checkpoint
 from ldmctl.config import from_dict, to_dict
 from ldmctl.errors import CheckpointError, ConfigError, DataError
-from ldmctl.train.loop import Callbacks, batch_stream, lr_at, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -102,71 +102,6 @@ class FeatureClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.dropout(self.features(x)))  # (N, num_classes)
-
-
-# --------------------------------------------------------------------------------------------
-# training
-
-
-def random_translate(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
-    """Shift each image by up to ``max_shift`` px in x and y: replicate-pad, then crop at random."""
-    if max_shift <= 0:
-        return x
-    n, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4, mode="replicate")
-    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
-
-
-def _check_labels(labels: Tensor, num_classes: int) -> None:
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.numel():
-        raise ConfigError(f"classifier.num_classes is {num_classes}, but the data set has label "
-                          f"{int(bad[0])}", hint="set num_classes to the number of classes in the data set")
-
-
-def train_classifier(dataset: Dataset, cfg: ClassifierConfig, *, steps: int, batch_size: int = 64,
-                     lr: float = 2e-3, seed: int = 0, callbacks: Callbacks | None = None,
-                     max_shift: int = 2, weight_decay: float = 0.05) -> FeatureClassifier:
-    """Train a :class:`FeatureClassifier` on the items ("image", "label") of ``dataset``.
-
-    AdamW with a short linear warm-up (5% of ``steps``) and cosine decay to 0; random
-    translation by up to ``max_shift`` px (no flips: a mirrored digit is another glyph). The
-    result depends only on ``seed``: the global RNG (init, dropout) is seeded inside a forked RNG
-    state, so the caller's is untouched. Reports ``loss``, ``acc`` (batch) and ``lr`` to
-    ``callbacks.on_step``. Returns the model in eval mode, on the CPU.
-    """
-    if steps <= 0 or batch_size <= 0:
-        raise ConfigError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
-    if len(dataset) == 0:  # type: ignore[arg-type]
-        raise DataError("cannot train a classifier on an empty data set")
-    n_names = len(getattr(dataset, "class_names", None) or [])
-    if n_names > cfg.num_classes:
-        raise ConfigError(f"classifier.num_classes is {cfg.num_classes}, but the data set has "
-                          f"{n_names} classes", hint=f"set num_classes to {n_names}")
-    callbacks = callbacks or Callbacks()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = FeatureClassifier(cfg).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        aug = torch.Generator().manual_seed(seed + 1)
-        batches = batch_stream(dataset, batch_size, seed=seed)
-        for step in range(steps):
-            batch = next(batches)
-            if "label" not in batch:
-                raise DataError("the classifier needs a labelled data set (items with a 'label')")
-            x, labels = batch["image"].float(), torch.as_tensor(batch["label"]).long()
-            _check_labels(labels, cfg.num_classes)
-            set_lr(opt, lr_at(step, base=lr, warmup=steps // 20, total=steps, schedule="cosine",
-                              min_ratio=0.0))
-            logits = model(random_translate(x, max_shift, aug))
-            loss = F.cross_entropy(logits, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            acc = (logits.argmax(1) == labels).float().mean().item()
-            callbacks.step(step + 1, {"loss": loss.item(), "acc": acc, "lr": opt.param_groups[0]["lr"]})
-    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,5 +222,5 @@ def load_classifier(path: str | Path) -> FeatureClassifier:
 
 
 __all__ = ["HOLDOUT_SPLITS", "ClassifierConfig", "FeatureClassifier", "class_predictions", "dataset_images",
-           "evaluate_accuracy", "extract_features", "holdout_split", "load_classifier", "random_translate",
-           "save_classifier", "train_classifier", "validate_classifier"]
+           "evaluate_accuracy", "extract_features", "holdout_split", "load_classifier", "save_classifier",
+           "validate_classifier"]

@@ -11,8 +11,9 @@
   setting's by more than ``sigmas`` bootstrap standard deviations of the reference.
 
 Drawing is the caller's: ``draw(model, setting)`` yields ``(images, batch)`` pairs for the N
-samples. The CLI passes ``ldmctl sample``'s generator, so a setting's figures are what ``ldmctl
-sample`` / ``ldmctl eval`` give with the same options. Both comparisons write DIR/results.json
+samples. :func:`sample_draw` makes one from ``ldmctl sample``'s pipeline (:mod:`ldmctl.sampling`,
+``--input`` values included), so a setting's figures are what ``ldmctl sample`` / ``ldmctl eval``
+give with the same options. Both comparisons write DIR/results.json
 (after every measurement, so an interrupted run keeps what it measured), PNG plots and grids,
 and DIR/report.md (:mod:`ldmctl.eval.compare_report`).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -198,11 +199,38 @@ class TrainingConfig:
     eval_every: int = 0  # steps between evaluations (= checkpoints); 0: each variant's train.save_every
 
 
-def conditioning_keys(cfg: LDMTrainingConfig) -> set[str]:
-    """The batch keys (``label``, ``caption``, ...) the conditioners of a training config read."""
+def sample_draw(n: int, guidance: float, batch_size: int, inputs: Mapping[str, Sequence[str]] | None = None, *,
+                defaults: Mapping[str, Sequence[Any]] | None = None,
+                progress: Callable[[Setting], Callable[[int], None] | None] | None = None) -> Draw:
+    """``draw(model, setting)``: N samples of ``setting`` as ``ldmctl sample`` draws them, the
+    conditioners fed from ``inputs`` (``--input`` values by key), else ``defaults`` (e.g. the
+    judge's prompts), else their own defaults. ``progress(setting)`` may return ``on_progress``."""
+    from ldmctl.samplers import get_sampler
+    from ldmctl.sampling import generate, sampling_conditions
+
+    def draw(model: Any, setting: Setting) -> Iterator[tuple[Tensor, dict[str, Any]]]:
+        conditions = sampling_conditions(model, n, inputs, defaults)
+        return generate(model, get_sampler(setting.sampler), n, steps=setting.steps, seed=setting.seed,
+                        conditions=conditions, guidance=guidance, batch_size=batch_size,
+                        on_progress=progress(setting) if progress else None)
+
+    return draw
+
+
+def conditioning_readers(cfg: LDMTrainingConfig) -> dict[str, str]:
+    """The batch keys (``label``, ``caption``, ...) the conditioners of a training config read, each
+    with the name of the (first) conditioner that reads it."""
     from ldmctl.conditioning.registry import get_conditioner
 
-    return {get_conditioner(spec.name).cls.input_key for spec in cfg.model.conditioners}
+    readers: dict[str, str] = {}
+    for spec in cfg.model.conditioners:
+        readers.setdefault(get_conditioner(spec.name).cls.input_key, spec.name)
+    return readers
+
+
+def conditioning_keys(cfg: LDMTrainingConfig) -> set[str]:
+    """The batch keys (``label``, ``caption``, ...) the conditioners of a training config read."""
+    return set(conditioning_readers(cfg))
 
 
 def check_variants(variants: list[tuple[str, LDMTrainingConfig]]) -> None:
@@ -296,4 +324,5 @@ def _train_variant(name: str, vcfg: LDMTrainingConfig, ae: str | Path, cfg: Trai
 
 
 __all__ = ["Draw", "SamplersConfig", "Setting", "TrainingConfig", "check_variants", "compare_samplers",
-           "compare_training", "conditioning_keys", "matching_steps", "parse_setting", "validate_samplers"]
+           "compare_training", "conditioning_keys", "conditioning_readers", "matching_steps", "parse_setting",
+           "sample_draw", "validate_samplers"]

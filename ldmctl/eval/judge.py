@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,7 @@ class JudgeConfig:
 
 
 def resolve_metrics(spec: str, *, keys: set[str], classifier: bool) -> tuple[str, ...]:
-    """The metrics of ``--metric``: ``auto`` or a comma-separated list of :data:`METRICS` names.
+    """The metrics of ``--metrics``: ``auto`` or a comma-separated list of :data:`METRICS` names.
 
     ``auto`` is ``shapes`` for a text-conditional model, ``fd-cls`` (and ``acc`` for a
     class-conditional model) with a classifier, and ``fid`` otherwise. ``keys`` are the batch
@@ -102,7 +102,7 @@ def resolve_metrics(spec: str, *, keys: set[str], classifier: bool) -> tuple[str
     names = tuple(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
-        raise ConfigError(f"--metric {spec!r}: unknown {unknown}; use auto or a comma-separated list of "
+        raise ConfigError(f"--metrics {spec!r}: unknown {unknown}; use auto or a comma-separated list of "
                           f"{list(METRICS)}", hint="KID and the CLIP score are in `ldmctl eval`")
     return names
 
@@ -141,9 +141,10 @@ class Judge:
         self._stats: dict[str, tuple[Tensor, Tensor]] = {}
 
     @classmethod
-    def build(cls, cfg: JudgeConfig, *, keys: set[str], size: int, n: int) -> Judge:
+    def build(cls, cfg: JudgeConfig, *, keys: set[str], size: int, n: int, given: Collection[str] = ()) -> Judge:
         """Check that every metric can run on samples of a model whose conditioners read ``keys``,
-        load the extractors, collect the reference features and pick the prompts."""
+        load the extractors, collect the reference features and pick the prompts (unless the
+        user gives the captions: ``"caption"`` in ``given``, the keys of ``--input``)."""
         from ldmctl.eval.classifier import load_classifier
 
         _check(cfg, keys)
@@ -154,15 +155,17 @@ class Judge:
             from ldmctl.eval.inception import load_inception
 
             ex.inception = load_inception(cfg.inception_weights)
+        pick = "caption" in keys and "caption" not in given
         reference, info, names, prompts = None, {}, [], None
         if {"fd-cls", "fid"} & set(cfg.metrics):
-            reference, info, names, captions = _reference(cfg, ex, size, n if "caption" in keys else 0)
+            reference, info, names, captions = _reference(cfg, ex, size, n if pick else 0)
             prompts = captions or None
-        if "caption" in keys and "shapes" in cfg.metrics:
+        if pick and "shapes" in cfg.metrics:
             prompts = shapes_prompts(n, size)
-        elif "caption" in keys and not prompts:
-            raise ConfigError(f"this model is text-conditional, but --ref {cfg.ref!r} has no captions to prompt it with",
-                              hint="use a captioned --ref (e.g. builtin:shapes), or --metric shapes")
+        elif pick and not prompts:
+            raise ConfigError(f"this model is text-conditional, but --ref {cfg.ref!r} has no captions to prompt "
+                              "it with", hint="use a captioned --ref (e.g. builtin:shapes), --metrics shapes, "
+                              "or --input caption=...")
         return cls(cfg, extractors=ex, reference=reference, prompts=prompts, class_names=names,
                    reference_info=info)
 

@@ -136,6 +136,31 @@ def upscale(model: Any, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, e
     return out / ensemble
 
 
+def _check_args(model: Any, lr: Tensor, sampler: str, strength: float, tile: int, overlap: int) -> None:
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f"--strength {strength} must be in (0, 1]")
+    if strength < 1.0 and sampler != "ddim":
+        raise ConfigError("--strength below 1 needs --sampler ddim")
+    if lr.ndim != 3 or lr.shape[0] != 3:
+        raise ConfigError(f"upscale expects a (3, h, w) image, got {tuple(lr.shape)}")
+    sr_scale(model)
+    _check_tiles(model, tile, overlap)
+
+
+def _start(model: Any, inputs: dict, noise: Tensor, strength: float, steps: int) -> tuple[Tensor, dict, int]:
+    """z_T and the sampler's extra arguments: pure noise, or for ``strength`` < 1 the latent of the
+    bicubic upscale noised to t = strength * T (SDEdit); also the number of steps that will run."""
+    if strength >= 1.0:
+        return noise, {}, steps
+    start = int(strength * (model.schedule.num_timesteps - 1))
+    ts = [t for t in spacing(model.schedule.num_timesteps, steps, "leading", offset=1).tolist() if t <= start]
+    if not ts:
+        raise ConfigError(f"--strength {strength} leaves none of the {steps} steps; raise --steps or --strength")
+    ab = float(model.schedule.alphas_cumprod[ts[0]])
+    start_z = model.to_target(inputs[LATENT_KEY], inputs)  # the bicubic upscale (zero residual)
+    return ab**0.5 * start_z + (1 - ab) ** 0.5 * noise, {"start": start}, len(ts)
+
+
 @torch.no_grad()
 def upscale_once(model: Any, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
                  seed: int = 0, tile: int = 64, overlap: int = 16, strength: float = 1.0,
@@ -150,14 +175,8 @@ def upscale_once(model: Any, lr: Tensor, *, sampler: str = "ddim", steps: int = 
     the bicubic content cancels out. ``progress(done, total)`` counts UNet tile evaluations,
     then decoder tiles.
     """
-    if not 0.0 < strength <= 1.0:
-        raise ConfigError(f"--strength {strength} must be in (0, 1]")
-    if strength < 1.0 and sampler != "ddim":
-        raise ConfigError("--strength below 1 needs --sampler ddim")
-    if lr.ndim != 3 or lr.shape[0] != 3:
-        raise ConfigError(f"upscale expects a (3, h, w) image, got {tuple(lr.shape)}")
+    _check_args(model, lr, sampler, strength, tile, overlap)
     s, f = sr_scale(model), model.autoencoder.config.downsample_factor
-    _check_tiles(model, tile, overlap)
     fn = get_sampler(sampler)
     padded, (h, w) = pad_to_multiple(lr.float(), input_multiple(model))
     lh, lw = padded.shape[-2] * s // f, padded.shape[-1] * s // f
@@ -166,17 +185,7 @@ def upscale_once(model: Any, lr: Tensor, *, sampler: str = "ddim", steps: int = 
     cond = model.cond(inputs)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, model.latent_shape[0], lh, lw), generator=g)
-    extra: dict = {}
-    if strength < 1.0:
-        start = int(strength * (model.schedule.num_timesteps - 1))
-        ts = [t for t in spacing(model.schedule.num_timesteps, steps, "leading", offset=1).tolist() if t <= start]
-        if not ts:
-            raise ConfigError(f"--strength {strength} leaves none of the {steps} steps; raise --steps or --strength")
-        ab = float(model.schedule.alphas_cumprod[ts[0]])
-        start_z = model.to_target(inputs[LATENT_KEY], inputs)  # the bicubic upscale (zero residual)
-        noise = ab**0.5 * start_z + (1 - ab) ** 0.5 * noise
-        extra = {"start": start}
-    runs = len(ts) if extra else steps  # sampler steps that actually run
+    noise, extra, runs = _start(model, inputs, noise, strength, steps)
     per_step = count_tiles(lh, lw, tile, overlap)
     transfer = detail_transfer and model.config.residual
     decodes = 2 if transfer else 1

@@ -1,50 +1,35 @@
 """Train a first-stage autoencoder: L1 + LPIPS + KL/VQ, then a PatchGAN from ``disc_start``.
 
-Generator and discriminator are optimised in alternation (Esser et al. 2021; LDM §3.1). A run
-folder holds::
+Generator and discriminator are optimised in alternation (Esser et al. 2021; LDM §3.1). The run
+(folder, resume, signals, logs, checkpoints) is :mod:`ldmctl.train.engine`'s; a run folder holds::
 
     config.json                  the full AETrainingConfig (what --resume reads)
     ae.safetensors               the latest autoencoder: weights, scale factor, config
     checkpoints/step_XXXXXXX.safetensors + .state.pt   the last K checkpoints (K = keep_last)
-    log.jsonl                    one JSON line per log step
+    samples/recon_XXXXXXX.png    reconstruction grids (written by the CLI from Callbacks.images)
+    log.jsonl, tensorboard/      one JSON line (and TensorBoard scalars) per log step
     summary.json                 written at the end of the run
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ldmctl.autoencoder import AELoss, build_autoencoder, build_perceptual
-from ldmctl.checkpoint import (load_autoencoder, load_state, read_checkpoint, save_autoencoder,
-                               load_train_state, save_train_state)
-from ldmctl.config import AETrainingConfig, to_dict, validate_ae
+from ldmctl.checkpoint import load_autoencoder, load_state, read_checkpoint, save_autoencoder
+from ldmctl.config import AETrainingConfig, to_dict
 from ldmctl.data import open_dataset
-from ldmctl.errors import CheckpointError, ConfigError
+from ldmctl.errors import ConfigError
+from ldmctl.train import engine
+from ldmctl.train.configure import resolve_ae
 from ldmctl.train.dist import Dist, setup, teardown
-from ldmctl.train.loop import (
-    Callbacks,
-    NonFiniteGuard,
-    autocast,
-    StopSignals,
-    Throughput,
-    batch_stream,
-    due,
-    lr_at,
-    prepare_run_dir,
-    rng_state,
-    set_lr,
-    set_rng_state,
-    write_log,
-)
+from ldmctl.train.loop import Callbacks, NonFiniteGuard, autocast, batch_stream, lr_at, set_lr
 from ldmctl.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -52,7 +37,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AERun:
-    """The live objects of one autoencoder training run."""
+    """The live objects of one autoencoder training run: the engine's :class:`~ldmctl.train.engine.Trainer`."""
+
+    latest: ClassVar[str] = "ae.safetensors"
+    preview_name: ClassVar[str] = "recon"
 
     cfg: AETrainingConfig
     ae: nn.Module
@@ -63,14 +51,37 @@ class AERun:
     step: int = 0
     guard: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(5))
     dist: Dist = field(default_factory=Dist)
+    scale_images: Tensor | None = None  # the fixed images of the scale factor (re-estimated at each save)
+    grid_images: Tensor | None = None  # the fixed images of the reconstruction grids
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unusable files
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        return train_step(self, batch["image"])
+
+    def save(self, ckpt: Path) -> dict[str, Any]:
+        """Re-estimate the scale factor, write the autoencoder; return the losses' and optimizers' state."""
+        self.ae.scale_factor.fill_(estimate_scale_factor(self.ae, self.scale_images, seed=self.cfg.train.seed))
+        meta = {"step": self.step, "train_config": to_dict(self.cfg), "skipped_files": len(self.skipped)}
+        save_autoencoder(self.ae, ckpt, extra=meta)
+        return {"loss": self.loss.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def restore(self, ckpt: Path, state: dict[str, Any]) -> None:
+        load_state(self.ae, read_checkpoint(ckpt, expect_kind="autoencoder").tensors, str(ckpt))
+        self.loss.load_state_dict(state["loss"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+    def preview(self) -> dict[str, Tensor]:
+        return reconstruct_grid(self.ae, self.grid_images)
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"scale_factor": float(self.ae.scale_factor),
+                "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped]}
 
 
 def build_run(cfg: AETrainingConfig, perceptual: nn.Module | None, dist: Dist | None = None) -> AERun:
     """Build model, loss and optimizers from the config, seeded by ``cfg.train.seed``."""
     d = dist or Dist()
-    if cfg.train.grad_accum != 1 or cfg.train.compile or cfg.train.precision == "fp16":
-        raise ConfigError("train-ae does not support train.grad_accum, train.compile or fp16 yet",
-                          hint="use them with train-ldm; train-ae takes fp32 or bf16")
     d.local_batch(cfg.train.batch_size)
     torch.manual_seed(cfg.train.seed)
     ae = build_autoencoder(cfg.model).to(d.device)
@@ -153,29 +164,6 @@ def fixed_images(dataset: Any, n: int) -> Tensor:
     return torch.stack([dataset[i]["image"] for i in range(n)])
 
 
-def save_run(run: AERun, out: Path, scale_images: Tensor, extra: dict[str, Any]) -> Path:
-    """Write the step checkpoint + training state, refresh ``ae.safetensors``, prune old ones."""
-    scale = estimate_scale_factor(run.ae, scale_images, seed=run.cfg.train.seed)
-    run.ae.scale_factor.fill_(scale)
-    ckpt_dir = out / "checkpoints"
-    ckpt = ckpt_dir / f"step_{run.step:07d}.safetensors"
-    meta = {"step": run.step, "train_config": to_dict(run.cfg), **extra}
-    save_autoencoder(run.ae, ckpt, extra=meta)
-    state = {
-        "step": run.step,
-        "loss": run.loss.state_dict(),
-        "opt_g": run.opt_g.state_dict(),
-        "opt_d": run.opt_d.state_dict(),
-        "rng": rng_state(run.generator),
-    }
-    save_train_state(ckpt.with_suffix(".state.pt"), state)
-    save_autoencoder(run.ae, out / "ae.safetensors", extra=meta)
-    for old in sorted(ckpt_dir.glob("step_*.safetensors"))[: -run.cfg.train.keep_last]:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".state.pt").unlink(missing_ok=True)
-    return ckpt
-
-
 def init_weights(ae: nn.Module, path: str | Path) -> None:
     """Load the weights of autoencoder checkpoint ``path``; its architecture must match."""
     ckpt = read_checkpoint(path, expect_kind="autoencoder")
@@ -191,23 +179,6 @@ def init_weights(ae: nn.Module, path: str | Path) -> None:
 _TRAINING_ONLY = {"vq_restart_dead", "vq_restart_every", "dropout", "posterior_logvar_init"}
 
 
-def restore_run(run: AERun, out: Path) -> None:
-    """Load the newest complete checkpoint of ``out`` into ``run`` (model, optimizers, RNG, step)."""
-    ckpts = sorted((out / "checkpoints").glob("step_*.safetensors"))
-    ckpts = [c for c in ckpts if c.with_suffix(".state.pt").is_file()]
-    if not ckpts:
-        raise CheckpointError(f"--resume: {str(out)!r} has no complete checkpoint yet",
-                              hint="drop --resume and start again, or use a new --out")
-    ckpt = read_checkpoint(ckpts[-1], expect_kind="autoencoder")
-    load_state(run.ae, ckpt.tensors, str(ckpts[-1]))
-    state = load_train_state(ckpts[-1].with_suffix(".state.pt"))
-    run.loss.load_state_dict(state["loss"])
-    run.opt_g.load_state_dict(state["opt_g"])
-    run.opt_d.load_state_dict(state["opt_d"])
-    set_rng_state(state["rng"], run.generator)
-    run.step = int(state["step"])
-
-
 def train_ae(cfg: AETrainingConfig, out_dir: str | Path, *, resume: bool = False,
              perceptual: nn.Module | None = None, lpips_weights: str | Path | None = None,
              init_from: str | Path | None = None, callbacks: Callbacks | None = None) -> dict[str, Any]:
@@ -221,8 +192,8 @@ def train_ae(cfg: AETrainingConfig, out_dir: str | Path, *, resume: bool = False
     """
     out = Path(out_dir)
     if resume:  # the run's stored config (data source, perceptual loss included) wins over the flags
-        cfg = prepare_run_dir(cfg, out, resume=True)
-    cfg = validate_ae(cfg)
+        cfg = engine.prepare_run_dir(cfg, out, resume=True)
+    cfg = resolve_ae(cfg)
     if perceptual is None and cfg.loss.perceptual == "lpips":
         perceptual = build_perceptual(cfg.loss.perceptual_net, weights=lpips_weights)
     d = setup(cfg.train.device)
@@ -234,71 +205,28 @@ def train_ae(cfg: AETrainingConfig, out_dir: str | Path, *, resume: bool = False
 
 def _train(cfg: AETrainingConfig, out: Path, resume: bool, perceptual: nn.Module | None,
            init_from: str | Path | None, cb: Callbacks, d: Dist) -> dict[str, Any]:
-    if not d.main:
-        cb = Callbacks()
+    cb = cb if d.main else Callbacks()
     dataset = open_dataset(cfg.data, seed=cfg.train.seed)
     if not resume:
-        if d.main:
-            cfg = prepare_run_dir(cfg, out, resume=False)
-        d.barrier()
+        cfg = engine.create_run(cfg, out, d)
     run = build_run(cfg, perceptual, d)
     if resume:
-        restore_run(run, out)
+        engine.resume(run, out)
         cb.message(f"resumed at step {run.step}")
     elif init_from is not None:
         init_weights(run.ae, init_from)
         cb.message(f"initialised the autoencoder from {init_from}")
-    scale_images = fixed_images(dataset, cfg.train.scale_samples).to(d.device)
-    grid_images = scale_images[:8]  # the first items of epoch 0, like scale_images
+    run.scale_images = fixed_images(dataset, cfg.train.scale_samples).to(d.device)
+    run.grid_images = run.scale_images[:8]  # the first items of epoch 0, like scale_images
+    run.skipped = dataset.skipped
     if not resume and init_from is None and getattr(run.ae, "shortcut_in", None) is not None:
         # every rank computes the same PCA from the same first items, so no broadcast is needed
-        run.ae.init_linear_shortcut(scale_images)
-        cb.message(f"linear shortcut initialised by a PCA of {len(scale_images)} training images")
-    return _loop(run, dataset, out, grid_images, scale_images, cb)
-
-
-def _loop(run: AERun, dataset: Any, out: Path, grid_images: Tensor, scale_images: Tensor,
-          cb: Callbacks) -> dict[str, Any]:
-    t, d = run.cfg.train, run.dist
+        run.ae.init_linear_shortcut(run.scale_images)
+        cb.message(f"linear shortcut initialised by a PCA of {len(run.scale_images)} training images")
+    t = cfg.train
     batches = batch_stream(dataset, t.batch_size, seed=t.seed, start_step=run.step,
                            num_workers=t.num_workers, rank=d.rank, world=d.world)
-    speed, started, logs = Throughput(), time.time(), {}
-    logfile = (out / "log.jsonl").open("a") if d.main else contextlib.nullcontext()
-    with StopSignals() as stop, logfile:
-        while run.step < t.max_steps:
-            batch = next(batches)
-            logs = train_step(run, batch["image"])
-            run.step += 1
-            logs["steps_per_s"] = speed.tick()
-            cb.step(run.step, logs)
-            if d.main and due(run.step, t.log_every, t.max_steps):
-                write_log(logfile, run.step, logs)
-            if d.main and due(run.step, t.sample_every, t.max_steps):
-                cb.images(run.step, f"recon_{run.step:07d}", reconstruct_grid(run.ae, grid_images))
-            stopping = d.any_true(stop.requested is not None)
-            if due(run.step, t.save_every, t.max_steps) or stopping:
-                if d.main:
-                    path = save_run(run, out, scale_images, {"skipped_files": len(dataset.skipped)})
-                    cb.saved(run.step, str(path))
-                d.barrier()
-            if stopping:
-                cb.message(f"{stop.requested or 'SIGTERM'}: stopped at step {run.step} with a checkpoint; "
-                           "continue with --resume")
-                break
-    summary = {
-        "interrupted": stop.requested or (run.step < t.max_steps and "stopped") or None,
-        "steps": run.step,
-        "seconds": round(time.time() - started, 2),
-        "steps_per_s": round(logs.get("steps_per_s", 0.0), 3),
-        "final": {k: round(v, 6) for k, v in logs.items() if isinstance(v, float)},
-        "scale_factor": float(run.ae.scale_factor),
-        "skipped_files": [{"path": p, "reason": r} for p, r in dataset.skipped],
-        "checkpoint": str(out / "ae.safetensors"),
-        "processes": d.world,
-    }
-    if d.main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return engine.run(run, batches, engine.Plan.of(t), out=out, dist=d, callbacks=cb)
 
 
 @torch.no_grad()

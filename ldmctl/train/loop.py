@@ -8,7 +8,6 @@ replaying the data. Model code never imports this module.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
@@ -16,8 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,46 +61,6 @@ class Callbacks:
         log.info(text)
         if self.on_message:
             self.on_message(text)
-
-
-def prepare_run_dir(cfg: Any, out: Path, *, resume: bool) -> Any:
-    """Create a run folder holding ``config.json``, or on --resume read the stored config back.
-
-    ``cfg`` is a training config dataclass with a ``train.max_steps`` field; on resume only
-    ``max_steps`` may change (a warning says when other options were given and ignored).
-    """
-    from ldmctl.config import from_dict, to_dict
-    from ldmctl.errors import CheckpointError, ConfigError
-
-    stored = out / "config.json"
-    if resume:
-        if not stored.is_file():
-            raise CheckpointError(f"--resume: {str(out)!r} holds no run (no config.json)",
-                                  hint="drop --resume to start a new run")
-        old = from_dict(type(cfg), json.loads(stored.read_text()))
-        merged = replace(old, train=replace(old.train, max_steps=cfg.train.max_steps))
-        if replace(cfg, train=replace(cfg.train, max_steps=0)) != replace(merged, train=replace(merged.train, max_steps=0)):
-            log.warning("--resume: using the run's stored config; other options were ignored")
-        return merged
-    if stored.exists():
-        raise ConfigError(f"{str(out)!r} already holds a run", hint="pass --resume to continue it, or choose another --out")
-    try:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create output folder {str(out)!r}: {err.strerror}") from None
-    stored.write_text(json.dumps(to_dict(cfg), indent=2))
-    return cfg
-
-
-def due(step: int, every: int, total: int) -> bool:
-    """True when a periodic action (log, grid, checkpoint) is due at ``step``: every N steps and at the end."""
-    return step % every == 0 or step == total
-
-
-def write_log(logfile: Any, step: int, logs: StepLogs) -> None:
-    """Append one JSON line ``{"step": ..., **logs}`` to an open log file and flush it."""
-    logfile.write(json.dumps({"step": step, **logs}) + "\n")
-    logfile.flush()
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:

@@ -1,6 +1,9 @@
 """``class`` and ``class-token``: class labels as an embedding added to the timestep embedding, or
 as a one-token cross-attention context (CompVis' ``ClassEmbedder``). Index ``num_classes`` is a
-learned "no class" embedding used as the null condition (classifier-free guidance)."""
+learned "no class" embedding used as the null condition (classifier-free guidance).
+
+At sample time the input is a class index (``--label 3``, i.e. ``--input label=3``); by default the
+samples go through every class in turn."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 from torch import nn
 
 from ldmctl.conditioning import CondOutput, Conditioner, LatentSpec
-from ldmctl.errors import DataError
+from ldmctl.errors import DataError, InputError
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,22 @@ class _ClassEmbedding(Conditioner):
             raise DataError(f"{self.name}: label {int(labels[bad][0])} is outside 0..{self.config.num_classes - 1}",
                             hint="an unlabelled data set (label -1) cannot train a class-conditional model")
         return labels
+
+    def parse_input(self, text: str) -> int:
+        try:
+            label = int(text.strip())
+        except ValueError:
+            raise InputError(f"{text!r} is not a class index", hint=f"give {self.describe_input()}") from None
+        if not 0 <= label < self.config.num_classes:
+            raise InputError(f"class {label} is outside 0..{self.config.num_classes - 1}",
+                             hint=f"this model has {self.config.num_classes} classes")
+        return label
+
+    def default_inputs(self, n: int) -> list[int]:
+        return list(range(self.config.num_classes))
+
+    def describe_input(self) -> str:
+        return f"a class index 0..{self.config.num_classes - 1}"
 
     def _null_labels(self, batch_size: int) -> torch.Tensor:
         return torch.full((batch_size,), self.config.num_classes, device=self.embedding.weight.device)

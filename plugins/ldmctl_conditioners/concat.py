@@ -11,7 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from ldmctl.conditioning import CondOutput, Conditioner, LatentSpec
-from ldmctl.errors import DataError
+from ldmctl.data import load_image, pil_to_tensor
+from ldmctl.errors import DataError, InputError
+
+
+def read_image(path: str, channels: int, who: str) -> torch.Tensor:
+    """An image file as a (channels, H, W) tensor in [-1, 1]: RGB for 3 channels, grey for 1."""
+    if channels not in (1, 3):
+        raise InputError(f"{who} with {channels} channels cannot read an image file",
+                         hint="only 1- and 3-channel conditions can be given as images")
+    x = pil_to_tensor(load_image(path))  # (3, H, W); DataError names a missing or unreadable file
+    return x.mean(0, keepdim=True) if channels == 1 else x
 
 
 class ImageConcat(Conditioner):
@@ -19,6 +29,7 @@ class ImageConcat(Conditioner):
 
     The target grid is ``batch["latent_hw"]`` when given (sampling at another size), else the
     training latent size. Resizing is bilinear with antialiasing; the null condition is zeros.
+    At sample time the input is the path of an image file (``--input cond_image=lr.png``).
     """
 
     name = "image-concat"
@@ -36,6 +47,13 @@ class ImageConcat(Conditioner):
     @property
     def out_dim(self) -> int:
         return self.config.channels
+
+    def parse_input(self, text: str) -> torch.Tensor:
+        """An image file -> (C, H, W) in [-1, 1] (RGB for 3 channels, grey for 1)."""
+        return read_image(text, self.config.channels, self.name)
+
+    def describe_input(self) -> str:
+        return "the path of an image file"
 
     def _hw(self, batch: Mapping[str, Any]) -> tuple[int, int]:
         hw = batch.get("latent_hw")
@@ -64,6 +82,8 @@ class LatentConcat(Conditioner):
     (``LatentDiffusion.derived_inputs``). Joined to z_t on the channel axis, it hands the UNet the
     upscaled input already in latent coordinates, so super-resolution only has to learn the
     difference (a latent-space analogue of predicting the residual over bicubic). Null: zeros.
+    It has no sample-time input of its own: the model derives it from ``cond_image``, so at sample
+    time this conditioner reads that image (``--input cond_image=PATH``) when no other does.
     """
 
     name = "latent-concat"
@@ -78,6 +98,13 @@ class LatentConcat(Conditioner):
     @property
     def out_dim(self) -> int:
         return self.latent.channels
+
+    def parse_input(self, text: str) -> torch.Tensor:
+        """The low-res image file the model derives this latent from -> (3, H, W) in [-1, 1]."""
+        return read_image(text, 3, self.name)
+
+    def describe_input(self) -> str:
+        return "the path of the low-res image (the model derives the latent from it)"
 
     def forward(self, batch: Mapping[str, Any]) -> CondOutput:
         z = batch.get(self.input_key)

@@ -3,7 +3,8 @@ text added to the timestep embedding) and ``tokens`` (token-concat: text tokens 
 tokens for joint self-attention, with a modality-type embedding and a learned separator).
 
 All read ``batch["caption"]`` (a list of strings) through a :class:`~ldmctl.text.TextEncoder`;
-the null condition is the encoding of the empty prompt, as in LDM.
+the null condition is the encoding of the empty prompt, as in LDM. At sample time the input is a
+prompt (``--prompt "..."``, i.e. ``--input caption=...``), required: there is no default prompt.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class _Text(Conditioner):
     def encode(self, prompts: list[str]) -> CondOutput:
         h, mask = self.text(prompts)
         return CondOutput(h, mask)
+
+    def describe_input(self) -> str:
+        return "a prompt (--prompt \"...\")"
 
     def forward(self, batch: Mapping[str, Any]) -> CondOutput:
         return self.encode(self._prompts(batch))

@@ -36,9 +36,10 @@ def test_compare_samplers_end_to_end(tiny, tmp_path):
     out = tmp_path / "report"
     r = CliRunner().invoke(app, ["compare", "samplers", str(tiny / "ldm" / "ldm.safetensors"), "--samplers",
                                  "ddim,dpmpp", "--steps", "1,2", "--reference", "ddim-2", *_judge_args(tiny),
-                                 "--out", str(out)])
+                                 "--out-dir", str(out), "--json", str(tmp_path / "r.json")])
     assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
+    assert json.loads((tmp_path / "r.json").read_text()) == results and str(tmp_path / "r.json") in r.stdout
     assert results["metrics"] == ["fd-cls", "acc"] and results["guidance"] == 3.0  # auto, class-conditional
     assert len(results["settings"]) == 4 and set(results["match"]["steps"]) == {"ddim", "dpmpp"}
     assert all(s["seconds_per_image"] > 0 for s in results["settings"])
@@ -56,10 +57,10 @@ def test_compare_train_end_to_end(tiny, tmp_path):
     r = CliRunner().invoke(app, ["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors"),
                                  "--config", str(tmp_path / "a.toml"), "--config", str(tmp_path / "b.toml"),
                                  "--max-steps", "2", "--eval-every", "1", "--sample-steps", "1", *_judge_args(tiny),
-                                 "--out", str(out)])
+                                 "--metrics", "fd-cls", "--metrics", "acc", "--out-dir", str(out)])
     assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
-    assert [v["name"] for v in results["variants"]] == ["a", "b"]
+    assert [v["name"] for v in results["variants"]] == ["a", "b"] and results["metrics"] == ["fd-cls", "acc"]
     for v in results["variants"]:
         assert [p["step"] for p in v["points"]] == [1, 2] and (out / v["name"] / "ldm.safetensors").is_file()
         assert v["points"][0]["train_seconds"] <= v["points"][1]["train_seconds"]
@@ -67,23 +68,46 @@ def test_compare_train_end_to_end(tiny, tmp_path):
         assert (out / png).is_file(), png
     report = (out / "report.md").read_text()
     assert "--config" in report.splitlines()[3] and "| a | 2 |" in report
+    assert "--metrics fd-cls --metrics acc" in report.splitlines()[3]
 
 
 @pytest.mark.parametrize("args,match", [
     (["--samplers", "ddim,euler"], "unknown sampler 'euler'"),
-    (["--metric", "fd-cls,inception-score"], "unknown ['inception-score']"),
-    (["--metric", "fd-cls", "--classifier", None], "--classifier"),
+    (["--metrics", "fd-cls,inception-score"], "unknown ['inception-score']"),
+    (["--metric", "fd-cls", "--classifier", None], "--classifier"),  # the old spelling still works
     (["--steps", "10,x"], "comma-separated whole numbers"),
     (["--reference", "ddim"], "SAMPLER-STEPS"),
+    (["--input", "caption=a cat"], "no conditioner of this model reads 'caption'; it reads: label (class:"),
+    (["--input", "label=7"], "the class conditioner cannot read --input label='7': class 7 is outside 0..3"),
 ])
 def test_compare_samplers_user_errors(tiny, tmp_path, capsys, args, match):
     base = dict(zip(_judge_args(tiny)[::2], _judge_args(tiny)[1::2], strict=True))
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     argv = [x for k, v in base.items() if v is not None for x in (k, v)]
     with pytest.raises(SystemExit) as exc:
-        main(["compare", "samplers", str(tiny / "ldm" / "ldm.safetensors"), *argv, "--out", str(tmp_path / "o")])
+        main(["compare", "samplers", str(tiny / "ldm" / "ldm.safetensors"), *argv, "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "error:" in err and match in err and "Traceback" not in err
+
+
+def test_compare_samplers_feeds_input_to_every_setting(tiny, tmp_path):
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["compare", "samplers", str(tiny / "ldm" / "ldm.safetensors"), "--samplers", "ddim",
+                                 "--steps", "1", "--reference", "ddim-1", *_judge_args(tiny), "--input", "label=1",
+                                 "--out-dir", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "results.json").read_text())["settings"][0]["per_class"]
+    assert [(row["class"], row["n"]) for row in rows] == [("square", 4)]  # every sample drawn for class 1
+
+
+def test_compare_train_refuses_an_input_its_variants_do_not_read(tiny, tmp_path, capsys):
+    (tmp_path / "a.toml").write_text(CLASS_TOML)
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors"), "--config",
+              str(tmp_path / "a.toml"), *_judge_args(tiny), "--input", "palette=warm", "--out-dir", str(tmp_path / "o")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert exc.value.code == 1 and "no conditioner of this model reads 'palette'; it reads: label (class)" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()  # refused before anything is written
 
 
 def test_compare_train_refuses_variants_with_one_name(tiny, tmp_path, capsys):
@@ -92,7 +116,7 @@ def test_compare_train_refuses_variants_with_one_name(tiny, tmp_path, capsys):
         (folder / "same.toml").write_text(CLASS_TOML)
     with pytest.raises(SystemExit) as exc:
         main(["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors"), "--config",
-              str(tmp_path / "same.toml"), "--config", str(tmp_path / "x" / "same.toml"), "--out", str(tmp_path / "o")])
+              str(tmp_path / "same.toml"), "--config", str(tmp_path / "x" / "same.toml"), "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "names repeat" in err and "Traceback" not in err
 
@@ -107,7 +131,7 @@ def test_compare_train_conditioners_with_the_shapes_checker(tiny, tmp_path):
     r = CliRunner().invoke(app, ["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors"),
                                  "--config", str(tmp_path / "t-crossattn.toml"),
                                  "--max-steps", "1", "--set", "cache_latents=false", "--n", "4", "--sample-steps", "1",
-                                 "--bootstrap", "3", "--out", str(out)])
+                                 "--bootstrap", "3", "--out-dir", str(out)])
     assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"] == ["shapes"]  # auto for text-conditional variants
@@ -121,6 +145,6 @@ def test_compare_train_refuses_an_out_folder_that_holds_a_run(tiny, tmp_path, ca
     (tmp_path / "o" / "a" / "config.json").write_text("{}")
     with pytest.raises(SystemExit) as exc:
         main(["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors"), "--config",
-              str(tmp_path / "a.toml"), *_judge_args(tiny), "--out", str(tmp_path / "o")])
+              str(tmp_path / "a.toml"), *_judge_args(tiny), "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "already holds a run" in err and "Traceback" not in err

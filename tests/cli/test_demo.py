@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from PIL import Image
 
 from ldmctl.cli import demo, main
@@ -28,7 +30,7 @@ def test_demo_end_to_end_on_tiny_recipes(tmp_path, monkeypatch, capsys):
         '[train]\nbatch_size = 2\nmax_steps = 2\nsample_every = 100\nsave_every = 2\n')
     monkeypatch.setattr(demo, "RECIPES", recipes)
     try:
-        main(["demo", "--out", str(tmp_path / "run"), "--samples-per-prompt", "2"])
+        main(["demo", "--out-dir", str(tmp_path / "run"), "--samples-per-prompt", "2", "--json", str(tmp_path / "d.json")])
     except SystemExit as exc:
         assert exc.code == 0
     out = capsys.readouterr()
@@ -37,3 +39,6 @@ def test_demo_end_to_end_on_tiny_recipes(tmp_path, monkeypatch, capsys):
     assert "match their prompt" in out.err
     w, h = Image.open(grid).size
     assert w > 2 * 16 and h > 4 * 16  # 2 samples per prompt, 4 prompt rows
+    figures = json.loads((tmp_path / "d.json").read_text())
+    assert figures["grid"] == str(grid) and figures["samples"] == 8 and figures["seconds"] > 0
+    assert 0.0 <= figures["sample_match"] <= 1.0 and 0.0 <= figures["reconstruction_match"] <= 1.0

@@ -76,6 +76,36 @@ def test_class_conditional_checkpoint(class_ldm, classifier, tmp_path, isolated_
     assert len(list((tmp_path / "samples").glob("*.png"))) == 8
 
 
+def test_checkpoint_samples_fed_with_input(class_ldm, classifier, tmp_path, isolated_torch_hub):
+    """--input feeds the conditioners as in `ldmctl sample`: every sample is drawn for class 2."""
+    out = tmp_path / "report.json"
+    r = CliRunner().invoke(app, ["eval", str(class_ldm), "--ref", "builtin:synthetic", "--ref-limit", "8",
+                                 "--classifier", str(classifier), "--n", "3", "--steps", "1", "--input", "label=2",
+                                 "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert report["inputs"] == {"label": ["2"]}
+    assert [(row["class"], row["n"]) for row in report["per_class"]] == [("triangle", 3)]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--input", "caption=a cat"], "no conditioner of this model reads 'caption'; it reads: label (class: a class index 0..3)"),
+    (["--input", "label=9"], "the class conditioner cannot read --input label='9': class 9 is outside 0..3"),
+    (["--input", "label"], "write KEY=VALUE"),
+])
+def test_checkpoint_input_errors(class_ldm, tmp_path, capsys, args, match):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(class_ldm), "--ref", "builtin:synthetic", "--metrics", "fd-cls", *args])
+    err = " ".join(capsys.readouterr().err.split())
+    assert exc.value.code == 1 and "error:" in err and match in err and "Traceback" not in err
+
+
+def test_input_is_refused_for_a_folder(images, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(images), "--ref", "builtin:synthetic", "--input", "label=1"])
+    assert exc.value.code == 1 and "a folder of images has none to feed" in capsys.readouterr().err
+
+
 def test_clip_score_of_captioned_images(tiny_clip_folder, tmp_path, isolated_torch_hub):
     folder = _write_images(tmp_path / "cap", ["."], 2)
     for png in folder.glob("*.png"):
@@ -97,11 +127,11 @@ def test_text_conditional_checkpoint_samples_the_reference_captions(tiny_clip_fo
                    f'depth = 1\nheads = 2\nvocab = "{vocab}"\n')
     runner = CliRunner()
     r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:shapes", "--perceptual", "none",
-                            "--max-steps", "1", "--out", str(tmp_path / "ae")])
+                            "--max-steps", "1", "--out-dir", str(tmp_path / "ae")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
                             "--data", "builtin:shapes", "--config", str(cfg), "--max-steps", "1",
-                            "--set", "cache_latents=false", "--out", str(tmp_path / "ldm")])
+                            "--set", "cache_latents=false", "--out-dir", str(tmp_path / "ldm")])
     assert r.exit_code == 0, r.output
     out = tmp_path / "r.json"
     r = runner.invoke(app, ["eval", str(tmp_path / "ldm" / "ldm.safetensors"), "--ref", "builtin:shapes",
@@ -152,12 +182,16 @@ def test_source_must_exist(tmp_path, capsys):
 def test_train_classifier_reports_held_out_accuracy(tmp_path):
     data = _write_images(tmp_path / "data", ["cats", "dogs"], 5)
     out = tmp_path / "cls.safetensors"
-    r = CliRunner().invoke(app, ["train-classifier", "--data", str(data), "--out", str(out), "--steps", "2",
-                                 "--batch-size", "4", "--size", "16", "--width", "8", "--feature-dim", "8"])
+    r = CliRunner().invoke(app, ["train-classifier", "--data", str(data), "--out-file", str(out), "--steps", "2",
+                                 "--batch-size", "4", "--size", "16", "--width", "8", "--feature-dim", "8",
+                                 "--json", str(tmp_path / "cls.json")])
     assert r.exit_code == 0, r.output
     assert "held-out accuracy" in r.output and "every 10th image" in r.output
     model = load_classifier(out)
     assert model.config.num_classes == 2 and model.config.size == 16
+    report = json.loads((tmp_path / "cls.json").read_text())
+    assert report["checkpoint"] == str(out) and report["class_names"] == ["cats", "dogs"]
+    assert 0.0 <= report["holdout_accuracy"] <= 1.0 and report["holdout_images"] >= 1
 
 
 def test_train_classifier_user_errors(tmp_path, capsys):
@@ -166,7 +200,7 @@ def test_train_classifier_user_errors(tmp_path, capsys):
     for args, match in ([["--data", str(other / "cars")], "classes"],
                         [["--data", str(data), "--holdout", str(other)], "held-out set"]):
         with pytest.raises(SystemExit) as exc:
-            main(["train-classifier", *args, "--out", str(tmp_path / "c.safetensors"), "--steps", "1"])
+            main(["train-classifier", *args, "-o", str(tmp_path / "c.safetensors"), "--steps", "1"])
         assert exc.value.code == 1
         err = capsys.readouterr().err
         assert "error:" in err and match in err and "Traceback" not in err

@@ -19,7 +19,7 @@ TINY = ["--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none
 def trained(tmp_path_factory):
     """One tiny run shared by the tests that only read its outputs."""
     out = tmp_path_factory.mktemp("run") / "ae"
-    result = CliRunner().invoke(app, ["train-ae", *TINY, "--max-steps", "4", "--out", str(out),
+    result = CliRunner().invoke(app, ["train-ae", *TINY, "--max-steps", "4", "--out-dir", str(out),
                                       "--sample-every", "2", "--save-every", "2"])
     assert result.exit_code == 0, result.output
     return out
@@ -45,7 +45,7 @@ def test_reconstruct_any_size(trained, tmp_path):
     gray = tmp_path / "gray.jpg"
     Image.new("L", (24, 24), 128).save(gray)
     result = CliRunner().invoke(app, ["reconstruct", str(trained / "ae.safetensors"), str(img_path),
-                                      str(gray), "--out", str(tmp_path / "rec")])
+                                      str(gray), "--out-dir", str(tmp_path / "rec")])
     assert result.exit_code == 0, result.output
     out = Image.open(tmp_path / "rec" / "odd.png")
     assert out.size == (19, 13) and out.mode == "RGB"
@@ -58,13 +58,19 @@ def test_reconstruct_large_image_in_tiles(trained, tmp_path, capsys):
     Image.fromarray(arr).save(img_path)
     ckpt = str(trained / "ae.safetensors")
     for tile in ("16", "0"):  # tiled (2 x 3 tiles of 16 px) and whole
-        result = CliRunner().invoke(app, ["reconstruct", ckpt, str(img_path), "--tile", tile, "--overlap", "4",
-                                          "--out", str(tmp_path / f"rec{tile}")])
+        result = CliRunner().invoke(app, ["reconstruct", ckpt, str(img_path), "--tile-px", tile, "--overlap-px", "4",
+                                          "--out-dir", str(tmp_path / f"rec{tile}")])
         assert result.exit_code == 0, result.output
         assert Image.open(tmp_path / f"rec{tile}" / "wide.png").size == (41, 30)
-    code, err = _run_main(["reconstruct", ckpt, str(img_path), "--tile", "10", "--out", str(tmp_path / "bad")],
+    # the old spellings (--tile / --overlap / --out, in pixels too) give the same file
+    result = CliRunner().invoke(app, ["reconstruct", ckpt, str(img_path), "--tile", "16", "--overlap", "4",
+                                      "--out", str(tmp_path / "old")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "old" / "wide.png").read_bytes() == (tmp_path / "rec16" / "wide.png").read_bytes()
+    assert (tmp_path / "rec16" / "wide.png").read_bytes() != (tmp_path / "rec0" / "wide.png").read_bytes()
+    code, err = _run_main(["reconstruct", ckpt, str(img_path), "--tile-px", "10", "--out-dir", str(tmp_path / "bad")],
                           capsys)
-    assert code == 1 and "--tile 10" in err and "Traceback" not in err
+    assert code == 1 and "--tile-px 10" in err and "multiple of f=" in err and "Traceback" not in err
 
 
 def test_eval_ae_table_and_json(trained, tmp_path):
@@ -83,12 +89,32 @@ def test_eval_ae_table_and_json(trained, tmp_path):
     assert "mean" in result.output
 
 
+def test_eval_ae_metrics_are_chosen_comma_separated_or_repeated(trained, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray((torch.rand(20, 20, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+                    .numpy()).save(folder / "0.png")
+    base = ["eval-ae", str(trained / "ae.safetensors"), "--data", str(folder), "--size", "16"]
+    reports = []
+    for metrics in (["--metrics", "psnr,ssim"], ["--metrics", "psnr", "--metrics", "ssim"], ["--metrics", "psnr"]):
+        out = tmp_path / f"r{len(reports)}.json"
+        result = CliRunner().invoke(app, [*base, *metrics, "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(out.read_text()))
+    assert reports[0]["metrics"] == reports[1]["metrics"] == ["psnr", "ssim"]
+    assert set(reports[0]["mean"]) == {"model_psnr", "model_ssim", "bicubic_psnr", "bicubic_ssim"}
+    assert reports[0]["mean"] == reports[1]["mean"]
+    assert set(reports[2]["mean"]) == {"model_psnr", "bicubic_psnr"} and "model_ssim" not in reports[2]["rows"][0]
+    code, err = _run_main([*base, "--metrics", "psnr,fid"], capsys)
+    assert code == 1 and "unknown ['fid']" in err and "lpips" in err and "Traceback" not in err
+
+
 def test_resume_continues_to_new_max_steps(trained, tmp_path):
     import shutil
 
     out = tmp_path / "copy"
     shutil.copytree(trained, out)
-    result = CliRunner().invoke(app, ["train-ae", *TINY, "--max-steps", "6", "--out", str(out), "--resume"])
+    result = CliRunner().invoke(app, ["train-ae", *TINY, "--max-steps", "6", "--out-dir", str(out), "--resume"])
     assert result.exit_code == 0, result.output
     assert read_checkpoint(out / "ae.safetensors").extra["step"] == 6
 
@@ -101,24 +127,24 @@ def _run_main(argv, capsys):
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
-    code, err = _run_main(["train-ae", *TINY, "--data", str(tmp_path / "nowhere"), "--out",
+    code, err = _run_main(["train-ae", *TINY, "--data", str(tmp_path / "nowhere"), "--out-dir",
                            str(tmp_path / "o")], capsys)
     assert code == 1 and "error:" in err and "Traceback" not in err
     code, err = _run_main(["reconstruct", str(tmp_path / "missing.safetensors"), "x.png"], capsys)
     assert code == 1 and "does not exist" in err and "Traceback" not in err
-    code, err = _run_main(["train-ae", "--preset", "nope", "--out", str(tmp_path / "o2")], capsys)
-    assert code == 1 and "unknown preset" in err
-    code, err = _run_main(["train-ae", *TINY, "--f", "3", "--out", str(tmp_path / "o3")], capsys)
+    code, err = _run_main(["train-ae", "--preset", "nope", "--out-dir", str(tmp_path / "o2")], capsys)
+    assert code == 2 and "'nope'" in err and "'tiny'" in err and "'base'" in err and "Traceback" not in err
+    code, err = _run_main(["train-ae", *TINY, "--f", "3", "--out-dir", str(tmp_path / "o3")], capsys)
     assert code == 1 and "--f 3" in err
 
 
 def test_existing_run_needs_resume(trained, capsys):
-    code, err = _run_main(["train-ae", *TINY, "--out", str(trained)], capsys)
+    code, err = _run_main(["train-ae", *TINY, "--out-dir", str(trained)], capsys)
     assert code == 1 and "already holds a run" in err and "--resume" in err
 
 
 def test_missing_lpips_weights_stop_at_once(tmp_path, capsys, isolated_torch_hub):
-    argv = ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--out", str(tmp_path / "o")]
+    argv = ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--out-dir", str(tmp_path / "o")]
     code, err = _run_main(argv, capsys)
     assert code == 1 and "LPIPS" in err and "--perceptual none" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
@@ -135,7 +161,7 @@ def test_wrong_kind_of_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("extra", [["--kind", "vq"], ["--f", "8"]])
 def test_train_ae_variants(tmp_path, extra):
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train-ae", *TINY, *extra, "--max-steps", "2", "--out", str(out)])
+    result = CliRunner().invoke(app, ["train-ae", *TINY, *extra, "--max-steps", "2", "--out-dir", str(out)])
     assert result.exit_code == 0, result.output
     ae = load_autoencoder(out / "ae.safetensors")
     if "--f" in extra:
@@ -153,7 +179,7 @@ def test_bad_image_in_folder_is_skipped_and_counted(tmp_path):
     (folder / "fake.jpg").write_text("not an image")
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train-ae", "--preset", "tiny", "--perceptual", "none", "--data",
-                                      str(folder), "--max-steps", "2", "--out", str(out)])
+                                      str(folder), "--max-steps", "2", "--out-dir", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["skipped_files"]) == 2
@@ -162,7 +188,7 @@ def test_bad_image_in_folder_is_skipped_and_counted(tmp_path):
 def test_resume_uses_the_stored_perceptual_setting(tmp_path, isolated_torch_hub):
     """A run trained with --perceptual none resumes without repeating the flag, even where the
     LPIPS weights are absent (the stored config is read before the LPIPS network would be built)."""
-    args = ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--out", str(tmp_path / "run")]
+    args = ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--out-dir", str(tmp_path / "run")]
     r = CliRunner().invoke(app, [*args, "--perceptual", "none", "--max-steps", "2", "--save-every", "2"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, [*args, "--max-steps", "4", "--resume"])

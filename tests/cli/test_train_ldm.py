@@ -15,11 +15,11 @@ def ldm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ldm")
     runner = CliRunner()
     r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
-                            "--max-steps", "2", "--out", str(root / "ae")])
+                            "--max-steps", "2", "--out-dir", str(root / "ae")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(root / "ae" / "ae.safetensors"),
                             "--data", "builtin:synthetic", "--max-steps", "4", "--sample-every", "2",
-                            "--prediction", "v", "--out", str(root / "ldm")])
+                            "--prediction", "v", "--out-dir", str(root / "ldm")])
     assert r.exit_code == 0, r.output
     return root
 
@@ -33,9 +33,9 @@ def test_train_ldm_writes_checkpoint_and_grids(ldm_run):
 def test_sample_every_sampler_is_seeded(ldm_run, tmp_path, sampler):
     ckpt = str(ldm_run / "ldm" / "ldm.safetensors")
     args = ["sample", ckpt, "--n", "3", "--steps", "3", "--sampler", sampler, "--seed", "7"]
-    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a.png"), "--save-tensor", str(tmp_path / "a.pt")])
+    r = CliRunner().invoke(app, [*args, "--out-file", str(tmp_path / "a.png"), "--save-tensor", str(tmp_path / "a.pt")])
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b.png"), "--out-dir", str(tmp_path / "each"),
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b.png"), "--out-dir", str(tmp_path / "each"),
                                  "--save-tensor", str(tmp_path / "b.pt")])
     assert r.exit_code == 0, r.output
     a = torch.load(tmp_path / "a.pt", weights_only=True)
@@ -45,10 +45,9 @@ def test_sample_every_sampler_is_seeded(ldm_run, tmp_path, sampler):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--sampler", "euler"], "unknown sampler"),
     (["--steps", "0"], "must be positive"),
     (["--eta", "nan"], "eta"),
-    (["--out", "/nonexistent/dir/x.png"], "does not exist"),
+    (["--out-file", "/nonexistent/dir/x.png"], "does not exist"),
 ])
 def test_sample_user_errors(ldm_run, capsys, args, match):
     with pytest.raises(SystemExit) as exc:
@@ -56,6 +55,16 @@ def test_sample_user_errors(ldm_run, capsys, args, match):
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "error:" in err and match in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("option,bad,choice", [("--sampler", "euler", "'dpmpp'"), ("--weights", "both", "'raw'")])
+def test_sample_refuses_a_value_off_the_list_naming_the_choices(ldm_run, capsys, option, bad, choice):
+    """A value that is not one of the listed choices is a usage error (exit 2) naming them."""
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", str(ldm_run / "ldm" / "ldm.safetensors"), "--n", "1", "--steps", "2", option, bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and f"'{bad}'" in err and choice in err and "Traceback" not in err
 
 
 def test_sample_rejects_an_autoencoder_checkpoint(ldm_run, capsys):
@@ -69,7 +78,7 @@ def test_train_ae_config_file_data_source_is_not_overridden(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[data]\nsource = "builtin:synthetic"\nsize = 16\n')
     r = CliRunner().invoke(app, ["train-ae", "--preset", "tiny", "--config", str(cfg), "--perceptual", "none",
-                                 "--max-steps", "1", "--out", str(tmp_path / "ae")])
+                                 "--max-steps", "1", "--out-dir", str(tmp_path / "ae")])
     assert r.exit_code == 0, r.output
     assert '"source": "builtin:synthetic"' in (tmp_path / "ae" / "config.json").read_text()
 
@@ -77,11 +86,11 @@ def test_train_ae_config_file_data_source_is_not_overridden(tmp_path):
 def test_class_conditional_train_and_sample_with_guidance(tmp_path, monkeypatch, capsys):
     runner = CliRunner()
     r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
-                            "--max-steps", "1", "--out", str(tmp_path / "ae")])
+                            "--max-steps", "1", "--out-dir", str(tmp_path / "ae")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
                             "--data", "builtin:synthetic", "--max-steps", "2", "--cond", "class",
-                            "--out", str(tmp_path / "ldm")])
+                            "--out-dir", str(tmp_path / "ldm")])
     assert r.exit_code == 0, r.output
     ckpt = tmp_path / "ldm" / "ldm.safetensors"
     from ldmctl.checkpoint import read_checkpoint
@@ -91,7 +100,7 @@ def test_class_conditional_train_and_sample_with_guidance(tmp_path, monkeypatch,
     assert meta["ldm"]["unet"]["add_dim"] > 0 and meta["ldm"]["conditioners"][0]["options"]["num_classes"] >= 2
     for extra in (["--label", "1", "--guidance", "2"], []):
         r = runner.invoke(app, ["sample", str(ckpt), "--n", "2", "--steps", "2", *extra,
-                                "--out", str(tmp_path / "s.png"), "--save-tensor", str(tmp_path / "s.pt")])
+                                "--out-file", str(tmp_path / "s.png"), "--save-tensor", str(tmp_path / "s.pt")])
         assert r.exit_code == 0, r.output
     # the same checkpoint where its plugin is not installed: a clear error naming the package
     from ldmctl.conditioning import registry
@@ -113,15 +122,15 @@ def test_text_conditional_on_shapes_with_prompt_and_negative_prompt(tmp_path):
                    f'heads = 2\nvocab = "{vocab}"\n')
     runner = CliRunner()
     r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:shapes", "--perceptual", "none",
-                            "--max-steps", "1", "--out", str(tmp_path / "ae")])
+                            "--max-steps", "1", "--out-dir", str(tmp_path / "ae")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
                             "--data", "builtin:shapes", "--config", str(cfg), "--max-steps", "2",
-                            "--set", "cache_latents=false", "--out", str(tmp_path / "ldm")])
+                            "--set", "cache_latents=false", "--out-dir", str(tmp_path / "ldm")])
     assert r.exit_code == 0, r.output
     ckpt = str(tmp_path / "ldm" / "ldm.safetensors")
     r = runner.invoke(app, ["sample", ckpt, "--n", "2", "--steps", "2", "--prompt", "a red circle",
-                            "--negative-prompt", "a blue square", "--guidance", "3", "--out", str(tmp_path / "p.png")])
+                            "--negative-prompt", "a blue square", "--guidance", "3", "--out-file", str(tmp_path / "p.png")])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["sample", ckpt, "--n", "1", "--steps", "2", "--out", str(tmp_path / "q.png")])
+    r = runner.invoke(app, ["sample", ckpt, "--n", "1", "--steps", "2", "--out-file", str(tmp_path / "q.png")])
     assert r.exit_code == 1 and "--prompt" in str(r.exception)

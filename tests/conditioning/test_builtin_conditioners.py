@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ldmctl import hookimpl
-from ldmctl.conditioning import Cond, Conditioner, LatentSpec
+from ldmctl.conditioning import Cond, Conditioner, LatentSpec, collate_items
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.conditioning.registry import check_conditioner_class, conditioners, make_plugin_manager
 from ldmctl.config import ConditionerSpec
-from ldmctl.errors import ConfigError, PluginError
+from ldmctl.errors import ConfigError, DataError, InputError, PluginError
 from ldmctl.testing import check_conditioner
 from ldmctl_conditioners import ClassAdd, ClassToken, ImageConcat, LatentConcat
 
@@ -37,14 +37,53 @@ def test_builtins_are_discovered_through_the_entry_point_group():
     assert found["class"].package == "ldmctl" and found["class"].cls is ClassAdd
 
 
-@pytest.mark.parametrize("cls,config,make", [
-    (ImageConcat, ImageConcat.Config(), images),
-    (LatentConcat, LatentConcat.Config(), latents),
-    (ClassAdd, ClassAdd.Config(num_classes=5, dim=16), labels),
-    (ClassToken, ClassToken.Config(num_classes=5, dim=16), labels),
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    """Two different 32 x 32 RGB images on disk: what `--input cond_image=PATH` reads."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("cond")
+    paths = []
+    for i, colour in enumerate([(200, 20, 20), (20, 20, 200)]):
+        Image.new("RGB", (32, 32), colour).save(root / f"{i}.png")
+        paths.append(str(root / f"{i}.png"))
+    return paths
+
+
+@pytest.mark.parametrize("cls,config,make,inputs,bad", [
+    (ImageConcat, ImageConcat.Config(), images, "files", "/nonexistent/x.png"),
+    (LatentConcat, LatentConcat.Config(), latents, None, "x.png"),
+    (ClassAdd, ClassAdd.Config(num_classes=5, dim=16), labels, ["0", "4", "2"], "5"),
+    (ClassToken, ClassToken.Config(num_classes=5, dim=16), labels, ["1", "3"], "cat"),
 ])
-def test_builtins_pass_the_contract_kit(cls, config, make):
-    check_conditioner(cls, config, make, LATENT)
+def test_builtins_pass_the_contract_kit(cls, config, make, inputs, bad, image_files):
+    check_conditioner(cls, config, make, LATENT, inputs=image_files if inputs == "files" else inputs, bad_input=bad)
+
+
+def test_builtin_sample_inputs(image_files):
+    c = ClassAdd(ClassAdd.Config(num_classes=3, dim=8), LATENT)
+    assert c.default_inputs(7) == [0, 1, 2] and c.describe_input() == "a class index 0..2"
+    assert torch.equal(c.collate_inputs([c.parse_input(t) for t in ["2", " 0 "]]), torch.tensor([2, 0]))
+    with pytest.raises(InputError, match="outside 0..2"):
+        c.parse_input("3")
+    with pytest.raises(InputError, match="not a class index"):
+        c.parse_input("two")
+    grey = ImageConcat(ImageConcat.Config(channels=1), LATENT)
+    x = grey.parse_input(image_files[0])
+    assert x.shape == (1, 32, 32) and -1 <= float(x.min()) <= float(x.max()) <= 1
+    with pytest.raises(DataError, match="nonexistent"):
+        grey.parse_input("/nonexistent/x.png")
+    # its own key is derived by the model: it reads the low-res image that key is made from
+    latent = LatentConcat(LatentConcat.Config(), LATENT)
+    assert latent.parse_input(image_files[1]).shape == (3, 32, 32) and "low-res image" in latent.describe_input()
+
+
+def test_default_collation_joins_items_by_kind():
+    assert collate_items(["a", "b"]) == ["a", "b"]
+    assert collate_items([1, 2]).dtype == torch.int64 and collate_items([1, 0.5]).dtype == torch.float32
+    assert collate_items([torch.zeros(3, 4, 4), torch.ones(3, 4, 4)]).shape == (2, 3, 4, 4)
+    with pytest.raises(InputError, match="different shapes"):
+        collate_items([torch.zeros(3, 4, 4), torch.zeros(3, 8, 8)])
 
 
 def test_a_misspelt_hook_is_caught():

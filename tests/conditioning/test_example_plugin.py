@@ -33,8 +33,10 @@ def installed(tmp_path_factory):
 def test_installed_plugin_is_discovered_with_its_package(installed):
     from ldmctl.conditioning.registry import conditioners
 
-    reg = conditioners()["colour"]
-    assert reg.package == "ldmctl-cond-example" and reg.version == "0.1.0"
+    found = conditioners()
+    for name in ("colour", "brightness"):
+        assert found[name].package == "ldmctl-cond-example" and found[name].version == "0.2.0"
+    assert found["brightness"].cls.input_key == "brightness"  # a key no built-in reads
 
 
 def test_example_plugin_passes_the_contract_kit(installed):
@@ -44,7 +46,22 @@ def test_example_plugin_passes_the_contract_kit(installed):
 
     captions = ["a red circle", "a blue square above a green triangle", "a yellow square"]
     check_conditioner(ColourWords, ColourWords.Config(dim=8),
-                      lambda b, seed: {"caption": [captions[(i + seed) % 3] for i in range(b)]})
+                      lambda b, seed: {"caption": [captions[(i + seed) % 3] for i in range(b)]}, inputs=captions)
+
+
+def test_example_brightness_passes_the_sample_time_contract(installed):
+    from ldmctl_cond_example import Brightness
+
+    from ldmctl.errors import InputError
+    from ldmctl.testing import check_conditioner
+
+    c = check_conditioner(Brightness, Brightness.Config(dim=8),
+                          lambda b, seed: {"brightness": (torch.arange(b) + seed) / (b + 1)},
+                          inputs=["0.1", "0.9", "0.5"], bad_input="2")
+    assert c.default_inputs(3) == [0.0, 0.5, 1.0]
+    assert torch.equal(c.collate_inputs([c.parse_input("0.25"), c.parse_input("1")]), torch.tensor([0.25, 1.0]))
+    with pytest.raises(InputError, match="not a number"):
+        c.parse_input("bright")
 
 
 def test_train_a_tiny_model_with_the_plugin(installed, tmp_path):
@@ -62,7 +79,7 @@ def test_train_a_tiny_model_with_the_plugin(installed, tmp_path):
                   train=replace(cfg.train, max_steps=3, sample_every=3, save_every=3))
     summary = train_ldm(cfg, ae, tmp_path / "run")
     meta = read_checkpoint(summary["checkpoint"]).config
-    assert meta["plugins"]["colour"] == {"package": "ldmctl-cond-example", "version": "0.1.0"}
+    assert meta["plugins"]["colour"] == {"package": "ldmctl-cond-example", "version": "0.2.0"}
     assert meta["ldm"]["unet"]["add_dim"] == 8
     model = load_ldm(summary["checkpoint"])
     assert model.cond({"caption": ["a red circle"]}).add.shape == (1, 8)

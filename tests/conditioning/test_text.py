@@ -33,7 +33,8 @@ def prompts(b: int, seed: int) -> dict:
 def test_text_conditioners_pass_the_contract_kit(cls, vocab):
     torch.manual_seed(0)
     cfg = cls.Config(width=16, depth=1, heads=2, vocab=vocab)
-    c = check_conditioner(cls, cfg, prompts, LATENT)
+    c = check_conditioner(cls, cfg, prompts, LATENT, inputs=PROMPTS)
+    assert c.default_inputs(3) is None and "prompt" in c.describe_input()  # a prompt is required at sample time
     null = c.null(2)
     assert not torch.allclose(null.value[:, :1], c(prompts(2, 0)).value[:, :1])
 

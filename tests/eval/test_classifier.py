@@ -15,10 +15,9 @@ from ldmctl.eval.classifier import (
     evaluate_accuracy,
     extract_features,
     load_classifier,
-    random_translate,
     save_classifier,
-    train_classifier,
 )
+from ldmctl.train.classifier import random_translate, train_classifier
 from ldmctl.train.loop import Callbacks
 
 TINY = ClassifierConfig(size=16, width=8, num_classes=2, feature_dim=16, dropout=0.0, norm_groups=4)

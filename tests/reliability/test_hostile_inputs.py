@@ -49,8 +49,8 @@ def models(tmp_path_factory) -> Models:
     root = tmp_path_factory.mktemp("models")
     ldm = ["train-ldm", "--preset", "tiny", "--ae", root / "ae" / "ae.safetensors", "--data", "builtin:synthetic",
            "--max-steps", "1", "--set", "model.unet.attention_levels=[]", "--set", "model.unet.mid_attention=false"]
-    for args in (["train-ae", *TINY_AE, "--out", root / "ae"], [*ldm, "--out", root / "ldm"],
-                 [*ldm, "--task", "superres", "--size", "32", "--out", root / "sr"]):
+    for args in (["train-ae", *TINY_AE, "--out-dir", root / "ae"], [*ldm, "--out-dir", root / "ldm"],
+                 [*ldm, "--task", "superres", "--size", "32", "--out-dir", root / "sr"]):
         result = CliRunner().invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, result.output
     return Models(root / "ae", root / "ae" / "ae.safetensors", root / "ldm" / "ldm.safetensors",
@@ -210,9 +210,9 @@ def test_image_given_to_reconstruct_works_or_fails_cleanly(kind, models, tmp_pat
     path, reason = _write_image(tmp_path / "in", kind)
     out = tmp_path / "an-output-folder-whose-name-alone-is-longer-than-the-80-columns-of-a-pipe"
     if reason is not None:
-        _fails_cleanly(capsys, ["reconstruct", models.ae, path, "--out", out], str(path), tmp_path)
+        _fails_cleanly(capsys, ["reconstruct", models.ae, path, "--out-dir", out], str(path), tmp_path)
         return
-    code, text = _run(capsys, "reconstruct", models.ae, path, "--out", out)
+    code, text = _run(capsys, "reconstruct", models.ae, path, "--out-dir", out)
     assert code == 0 and str(out / f"{kind}.png") in text.splitlines(), text  # a long path stays one line
     with Image.open(out / f"{kind}.png") as rec, Image.open(path) as src:
         assert rec.size == src.size and rec.mode == "RGB"
@@ -235,7 +235,7 @@ def test_data_set_with_nothing_usable_is_a_clear_error(command, models, tmp_path
     for kind in ("zero-byte", "text-named-png", "truncated-png"):
         _write_image(tmp_path / "data", kind)
     args, match = {
-        "train-ae": (["train-ae", *TINY_AE, "--size", "8", "--data", tmp_path / "data", "--out", tmp_path / "run"],
+        "train-ae": (["train-ae", *TINY_AE, "--size", "8", "--data", tmp_path / "data", "--out-dir", tmp_path / "run"],
                      "none of the images"),
         "eval-ae": (["eval-ae", models.ae, "--data", tmp_path / "data", "--size", "0", "--json", tmp_path / "r.json"],
                     "no image to evaluate"),
@@ -268,7 +268,7 @@ def _folder_with_metadata(root: Path, lines: list[bytes]) -> Path:
 def test_broken_metadata_is_a_clear_error(case, tmp_path, capsys):
     lines, match = BROKEN_METADATA[case]
     data = _folder_with_metadata(tmp_path / "data", lines)
-    _fails_cleanly(capsys, ["train-ae", *TINY_AE, "--size", "8", "--data", data, "--out", tmp_path / "run"],
+    _fails_cleanly(capsys, ["train-ae", *TINY_AE, "--size", "8", "--data", data, "--out-dir", tmp_path / "run"],
                    match, tmp_path)
 
 
@@ -378,15 +378,15 @@ def _checkpoint_args(command: str, ckpt: Path, models: Models, tmp: Path) -> lis
         run = shutil.copytree(models.ae_run, tmp / "out" / "run")
         for state in run.glob("checkpoints/*.state.pt"):
             shutil.copyfile(ckpt, state)
-        return ["train-ae", *TINY_AE, "--out", run, "--resume"]
+        return ["train-ae", *TINY_AE, "--out-dir", run, "--resume"]
     out = tmp / "out"
     out.mkdir()
     return {
-        "sample": ["sample", ckpt, "--n", "1", "--steps", "1", "--out", out / "s.png"],
+        "sample": ["sample", ckpt, "--n", "1", "--steps", "1", "--out-file", out / "s.png"],
         "superres": ["superres", image, "--model", ckpt, "--steps", "1", "-o", out / "s.png"],
-        "reconstruct": ["reconstruct", ckpt, image, "--out", out],
+        "reconstruct": ["reconstruct", ckpt, image, "--out-dir", out],
         "eval-ae": ["eval-ae", models.ae, "--data", image.parent, "--size", "0", "--lpips-weights", ckpt,
-                    "--out", out, "--json", out / "r.json"],
+                    "--out-dir", out, "--json", out / "r.json"],
     }[command]
 
 
@@ -434,14 +434,14 @@ def _values_args(command: str, models: Models, tmp: Path) -> list[object]:
     image = tmp / "a.png"
     Image.new("RGB", (16, 16), (30, 120, 200)).save(image)
     return {
-        "sample": ["sample", models.ldm, "--n", "1", "--steps", "1", "--out", tmp / "s.png"],
+        "sample": ["sample", models.ldm, "--n", "1", "--steps", "1", "--out-file", tmp / "s.png"],
         "superres": ["superres", image, "--model", models.sr, "--steps", "1", "-o", tmp / "s.png"],
         "eval-sr": ["eval-sr", "--model", models.sr, "--data", tmp, "--size", "16", "--steps", "1",
                     "--json", tmp / "r.json"],
         "eval-ae": ["eval-ae", models.ae, "--data", tmp, "--size", "16", "--json", tmp / "r.json"],
-        "train-ae": ["train-ae", *TINY_AE, "--out", tmp / "run"],
+        "train-ae": ["train-ae", *TINY_AE, "--out-dir", tmp / "run"],
         "train-ldm": ["train-ldm", "--preset", "tiny", "--ae", models.ae, "--data", "builtin:synthetic",
-                      "--max-steps", "1", "--out", tmp / "run"],
+                      "--max-steps", "1", "--out-dir", tmp / "run"],
     }[command]
 
 
@@ -485,33 +485,34 @@ def _output_args(option: str, target: Path, models: Models, tmp: Path) -> list[o
     Image.new("RGB", (16, 16), (30, 120, 200)).save(image)
     sample = ["sample", models.ldm, "--n", "1", "--steps", "1"]
     return {
-        "sample --out": [*sample, "--out", target],
-        "sample --out-dir": [*sample, "--out", tmp / "grid.png", "--out-dir", target],
-        "sample --save-tensor": [*sample, "--out", tmp / "grid.png", "--save-tensor", target],
+        "sample --out-file": [*sample, "--out-file", target],
+        "sample --out-dir": [*sample, "--out-file", tmp / "grid.png", "--out-dir", target],
+        "sample --save-tensor": [*sample, "--out-file", tmp / "grid.png", "--save-tensor", target],
         "superres -o": ["superres", image, "--model", models.sr, "--steps", "1", "-o", target],
-        "reconstruct --out": ["reconstruct", models.ae, image, "--out", target],
+        "superres --out-dir": ["superres", image, "--model", models.sr, "--steps", "1", "--out-dir", target],
+        "reconstruct --out-dir": ["reconstruct", models.ae, image, "--out-dir", target],
         "export": ["export", models.ldm, target],
         "eval-ae --json": ["eval-ae", models.ae, "--data", image.parent, "--size", "0", "--json", target],
-        "eval-ae --out": ["eval-ae", models.ae, "--data", image.parent, "--size", "0", "--out", target],
+        "eval-ae --out-dir": ["eval-ae", models.ae, "--data", image.parent, "--size", "0", "--out-dir", target],
     }[option]
 
 
 OUTPUTS = [  # (option, where the target is, message phrase)
-    ("sample --out", "read-only/x.png", "read-only"),
-    ("sample --out", "a-folder", "it is a folder"),
-    ("sample --out", "a-file/x.png", "is not a folder"),
+    ("sample --out-file", "read-only/x.png", "read-only"),
+    ("sample --out-file", "a-folder", "it is a folder"),
+    ("sample --out-file", "a-file/x.png", "is not a folder"),
     ("sample --out-dir", "read-only/each", "Permission denied"),
     ("sample --out-dir", "a-file", "cannot create output folder"),
     ("sample --save-tensor", "missing/x.pt", "does not exist"),
     ("sample --save-tensor", "read-only/x.pt", "read-only"),
     ("superres -o", "read-only/x.png", "read-only"),
-    ("superres -o", "read-only/sub", "Permission denied"),
-    ("reconstruct --out", "read-only/rec", "Permission denied"),
+    ("superres --out-dir", "read-only/sub", "Permission denied"),
+    ("reconstruct --out-dir", "read-only/rec", "Permission denied"),
     ("export", "read-only/x.safetensors", "read-only"),
     ("export", "missing/x.safetensors", "does not exist"),
     ("eval-ae --json", "missing/r.json", "does not exist"),
     ("eval-ae --json", "read-only/r.json", "read-only"),
-    ("eval-ae --out", "read-only/each", "Permission denied"),
+    ("eval-ae --out-dir", "read-only/each", "Permission denied"),
 ]
 
 

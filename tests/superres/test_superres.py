@@ -22,13 +22,13 @@ def sr_model(tmp_path_factory):
     runner = CliRunner()
     r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
                             "--max-steps", "1", "--set", "model.channel_mult=[1,2]", "--set", "model.mid_attention=false",
-                            "--out", str(root / "ae")])
+                            "--out-dir", str(root / "ae")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--task", "superres", "--ae",
                             str(root / "ae" / "ae.safetensors"), "--data", "builtin:synthetic", "--size", "32",
                             "--max-steps", "2", "--set", "model.unet.attention_levels=[]",
                             "--set", "model.unet.mid_attention=false", "--set", "superres.blur=1.0", "--set", "superres.jpeg=50",
-                            "--out", str(root / "ldm")])
+                            "--out-dir", str(root / "ldm")])
     assert r.exit_code == 0, r.output
     return root / "ldm" / "ldm.safetensors"
 
@@ -80,7 +80,7 @@ def test_folder_in_folder_out_and_seeds_reproduce(sr_model, tmp_path):
     for i in range(2):
         Image.fromarray(_photo(12, 16, i)).save(src / f"p{i}.png")
     for out in ("a", "b"):
-        r = CliRunner().invoke(app, ["superres", str(src), "-o", str(tmp_path / out), "--model", str(sr_model),
+        r = CliRunner().invoke(app, ["superres", str(src), "--out-dir", str(tmp_path / out), "--model", str(sr_model),
                                      "--steps", "2", "--seed", "3"])
         assert r.exit_code == 0, r.output
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
@@ -133,6 +133,11 @@ def test_eval_sr_reports_model_and_bicubic(sr_model, tmp_path):
      "need an output folder"),
     (lambda d: Image.new("RGBA", (8, 8)).save(d / "a.png"), ["a.png", "-o", "a.jpg"], "JPEG cannot store"),
     (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "--tile", "5"], "--tile"),
+    (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "--tile-px", "6"], "--tile-px 6"),
+    (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "--tile-px", "16", "--overlap-px", "3"],
+     "--overlap-px 3"),
+    (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "-o", "folder"], "--out-dir folder"),
+    (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "--tile", "8", "--tile-px", "16"], "old spellings"),
 ])
 def test_bad_inputs_are_clear_errors(sr_model, tmp_path, monkeypatch, capsys, setup, args, match):
     monkeypatch.chdir(tmp_path)
@@ -143,12 +148,30 @@ def test_bad_inputs_are_clear_errors(sr_model, tmp_path, monkeypatch, capsys, se
     assert exc.value.code == 1 and match in err and "Traceback" not in err, err
 
 
+def test_tiles_are_pixels_and_the_old_latent_cell_spellings_keep_their_meaning(sr_model, tmp_path):
+    """--tile-px / --overlap-px count pixels of the upscaled image; the old --tile / --overlap
+    counted latent cells (f = 2 px here) and still do; the old --out still takes a folder."""
+    Image.fromarray(_photo(12, 16, 1)).save(tmp_path / "in.png")
+    base = ["superres", str(tmp_path / "in.png"), "--model", str(sr_model), "--steps", "2"]
+    runs = {"px": ["--tile-px", "16", "--overlap-px", "8", "-o", str(tmp_path / "px.png")],
+            "cells": ["--tile", "8", "--overlap", "4", "--out", str(tmp_path / "cells.png")],
+            "whole": ["--tile-px", "64", "--overlap-px", "0", "--out-file", str(tmp_path / "whole.png")],
+            "folder": ["--tile", "8", "--overlap", "4", "--out", str(tmp_path / "folder")]}
+    for args in runs.values():
+        r = CliRunner().invoke(app, [*base, *args])
+        assert r.exit_code == 0, r.output
+    assert "--tile-px 16 --overlap-px 8" in r.stderr  # the notice names the new spelling
+    pixels = {k: np.asarray(Image.open(tmp_path / f"{k}.png")) for k in ("px", "cells", "whole")}
+    assert np.array_equal(pixels["px"], pixels["cells"]) and not np.array_equal(pixels["px"], pixels["whole"])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "folder" / "in_x4.png")), pixels["cells"])
+
+
 def test_a_non_superres_model_is_refused(tmp_path, capsys):
     runner = CliRunner()
     assert runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
-                               "--max-steps", "1", "--out", str(tmp_path / "ae")]).exit_code == 0
+                               "--max-steps", "1", "--out-dir", str(tmp_path / "ae")]).exit_code == 0
     assert runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
-                               "--data", "builtin:synthetic", "--max-steps", "1", "--out", str(tmp_path / "ldm")]).exit_code == 0
+                               "--data", "builtin:synthetic", "--max-steps", "1", "--out-dir", str(tmp_path / "ldm")]).exit_code == 0
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     with pytest.raises(SystemExit):
         main(["superres", str(tmp_path / "a.png"), "--model", str(tmp_path / "ldm" / "ldm.safetensors")])
@@ -165,7 +188,7 @@ def test_concat_latent_model_trains_and_upscales_in_tiles(sr_model, tmp_path):
     r = CliRunner().invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(ae), "--config", str(cfg),
                                  "--data", "builtin:synthetic", "--size", "32", "--max-steps", "2", "--sample-every", "2",
                                  "--set", "model.unet.attention_levels=[]", "--set", "model.unet.mid_attention=false",
-                                 "--out", str(tmp_path / "ldm")])
+                                 "--out-dir", str(tmp_path / "ldm")])
     assert r.exit_code == 0, r.output
     model = load_ldm(tmp_path / "ldm" / "ldm.safetensors")
     assert model.config.unet.concat_channels == 3 + model.latent_shape[0]
@@ -197,7 +220,7 @@ def residual_model(tmp_path_factory, sr_model):
                                  str(sr_model.parent.parent / "ae" / "ae.safetensors"), "--data", "builtin:synthetic",
                                  "--size", "32", "--max-steps", "2", "--prediction", "x0",
                                  "--set", "model.residual=true", "--set", "model.unet.attention_levels=[]",
-                                 "--set", "model.unet.mid_attention=false", "--out", str(root / "ldm")])
+                                 "--set", "model.unet.mid_attention=false", "--out-dir", str(root / "ldm")])
     assert r.exit_code == 0, r.output
     return load_ldm(root / "ldm" / "ldm.safetensors")
 
