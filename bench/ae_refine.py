@@ -67,8 +67,9 @@ def refine(ckpt: str, data: str, steps: int, lr: float, limit: int) -> None:
             opt.step()
         with torch.no_grad():
             after.append(psnr_8bit(ae.decode(z), x))
-        print(f"{name[-28:]:28s} {before[-1]:6.2f} -> {after[-1]:6.2f} dB  "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"{name[-28:]:28s} {before[-1]:6.2f} -> {after[-1]:6.2f} dB  ({time.perf_counter() - t0:.0f} s)", flush=True
+        )
     print(f"mean over {len(before)}: {sum(before) / len(before):.2f} -> {sum(after) / len(after):.2f} dB")
 
 

@@ -30,8 +30,10 @@ def windowed_attention(window: int) -> None:
     def forward(self: AttnBlock, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         n = self.norm(x)
-        q, k, v = (rearrange(conv(n), "b c (nh h) (nw w) -> (b nh nw) 1 (h w) c", h=window, w=window)
-                   .contiguous() for conv in (self.q, self.k, self.v))
+        q, k, v = (
+            rearrange(conv(n), "b c (nh h) (nw w) -> (b nh nw) 1 (h w) c", h=window, w=window).contiguous()
+            for conv in (self.q, self.k, self.v)
+        )
         out = F.scaled_dot_product_attention(q, k, v)
         out = rearrange(out, "(b nh nw) 1 (h w) c -> b c (nh h) (nw w)", b=b, nh=h // window, h=window)
         return x + self.proj_out(out)
@@ -50,8 +52,8 @@ def tiled_restorer(ae: torch.nn.Module, tile: int):
             out = torch.empty_like(x)
             for top in range(0, x.shape[-2], tile):
                 for left in range(0, x.shape[-1], tile):
-                    part = x[..., top:top + tile, left:left + tile]
-                    out[..., top:top + tile, left:left + tile] = reconstruct(ae, part)
+                    part = x[..., top : top + tile, left : left + tile]
+                    out[..., top : top + tile, left : left + tile] = reconstruct(ae, part)
             return (out + 1) / 2
 
     return restore

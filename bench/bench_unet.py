@@ -28,18 +28,18 @@ SHARED = Path(os.environ.get("BENCH_SHARED", HERE.parent.parent / "shared" / "be
 sys.path.insert(0, str(SHARED))
 sys.path.insert(0, str(HERE))
 
-import common
-import diffusers_baseline as db
-import torch
-from peer_factory import build as build_ldmctl
+import common  # noqa: E402 - found through the sys.path entries above
+import diffusers_baseline as db  # noqa: E402
+import torch  # noqa: E402
+from peer_factory import build as build_ldmctl  # noqa: E402
 
 
 def ldmctl_ddim_loop(model, name: str, steps: int, batch: int = 4, bf16: bool = False):
     """ldmctl's DDIM (same schedule and timesteps as the bench's DDIMScheduler) with CFG 7.5."""
     from ldmctl.conditioning import Cond
-    from ldmctl.schedule import Schedule
     from ldmctl.samplers import ddim
     from ldmctl.samplers.guidance import cfg_model_fn
+    from ldmctl.schedule import Schedule
 
     ss = db.CONFIGS[name]["sample_size"]
     schedule = Schedule.make("sqrt_linear", 1000, 0.00085, 0.012)
@@ -60,18 +60,31 @@ def ldmctl_ddim_loop(model, name: str, steps: int, batch: int = 4, bf16: bool = 
 def emit(out, rec):
     print(json.dumps(rec), file=out, flush=True)
     if rec.get("kind") == "row":
-        print(f"{rec['model']:<10} {rec['case']:<22} b{rec['batch']:<3} {rec['precision']:<5} "
-              f"ldmctl {rec['ldmctl_ms']:9.1f} ms  diffusers {rec['diffusers_ms']:9.1f} ms  "
-              f"ratio {rec['ratio']:.2f}", file=sys.stderr, flush=True)
+        print(
+            f"{rec['model']:<10} {rec['case']:<22} b{rec['batch']:<3} {rec['precision']:<5} "
+            f"ldmctl {rec['ldmctl_ms']:9.1f} ms  diffusers {rec['diffusers_ms']:9.1f} ms  "
+            f"ratio {rec['ratio']:.2f}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def timed_pair(out, fns: dict, reps: int, meta: dict, warmup: int = 1):
     times = common.time_calls(fns, reps=reps, warmup=warmup)
     med = {k: statistics.median(v) for k, v in times.items()}
-    emit(out, {"kind": "row", **meta, "ldmctl_ms": med["ldmctl"] * 1e3, "diffusers_ms": med["diffusers"] * 1e3,
-               "ratio": med["ldmctl"] / med["diffusers"], "n": len(times["ldmctl"]),
-               "ldmctl_p25_p75_ms": [common.summarize(times["ldmctl"])[k] * 1e3 for k in ("p25_s", "p75_s")],
-               "diffusers_p25_p75_ms": [common.summarize(times["diffusers"])[k] * 1e3 for k in ("p25_s", "p75_s")]})
+    emit(
+        out,
+        {
+            "kind": "row",
+            **meta,
+            "ldmctl_ms": med["ldmctl"] * 1e3,
+            "diffusers_ms": med["diffusers"] * 1e3,
+            "ratio": med["ldmctl"] / med["diffusers"],
+            "n": len(times["ldmctl"]),
+            "ldmctl_p25_p75_ms": [common.summarize(times["ldmctl"])[k] * 1e3 for k in ("p25_s", "p75_s")],
+            "diffusers_p25_p75_ms": [common.summarize(times["diffusers"])[k] * 1e3 for k in ("p25_s", "p75_s")],
+        },
+    )
 
 
 def peak_rss(fn, reps: int = 2) -> float:
@@ -88,8 +101,16 @@ def run_config(out, name: str, quick: bool, bf16_too: bool) -> None:
     models = {"ldmctl": ours.eval(), "diffusers": ref.eval()}
     inp1 = db.unet_inputs(name, 1)
     flops = {k: db.count_flops(db.unet_fwd(m, inp1))[0] for k, m in models.items()}
-    emit(out, {"kind": "model", "model": name, "params": {k: db.n_params(m) for k, m in models.items()},
-               "fwd_flops_b1": flops, "flops_ratio": flops["ldmctl"] / flops["diffusers"]})
+    emit(
+        out,
+        {
+            "kind": "model",
+            "model": name,
+            "params": {k: db.n_params(m) for k, m in models.items()},
+            "fwd_flops_b1": flops,
+            "flops_ratio": flops["ldmctl"] / flops["diffusers"],
+        },
+    )
     large = name == "unet_large"
     fwd_reps = {1: 8, 8: 5, 32: 3} if large else {1: 20, 8: 12, 32: 6}
     train_reps = {8: 3, 32: 2} if large else {8: 8, 32: 4}
@@ -98,31 +119,52 @@ def run_config(out, name: str, quick: bool, bf16_too: bool) -> None:
         fwd_reps = {k: max(2, v // 4) for k, v in fwd_reps.items()}
         train_reps = {k: 2 for k in train_reps}
         ddim_steps, ddim_reps = 5, 2
-    for bf16 in ([False, True] if bf16_too else [False]):
+    for bf16 in [False, True] if bf16_too else [False]:
         prec = "bf16" if bf16 else "fp32"
         for bs, reps in fwd_reps.items():
             inp = db.unet_inputs(name, bs)
             fns = {k: db.unet_fwd(m, inp, bf16=bf16) for k, m in models.items()}
             timed_pair(out, fns, reps, {"model": name, "case": "fwd", "batch": bs, "precision": prec})
             if bs == 8 and not bf16:
-                emit(out, {"kind": "rss", "model": name, "case": "fwd", "batch": 8,
-                           "peak_rss_mib": {k: peak_rss(f) for k, f in fns.items()}})
+                emit(
+                    out,
+                    {
+                        "kind": "rss",
+                        "model": name,
+                        "case": "fwd",
+                        "batch": 8,
+                        "peak_rss_mib": {k: peak_rss(f) for k, f in fns.items()},
+                    },
+                )
         for m in models.values():
             m.train()
         for bs, reps in train_reps.items():
             inp = db.unet_inputs(name, bs)
             fns = {k: db.unet_train(m, db.make_opt(m), inp, bf16=bf16) for k, m in models.items()}
-            timed_pair(out, fns, reps, {"model": name, "case": "train (fwd+bwd+AdamW)", "batch": bs,
-                                        "precision": prec})
+            timed_pair(out, fns, reps, {"model": name, "case": "train (fwd+bwd+AdamW)", "batch": bs, "precision": prec})
             if bs == 8 and not bf16:
-                emit(out, {"kind": "rss", "model": name, "case": "train", "batch": 8,
-                           "peak_rss_mib": {k: peak_rss(f) for k, f in fns.items()}})
+                emit(
+                    out,
+                    {
+                        "kind": "rss",
+                        "model": name,
+                        "case": "train",
+                        "batch": 8,
+                        "peak_rss_mib": {k: peak_rss(f) for k, f in fns.items()},
+                    },
+                )
         for m in models.values():
             m.eval()
-        fns = {"ldmctl": ldmctl_ddim_loop(ours, name, ddim_steps, bf16=bf16),
-               "diffusers": db.ddim_loop(ref, name, ddim_steps, bf16=bf16)}
-        timed_pair(out, fns, ddim_reps, {"model": name, "case": f"DDIM {ddim_steps} steps + CFG", "batch": 4,
-                                         "precision": prec})
+        fns = {
+            "ldmctl": ldmctl_ddim_loop(ours, name, ddim_steps, bf16=bf16),
+            "diffusers": db.ddim_loop(ref, name, ddim_steps, bf16=bf16),
+        }
+        timed_pair(
+            out,
+            fns,
+            ddim_reps,
+            {"model": name, "case": f"DDIM {ddim_steps} steps + CFG", "batch": 4, "precision": prec},
+        )
 
 
 def main() -> None:

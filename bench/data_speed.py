@@ -53,8 +53,11 @@ def main() -> None:
         for resize in (True, False):
             for cache_mb in (0, 1024):
                 first, later = time_items(folder, resize=resize, cache_mb=cache_mb)
-                print(f"resize={resize!s:5} cache_mb={cache_mb:4}: first pass {first:6.1f} ms/item, "
-                      f"later passes {later:6.1f} ms/item", flush=True)
+                print(
+                    f"resize={resize!s:5} cache_mb={cache_mb:4}: first pass {first:6.1f} ms/item, "
+                    f"later passes {later:6.1f} ms/item",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

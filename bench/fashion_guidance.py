@@ -12,14 +12,19 @@ from pathlib import Path
 
 import torch
 
-from ldmctl.samplers.guidance import cfg_model_fn
 from ldmctl.config import DataConfig
 from ldmctl.data import open_dataset
-from ldmctl.eval.classifier import (ClassifierConfig, class_predictions, evaluate_accuracy, load_classifier,
-                                    save_classifier)
-from ldmctl.train.classifier import train_classifier
-from ldmctl.samplers import dpmpp
 from ldmctl.diffusion.io import load_ldm
+from ldmctl.eval.classifier import (
+    ClassifierConfig,
+    class_predictions,
+    evaluate_accuracy,
+    load_classifier,
+    save_classifier,
+)
+from ldmctl.samplers import dpmpp
+from ldmctl.samplers.guidance import cfg_model_fn
+from ldmctl.train.classifier import train_classifier
 
 
 def main() -> None:
@@ -47,14 +52,16 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         images = []
         for start in range(0, args.n, 100):
-            lab = labels[start:start + 100]
+            lab = labels[start : start + 100]
             cond = model.cond({"label": lab})
             fn = cfg_model_fn(model.unet, cond, model.conditioners.null(len(lab), like=cond), guidance)
             images.append(model.decode(model.sample_latents(dpmpp, len(lab), steps=20, generator=g, model_fn=fn)))
         pred = class_predictions(clf, torch.cat(images))
         out[f"accuracy_guidance_{guidance:g}"] = round(float((pred == labels).float().mean()), 4)
-        print(f"guidance {guidance:g}: classifier accuracy on {args.n} samples {out[f'accuracy_guidance_{guidance:g}']:.3f}",
-              flush=True)
+        print(
+            f"guidance {guidance:g}: classifier accuracy on {args.n} samples {out[f'accuracy_guidance_{guidance:g}']:.3f}",
+            flush=True,
+        )
     print(f"classifier accuracy on 2000 real test images: {acc_real:.3f}")
     print(json.dumps(out))
 

@@ -39,8 +39,22 @@ def ldmctl(*args: str) -> list[str]:
 
 
 def train_cmd(trainer: str, ae: Path, out: Path, steps: int, seed: int, resume: bool) -> list[str]:
-    common = ["--preset", "tiny", "--data", "builtin:synthetic", "--max-steps", str(steps), "--seed", str(seed),
-              "--out", str(out), "--set", "train.save_every=25", "--set", "train.sample_every=100000"]
+    common = [
+        "--preset",
+        "tiny",
+        "--data",
+        "builtin:synthetic",
+        "--max-steps",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        "--set",
+        "train.save_every=25",
+        "--set",
+        "train.sample_every=100000",
+    ]
     if trainer == "ae":  # the GAN from step 1 on, so the discriminator and its optimizer are resumed too
         cmd = ldmctl("train-ae", *common, "--perceptual", "none", "--set", "loss.disc_start=1")
     else:
@@ -77,12 +91,32 @@ def main() -> None:
     root = args.out
     ae = root / "ae" / "ae.safetensors"
     if not ae.is_file():
-        subprocess.run(ldmctl("train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
-                              "--max-steps", "2", "--out", str(root / "ae")), env=ENV, check=True, capture_output=True)
+        subprocess.run(
+            ldmctl(
+                "train-ae",
+                "--preset",
+                "tiny",
+                "--data",
+                "builtin:synthetic",
+                "--perceptual",
+                "none",
+                "--max-steps",
+                "2",
+                "--out",
+                str(root / "ae"),
+            ),
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
     ref, run = root / "reference", root / "killed"
     started, startup_s = time.time(), None
-    proc = subprocess.Popen(train_cmd(args.trainer, ae, ref, args.steps, args.seed, False), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(args.trainer, ae, ref, args.steps, args.seed, False),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while proc.poll() is None:  # start-up = time to the first log line (step 10): imports, data, latent cache
         if startup_s is None and (ref / "log.jsonl").is_file() and (ref / "log.jsonl").stat().st_size:
             startup_s = time.time() - started
@@ -96,8 +130,12 @@ def main() -> None:
         resume = any(run.glob("checkpoints/step_*.state.pt"))
         if run.exists() and not resume:  # killed before its first checkpoint: start again
             subprocess.run(["rm", "-rf", str(run)], check=True)
-        proc = subprocess.Popen(train_cmd(args.trainer, ae, run, args.steps, args.seed, resume), env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            train_cmd(args.trainer, ae, run, args.steps, args.seed, resume),
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         resumes += resume
         if kills < args.kills:
             # every 4th kill lands at a random moment of start-up (imports, data, latent cache), the
@@ -119,11 +157,19 @@ def main() -> None:
                 kills += 1
                 found = unreadable(run)
                 bad += found
-                step = max((int(p.stem.split("_")[1].split(".")[0]) for p in run.glob("checkpoints/step_*.state.pt")),
-                           default=0)
+                step = max(
+                    (int(p.stem.split("_")[1].split(".")[0]) for p in run.glob("checkpoints/step_*.state.pt")),
+                    default=0,
+                )
                 trained = (log_file.stat().st_size if log_file.is_file() else 0) > before
-                log.append({"kill": kills, "phase": "training" if trained else "start-up",
-                            "last_checkpoint_step": step, "unreadable": len(found)})
+                log.append(
+                    {
+                        "kill": kills,
+                        "phase": "training" if trained else "start-up",
+                        "last_checkpoint_step": step,
+                        "unreadable": len(found),
+                    }
+                )
                 print(json.dumps(log[-1]), flush=True)
                 continue
         err = proc.communicate()[1].decode(errors="replace")
@@ -134,9 +180,19 @@ def main() -> None:
     a = read_checkpoint(ref / final).tensors
     b = read_checkpoint(run / final).tensors
     differing = sorted(k for k in a if k not in b or not torch.equal(a[k], b[k]))
-    record = {"trainer": args.trainer, "steps": args.steps, "kills": kills, "resumes": resumes, "unreadable_files": bad,
-              "tensors": len(a), "differing_tensors": differing[:10], "identical": not differing and a.keys() == b.keys(),
-              "reference_seconds": round(ref_s, 1), "startup_seconds": round(startup_s, 1), "log": log}
+    record = {
+        "trainer": args.trainer,
+        "steps": args.steps,
+        "kills": kills,
+        "resumes": resumes,
+        "unreadable_files": bad,
+        "tensors": len(a),
+        "differing_tensors": differing[:10],
+        "identical": not differing and a.keys() == b.keys(),
+        "reference_seconds": round(ref_s, 1),
+        "startup_seconds": round(startup_s, 1),
+        "log": log,
+    }
     if args.json:
         args.json.write_text(json.dumps(record, indent=2))
     print(json.dumps({k: v for k, v in record.items() if k != "log"}))

@@ -61,14 +61,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="init, data order, augmentation, reference set")
     p.add_argument("--width", type=int, default=ClassifierConfig.width, help="first-stage channels")
     p.add_argument("--feature-dim", type=int, default=ClassifierConfig.feature_dim)
-    p.add_argument("--out", type=Path, default=Path("runs/digits-classifier.safetensors"),
-                   help="where to save the trained classifier")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/digits-classifier.safetensors"),
+        help="where to save the trained classifier",
+    )
     p.add_argument("--classifier", type=Path, help="reuse this trained classifier (no training)")
     p.add_argument("--samples", type=Path, help="a .pt tensor (N,3,H,W) in [-1,1] or a folder of images")
     p.add_argument("--tile", type=int, default=0, help="cut each sample image into TILE px grid cells")
     p.add_argument("--reference", type=int, default=500, help="training images for the FD_cls floor")
-    p.add_argument("--floor-draws", type=int, default=5,
-                   help="random training sets for the floor; the first is reported, all are listed")
+    p.add_argument(
+        "--floor-draws",
+        type=int,
+        default=5,
+        help="random training sets for the floor; the first is reported, all are listed",
+    )
     # one thread: these small convolutions ran 4x slower with two threads on a busy 2-core machine
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     return p.parse_args(argv)
@@ -84,16 +92,34 @@ def get_classifier(args: argparse.Namespace) -> tuple[FeatureClassifier, dict[st
 
     def on_step(step: int, logs: dict[str, float]) -> None:
         if step % every == 0 or step == args.steps:
-            print(f"step {step}/{args.steps}  loss {logs['loss']:.4f}  batch acc {logs['acc']:.3f}  "
-                  f"{time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"step {step}/{args.steps}  loss {logs['loss']:.4f}  batch acc {logs['acc']:.3f}  "
+                f"{time.perf_counter() - start:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     start = time.perf_counter()
-    model = train_classifier(train, cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, callbacks=Callbacks(on_step=on_step))
+    model = train_classifier(
+        train,
+        cfg,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        callbacks=Callbacks(on_step=on_step),
+    )
     seconds = time.perf_counter() - start
-    info = {"classifier": str(args.out), "trained": True, "steps": args.steps,
-            "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-            "train_seconds": round(seconds, 1), "threads": torch.get_num_threads()}
+    info = {
+        "classifier": str(args.out),
+        "trained": True,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "train_seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_classifier(model, args.out, extra={"data": "builtin:digits", **info})
     print(f"trained {args.steps} steps in {seconds:.0f}s; saved {args.out}")
@@ -105,8 +131,10 @@ def cut_grid(x: Tensor, tile: int) -> Tensor:
     cell = tile + 2
     h, w = x.shape[-2:]
     if h % cell or w % cell:
-        raise DataError(f"a {w}x{h} px image is not a grid of {tile} px tiles with 1-px borders "
-                        f"({cell} px cells)", hint="check --tile")
+        raise DataError(
+            f"a {w}x{h} px image is not a grid of {tile} px tiles with 1-px borders ({cell} px cells)",
+            hint="check --tile",
+        )
     cells = x.unfold(1, cell, cell).unfold(2, cell, cell)  # (3, rows, cols, cell, cell)
     cells = cells.permute(1, 2, 0, 3, 4).reshape(-1, 3, cell, cell)
     return cells[:, :, 1:-1, 1:-1]
@@ -121,8 +149,7 @@ def load_samples(path: Path, *, size: int, tile: int) -> Tensor:
             raise DataError(f"{str(path)!r} must hold a tensor (N, 3, H, W) or a dict with 'images'")
         x = x.float().expand(-1, 3, -1, -1)
         if x.min() >= 0:
-            print(f"warning: {path} has no negative values; samples must be in [-1, 1], not [0, 1]",
-                  file=sys.stderr)
+            print(f"warning: {path} has no negative values; samples must be in [-1, 1], not [0, 1]", file=sys.stderr)
         images = list(x)
     else:
         files = iter_image_files(path)
@@ -131,9 +158,12 @@ def load_samples(path: Path, *, size: int, tile: int) -> Tensor:
         images = [pil_to_tensor(load_image(f)) for f in files]
     if tile > 0:
         images = [t for img in images for t in cut_grid(img, tile)]
-    out = [img if img.shape[-2:] == (size, size) else
-           F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True)[0]
-           for img in images]
+    out = [
+        img
+        if img.shape[-2:] == (size, size)
+        else F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True)[0]
+        for img in images
+    ]
     return torch.stack(out)
 
 
@@ -154,8 +184,11 @@ def class_report(pred: Tensor, names: list[str]) -> dict[str, Any]:
     counts = torch.bincount(pred, minlength=len(names))
     p = counts.double() / counts.sum()
     entropy = float(-(p[p > 0] * p[p > 0].log2()).sum())
-    return {"class_counts": dict(zip(names, counts.tolist())), "class_entropy_bits": round(entropy, 4),
-            "class_entropy_max_bits": round(math.log2(len(names)), 4)}
+    return {
+        "class_counts": dict(zip(names, counts.tolist(), strict=True)),
+        "class_entropy_bits": round(entropy, 4),
+        "class_entropy_max_bits": round(math.log2(len(names)), 4),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -173,8 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["fd_cls_floor"] = round(floors[0], 4)
     report["fd_cls_floor_draws"] = [round(f, 4) for f in floors]
     spread = f" (over {len(floors)} draws: {min(floors):.4f} to {max(floors):.4f})" if len(floors) > 1 else ""
-    print(f"FD_cls floor ({args.reference} random training digits vs holdout): "
-          f"{report['fd_cls_floor']:.4f}{spread}")
+    print(f"FD_cls floor ({args.reference} random training digits vs holdout): {report['fd_cls_floor']:.4f}{spread}")
 
     if args.samples:
         x = load_samples(args.samples, size=size, tile=args.tile)
@@ -183,8 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report.update(class_report(class_predictions(model, x), holdout.class_names))
         print(f"FD_cls ({x.shape[0]} samples vs holdout): {report['fd_cls']:.4f}")
         print("predicted classes: " + ", ".join(f"{k} {v}" for k, v in report["class_counts"].items()))
-        print(f"class entropy: {report['class_entropy_bits']:.3f} bits "
-              f"(uniform: {report['class_entropy_max_bits']:.3f})")
+        print(
+            f"class entropy: {report['class_entropy_bits']:.3f} bits (uniform: {report['class_entropy_max_bits']:.3f})"
+        )
     report["metric"] = "FD_cls: Fréchet distance in the feature space of the ldmctl classifier (not FID)"
     print(json.dumps(report, ensure_ascii=False))
     return report

@@ -20,9 +20,13 @@ import time
 from pathlib import Path
 
 RUNS = [  # (name, preset, extra flags); an LDM uses the last AE run of its preset, else the small one (f = 4 too)
-    ("ae", "tiny", []), ("ldm", "tiny", []),
-    ("ae", "small", []), ("ldm", "small", []),
-    ("ae", "base", []), ("ae", "base", ["--batch-size", "2"]), ("ldm", "base", []),
+    ("ae", "tiny", []),
+    ("ldm", "tiny", []),
+    ("ae", "small", []),
+    ("ldm", "small", []),
+    ("ae", "base", []),
+    ("ae", "base", ["--batch-size", "2"]),
+    ("ldm", "base", []),
     # the memory knobs, encoding on the fly (no latent cache) so they measure training itself
     ("ldm", "base", ["--set", "cache_latents=false"]),
     ("ldm", "base", ["--set", "cache_latents=false", "--grad-checkpointing"]),
@@ -64,8 +68,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--json", default="docs/results/peak_memory.json")
     ap.add_argument("--cap", type=float, default=12.0, help="GiB; a run above it is killed and reported as over")
-    ap.add_argument("--skip", type=int, default=0,
-                    help="skip the first N runs (their autoencoders still train, unrecorded, for the LDM runs after)")
+    ap.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="skip the first N runs (their autoencoders still train, unrecorded, for the LDM runs after)",
+    )
     args = ap.parse_args()
     cli = [sys.executable, "-m", "ldmctl"]
     rows, ae_of = [], {}
@@ -74,8 +82,20 @@ def main() -> None:
             if i < args.skip and (kind == "ldm" or extra or preset == "base"):
                 continue
             out = Path(tmp) / f"{i}-{kind}-{preset}"
-            common = ["--preset", preset, "--max-steps", str(args.steps), "--data", "builtin:photos",
-                      "--out", str(out), "--save-every", str(args.steps), "--sample-every", "100000"]
+            common = [
+                "--preset",
+                preset,
+                "--max-steps",
+                str(args.steps),
+                "--data",
+                "builtin:photos",
+                "--out",
+                str(out),
+                "--save-every",
+                str(args.steps),
+                "--sample-every",
+                "100000",
+            ]
             if kind == "ae":
                 cmd = [*cli, "train-ae", *common, "--perceptual", "none", *extra]
             else:
@@ -84,9 +104,16 @@ def main() -> None:
             ok = code == 0 and not over
             if kind == "ae" and ok:
                 ae_of[preset] = out / "ae.safetensors"
-            row = {"command": kind, "preset": preset, "flags": " ".join(extra), "peak_rss_gib": round(gib, 2),
-                   "seconds": round(secs, 1), "ok": ok, "over_cap_gib": args.cap if over else None,
-                   "autoencoder": None if kind == "ae" else str(ae_of.get(preset, ae_of.get("small"))).split("/")[-2]}
+            row = {
+                "command": kind,
+                "preset": preset,
+                "flags": " ".join(extra),
+                "peak_rss_gib": round(gib, 2),
+                "seconds": round(secs, 1),
+                "ok": ok,
+                "over_cap_gib": args.cap if over else None,
+                "autoencoder": None if kind == "ae" else str(ae_of.get(preset, ae_of.get("small"))).split("/")[-2],
+            }
             if i >= args.skip:
                 rows.append(row)
                 print(json.dumps(row), flush=True)

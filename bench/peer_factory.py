@@ -34,11 +34,15 @@ def vae_config(config: dict) -> AutoencoderConfig:
     """Translate diffusers AutoencoderKL kwargs into the equivalent AutoencoderConfig."""
     widths = tuple(config["block_out_channels"])
     base = widths[0]
-    return AutoencoderConfig(kind="kl", in_channels=config.get("in_channels", 3), base_channels=base,
-                             channel_mult=tuple(w // base for w in widths),
-                             num_res_blocks=config.get("layers_per_block", 1),
-                             z_channels=config.get("latent_channels", 4),
-                             norm_groups=config.get("norm_num_groups", 32))
+    return AutoencoderConfig(
+        kind="kl",
+        in_channels=config.get("in_channels", 3),
+        base_channels=base,
+        channel_mult=tuple(w // base for w in widths),
+        num_res_blocks=config.get("layers_per_block", 1),
+        z_channels=config.get("latent_channels", 4),
+        norm_groups=config.get("norm_num_groups", 32),
+    )
 
 
 class UNetAdapter(nn.Module):
@@ -62,15 +66,20 @@ def unet_config(config: dict) -> UNetConfig:
     """
     widths = tuple(config["block_out_channels"])
     heads = config["attention_head_dim"]
-    head_channels = {w // h for w, h in zip(widths, heads)}
+    head_channels = {w // h for w, h in zip(widths, heads, strict=True)}
     if len(head_channels) != 1:
         raise ValueError(f"per-level head widths differ: {head_channels}")
     return UNetConfig(
-        in_channels=config["in_channels"], out_channels=config["out_channels"], model_channels=widths[0],
-        channel_mult=tuple(w // widths[0] for w in widths), num_res_blocks=config["layers_per_block"],
+        in_channels=config["in_channels"],
+        out_channels=config["out_channels"],
+        model_channels=widths[0],
+        channel_mult=tuple(w // widths[0] for w in widths),
+        num_res_blocks=config["layers_per_block"],
         attention_levels=tuple(i for i, b in enumerate(config["down_block_types"]) if b.startswith("CrossAttn")),
-        head_channels=head_channels.pop(), context_dim=config["cross_attention_dim"],
-        norm_groups=config["norm_num_groups"])
+        head_channels=head_channels.pop(),
+        context_dim=config["cross_attention_dim"],
+        norm_groups=config["norm_num_groups"],
+    )
 
 
 def build(kind: str, config: dict) -> nn.Module | None:

@@ -77,15 +77,31 @@ def _time(args: argparse.Namespace, precision: str, batch_size: int, optimizer: 
             data_times.append(t1 - t0)
     med = statistics.median(times)
     b = cfg.train.batch_size
-    print(json.dumps({"preset": args.preset, "config": args.config, "precision": precision, "gan": args.gan,
-                      "compile": args.compile, "optimizer": cfg.train.optimizer, "median_s": round(med, 4), "steps_per_s": round(1 / med, 3),
-                      "samples_per_s": round(b / med, 1), "data_ms": round(1000 * statistics.median(data_times), 2),
-                      "batch": b, "size": cfg.data.size}), flush=True)
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "config": args.config,
+                "precision": precision,
+                "gan": args.gan,
+                "compile": args.compile,
+                "optimizer": cfg.train.optimizer,
+                "median_s": round(med, 4),
+                "steps_per_s": round(1 / med, 3),
+                "samples_per_s": round(b / med, 1),
+                "data_ms": round(1000 * statistics.median(data_times), 2),
+                "batch": b,
+                "size": cfg.data.size,
+            }
+        ),
+        flush=True,
+    )
     if profile_it:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(3):
                 train_step(run, next(batches)["image"])
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
 
 if __name__ == "__main__":
     main()

@@ -20,20 +20,20 @@ from pathlib import Path
 
 import torch
 
-from ldmctl.samplers.guidance import cfg_model_fn
 from ldmctl.cli._console import save_grid
 from ldmctl.config import DataConfig
 from ldmctl.data.shapes import ShapesDataset
+from ldmctl.diffusion.io import load_ldm
 from ldmctl.eval.shapes_check import parse_caption, score
 from ldmctl.samplers import dpmpp
-from ldmctl.diffusion.io import load_ldm
+from ldmctl.samplers.guidance import cfg_model_fn
 
 
 def generate(model, prompts: list[str], *, guidance: float, steps: int, seed: int, batch: int = 100) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, len(prompts), batch):
-        chunk = prompts[start:start + batch]
+        chunk = prompts[start : start + batch]
         cond = model.cond({"caption": chunk})
         fn = cfg_model_fn(model.unet, cond, model.conditioners.null(len(chunk), like=cond), guidance)
         out.append(model.decode(model.sample_latents(dpmpp, len(chunk), steps=steps, generator=g, model_fn=fn)))
@@ -60,18 +60,31 @@ def main() -> None:
         name = "+".join(s.name for s in model.config.conditioners)
         started = time.time()
         images = generate(model, prompts, guidance=args.guidance, steps=args.steps, seed=args.seed)
-        res = {"checkpoint": str(ckpt), "conditioner": name, **score(images, prompts),
-               "sampling_s": round(time.time() - started, 1)}
+        res = {
+            "checkpoint": str(ckpt),
+            "conditioner": name,
+            **score(images, prompts),
+            "sampling_s": round(time.time() - started, 1),
+        }
         results.append(res)
-        print(f"{name:<12} match {res['match']:.3f}  two-object {res['two_object_match']:.3f} "
-              f"(objects present {res['two_object_objects']:.3f})  one-object {res['one_object_match']:.3f}", flush=True)
+        print(
+            f"{name:<12} match {res['match']:.3f}  two-object {res['two_object_match']:.3f} "
+            f"(objects present {res['two_object_objects']:.3f})  one-object {res['one_object_match']:.3f}",
+            flush=True,
+        )
         if args.grid_dir is not None:
             grid_prompts = [p for p in two for _ in range(4)]
             imgs = generate(model, grid_prompts, guidance=args.guidance, steps=args.steps, seed=args.seed)
-            rows = {p: imgs[i * 4:(i + 1) * 4] for i, p in enumerate(two)}
+            rows = {p: imgs[i * 4 : (i + 1) * 4] for i, p in enumerate(two)}
             save_grid(rows, args.grid_dir / f"shapes-{name}.png", max_cols=4)
-    record = {"guidance": args.guidance, "steps": args.steps, "n": args.n, "prompt_seed": args.prompt_seed,
-              "grid_prompts": two, "results": results}
+    record = {
+        "guidance": args.guidance,
+        "steps": args.steps,
+        "n": args.n,
+        "prompt_seed": args.prompt_seed,
+        "grid_prompts": two,
+        "results": results,
+    }
     if args.out is not None:
         args.out.write_text(json.dumps(record, indent=2))
     print(json.dumps(record))

@@ -44,8 +44,14 @@ class Checkpoint:
     version: str
 
 
-def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], *, kind: str,
-                    config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    tensors: dict[str, Tensor],
+    *,
+    kind: str,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``tensors`` and their config to ``path`` atomically."""
     metadata = {
         "ldmctl.kind": kind,
@@ -68,17 +74,20 @@ def read_checkpoint(path: str | Path, *, expect_kind: str | None = None) -> Chec
             meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{str(p)!r} is not a readable .safetensors checkpoint ({err})",
-                              hint="the file may be truncated or not a safetensors file") from None
+        raise CheckpointError(
+            f"{str(p)!r} is not a readable .safetensors checkpoint ({err})",
+            hint="the file may be truncated or not a safetensors file",
+        ) from None
     if "ldmctl.kind" not in meta:
         raise CheckpointError(f"{str(p)!r} was not written by ldmctl (no ldmctl metadata)")
     if meta.get("ldmctl.schema") != SCHEMA:
-        raise CheckpointError(f"{str(p)!r} has checkpoint schema {meta.get('ldmctl.schema')!r}; "
-                              f"this ldmctl reads schema {SCHEMA!r}", hint="upgrade ldmctl")
+        raise CheckpointError(
+            f"{str(p)!r} has checkpoint schema {meta.get('ldmctl.schema')!r}; this ldmctl reads schema {SCHEMA!r}",
+            hint="upgrade ldmctl",
+        )
     kind = meta["ldmctl.kind"]
     if expect_kind is not None and kind != expect_kind:
-        raise CheckpointError(f"{str(p)!r} is a {kind} checkpoint, but a {expect_kind} checkpoint "
-                              "is needed here")
+        raise CheckpointError(f"{str(p)!r} is a {kind} checkpoint, but a {expect_kind} checkpoint is needed here")
     try:
         config = json.loads(meta.get("ldmctl.config", "{}"))
         extra = json.loads(meta.get("ldmctl.extra", "{}"))
@@ -93,16 +102,16 @@ def load_state(module: nn.Module, tensors: dict[str, Tensor], where: str) -> Non
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
-        raise CheckpointError(f"{where}: weights do not match the stored config ({first})",
-                              hint="the file may have been tampered with") from None
+        raise CheckpointError(
+            f"{where}: weights do not match the stored config ({first})", hint="the file may have been tampered with"
+        ) from None
 
 
 def save_autoencoder(ae: nn.Module, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
     """Save a first-stage autoencoder (weights incl. its ``scale_factor``) with its config."""
     from ldmctl.config import to_dict
 
-    return save_checkpoint(path, ae.state_dict(), kind="autoencoder",
-                           config=to_dict(ae.config), extra=extra)
+    return save_checkpoint(path, ae.state_dict(), kind="autoencoder", config=to_dict(ae.config), extra=extra)
 
 
 def load_autoencoder(path: str | Path) -> nn.Module:
@@ -129,8 +138,10 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     """Read training state written by :func:`save_train_state`; never unpickles code."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"training state {str(p)!r} does not exist",
-                              hint="--resume needs the folder of an earlier run with the same --out")
+        raise CheckpointError(
+            f"training state {str(p)!r} does not exist",
+            hint="--resume needs the folder of an earlier run with the same --out-dir",
+        )
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file

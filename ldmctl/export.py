@@ -16,19 +16,20 @@ special tokens; any other word reads ``[UNK]`` and is named in a warning when us
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ldmctl.checkpoint import read_checkpoint
-from ldmctl.config import DataConfig, from_dict
 from ldmctl.conditioning.compose import ConditionerSet
-from ldmctl.errors import ConfigError
-from ldmctl.text import TextEncoder
+from ldmctl.config import ConditionerSpec, DataConfig, from_dict
 from ldmctl.diffusion.io import load_ldm, write_ldm
 from ldmctl.diffusion.ldm import latent_spec
+from ldmctl.errors import ConfigError
+from ldmctl.text import TextEncoder
 
 MAX_CAPTION_ITEMS = 50_000  # captions read from a data set to collect the kept vocabulary
 
@@ -57,39 +58,72 @@ def _text_encoders(conditioner: torch.nn.Module) -> list[tuple[str, TextEncoder]
     return [(name, m) for name, m in conditioner.named_modules() if isinstance(m, TextEncoder) and m.kind == "bert"]
 
 
-def export_ldm(src: str | Path, dst: str | Path, *, half: bool = True, prune_vocab: bool = False,
-               captions_from: DataConfig | None = None) -> dict[str, Any]:
-    """Write the inference-only version of LDM checkpoint ``src`` to ``dst``; return a summary."""
-    ckpt = read_checkpoint(src, expect_kind="ldm")
-    model = load_ldm(src, weights="ema")
+def _conditioners(
+    model: Any, captions: Callable[[], list[str]] | None
+) -> tuple[list[ConditionerSpec], list[dict[str, Tensor]], dict[str, int]]:
+    """Each conditioner's spec and weights; with ``captions`` (read once, when first needed) the
+    embedding rows of a ``bert`` text encoder are pruned to the tokens of the captions, the spec
+    naming the kept tokens. Also the number of tokens kept, by conditioner."""
     specs, states, kept = list(model.config.conditioners), [], {}
-    captions: list[str] | None = None
-    for i, (spec, c) in enumerate(zip(specs, model.conditioners.items)):
+    texts: list[str] | None = None
+    for i, (spec, c) in enumerate(zip(specs, model.conditioners.items, strict=True)):
         state = c.state_dict()
         encoders = _text_encoders(c)
         fields = {f.name for f in dataclasses.fields(type(c).Config)}
-        if prune_vocab and encoders and "keep_tokens" in fields:
-            if captions is None:
-                data = captions_from or from_dict(DataConfig, ckpt.extra.get("train_config", {}).get("data", {}))
-                captions = dataset_captions(data)
+        if captions is not None and encoders and "keep_tokens" in fields:
+            texts = captions() if texts is None else texts
             name, enc = encoders[0]
-            keep = caption_token_ids(enc, captions)
+            keep = caption_token_ids(enc, texts)
             key = f"{name}.model.tokens.weight"
             state[key] = state[key][torch.tensor(keep)]
             specs[i] = dataclasses.replace(spec, options={**spec.options, "keep_tokens": list(keep)})
             kept[spec.name] = len(keep)
         states.append(state)
+    return specs, states, kept
+
+
+def export_ldm(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    half: bool = True,
+    prune_vocab: bool = False,
+    captions_from: DataConfig | None = None,
+) -> dict[str, Any]:
+    """Write the inference-only version of LDM checkpoint ``src`` to ``dst``; return a summary."""
+    ckpt = read_checkpoint(src, expect_kind="ldm")
+    model = load_ldm(src, weights="ema")
+
+    def captions() -> list[str]:  # of captions_from, else of the data the model was trained on
+        data = captions_from or from_dict(DataConfig, ckpt.extra.get("train_config", {}).get("data", {}))
+        return dataset_captions(data)
+
+    specs, states, kept = _conditioners(model, captions if prune_vocab else None)
     cfg = dataclasses.replace(model.config, conditioners=tuple(specs))
     conds = ConditionerSet(cfg.conditioners, latent_spec(cfg, model.autoencoder))
-    for c, state in zip(conds.items, states):
+    for c, state in zip(conds.items, states, strict=True):
         c.load_state_dict(state)
-    extra = {**{k: v for k, v in ckpt.extra.items() if k in ("step", "train_config", "autoencoder")},
-             "exported_from": Path(src).name, "export": {"half": half, "prune_vocab": prune_vocab, "weights": "ema"}}
+    extra = {
+        **{k: v for k, v in ckpt.extra.items() if k in ("step", "train_config", "autoencoder")},
+        "exported_from": Path(src).name,
+        "export": {"half": half, "prune_vocab": prune_vocab, "weights": "ema"},
+    }
     parts = {"ema": model.unet.state_dict(), "cond": conds.state_dict(), "ae": model.autoencoder.state_dict()}
-    write_ldm(dst, parts, config=cfg, autoencoder=model.autoencoder.config, conditioners=conds, extra=extra,
-              dtype=torch.float16 if half else None)
-    return {"src_bytes": Path(src).stat().st_size, "dst_bytes": Path(dst).stat().st_size,
-            "tensors": sum(len(state) for state in parts.values()), "kept_tokens": kept}
+    write_ldm(
+        dst,
+        parts,
+        config=cfg,
+        autoencoder=model.autoencoder.config,
+        conditioners=conds,
+        extra=extra,
+        dtype=torch.float16 if half else None,
+    )
+    return {
+        "src_bytes": Path(src).stat().st_size,
+        "dst_bytes": Path(dst).stat().st_size,
+        "tensors": sum(len(state) for state in parts.values()),
+        "kept_tokens": kept,
+    }
 
 
 __all__ = ["caption_token_ids", "dataset_captions", "export_ldm"]

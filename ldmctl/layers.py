@@ -27,14 +27,21 @@ class ResnetBlock(nn.Module):
     when the widths differ, else the identity.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, *, groups: int, dropout: float = 0.0,
-                 temb_channels: int = 0, scale_shift: bool = False) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        groups: int,
+        dropout: float = 0.0,
+        temb_channels: int = 0,
+        scale_shift: bool = False,
+    ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
         self.norm1 = Normalize(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1)
-        self.temb_proj = (nn.Linear(temb_channels, out_ch * (2 if scale_shift else 1))
-                          if temb_channels > 0 else None)
+        self.temb_proj = nn.Linear(temb_channels, out_ch * (2 if scale_shift else 1)) if temb_channels > 0 else None
         self.norm2 = Normalize(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, kernel_size=3, padding=1)

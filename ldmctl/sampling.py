@@ -51,8 +51,9 @@ def parse_pairs(pairs: Iterable[str] | None, **spelled: Sequence[Any] | None) ->
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"--input {pair!r}: write KEY=VALUE",
-                             hint="e.g. --input label=3 or --input caption=\"a cat\"")
+            raise InputError(
+                f"--input {pair!r}: write KEY=VALUE", hint='e.g. --input label=3 or --input caption="a cat"'
+            )
         out.setdefault(key.strip(), []).append(value)
     return out
 
@@ -92,8 +93,10 @@ def check_input_keys(given: Iterable[str], reads: Mapping[str, str]) -> None:
     if not reads:
         raise InputError(f"{spelled} was given, but this model is unconditional: it reads no inputs")
     listing = ", ".join(f"{k} ({v})" for k, v in reads.items())
-    raise InputError(f"{spelled} was given, but no conditioner of this model reads {key!r}; it reads: {listing}",
-                     hint="ldmctl plugins lists each conditioner's input key")
+    raise InputError(
+        f"{spelled} was given, but no conditioner of this model reads {key!r}; it reads: {listing}",
+        hint="ldmctl plugins lists each conditioner's input key",
+    )
 
 
 def _parse(c: Conditioner, key: str, text: str) -> Any:
@@ -108,18 +111,25 @@ def _collate(c: Conditioner, key: str, items: list[Any]) -> Any:
     try:
         return c.collate_inputs(items)
     except (LdmctlError, ValueError) as err:
-        raise InputError(f"the {c.name} conditioner cannot join the values of {key!r}: {err}",
-                         hint=getattr(err, "hint", None)) from None
+        raise InputError(
+            f"the {c.name} conditioner cannot join the values of {key!r}: {err}", hint=getattr(err, "hint", None)
+        ) from None
 
 
 def _required(c: Conditioner, key: str) -> InputError:
     friendly = f"{SPELLINGS[key]} or " if key in SPELLINGS else ""
-    return InputError(f"this model's {c.name} conditioner reads {key!r} and has no default: "
-                      f"give {friendly}--input {key}=VALUE", hint=f"{key} is {c.describe_input()}")
+    return InputError(
+        f"this model's {c.name} conditioner reads {key!r} and has no default: give {friendly}--input {key}=VALUE",
+        hint=f"{key} is {c.describe_input()}",
+    )
 
 
-def sampling_conditions(model: Any, n: int, inputs: Mapping[str, Sequence[str]] | None = None,
-                        defaults: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+def sampling_conditions(
+    model: Any,
+    n: int,
+    inputs: Mapping[str, Sequence[str]] | None = None,
+    defaults: Mapping[str, Sequence[Any]] | None = None,
+) -> dict[str, Any]:
     """The batch entries the model's conditioners read, for ``n`` samples (empty if unconditional).
 
     ``inputs`` maps a key to command-line values, parsed by the conditioner that reads the key and
@@ -148,10 +158,20 @@ def default_guidance(conditions: Collection[str], guidance: float | None) -> flo
     return guidance if guidance is not None else (3.0 if conditions else 1.0)
 
 
-def generate(model: Any, sampler_fn: Callable[..., torch.Tensor], n: int, *, steps: int, eta: float = 0.0,
-             seed: int = 0, conditions: Mapping[str, Any] | None = None, guidance: float = 1.0,
-             batch_size: int = 64, negative_prompt: str | None = None,
-             on_progress: Callable[[int], None] | None = None) -> Iterator[tuple[torch.Tensor, dict]]:
+def generate(
+    model: Any,
+    sampler_fn: Callable[..., torch.Tensor],
+    n: int,
+    *,
+    steps: int,
+    eta: float = 0.0,
+    seed: int = 0,
+    conditions: Mapping[str, Any] | None = None,
+    guidance: float = 1.0,
+    batch_size: int = 64,
+    negative_prompt: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[torch.Tensor, dict]]:
     """Yield ``(images (B, 3, H, W) in [-1, 1], that batch's conditions)`` for ``n`` samples.
 
     One generator seeded with ``seed`` draws every batch in turn, so the samples depend on
@@ -162,7 +182,7 @@ def generate(model: Any, sampler_fn: Callable[..., torch.Tensor], n: int, *, ste
     g = torch.Generator().manual_seed(seed)
     for start in range(0, n, batch_size):
         done, size = start * steps, min(batch_size, n - start)
-        batch = {k: v[start:start + size] for k, v in conditions.items()}
+        batch = {k: v[start : start + size] for k, v in conditions.items()}
         inputs = model.derived_inputs(batch)  # e.g. a super-resolution model's latent of the low-res image
         model_fn = None
         if conditions:
@@ -170,14 +190,23 @@ def generate(model: Any, sampler_fn: Callable[..., torch.Tensor], n: int, *, ste
             negative = {"caption": [negative_prompt] * size} if negative_prompt is not None else None
             uncond = model.conditioners.null(size, like=cond, negative=negative)
             model_fn = cfg_model_fn(model.unet, cond, uncond, guidance)
-        callback = None if on_progress is None else (
-            lambda i, total, z, d=done: on_progress(d + (i + 1) * z.shape[0]))
+        callback = None if on_progress is None else (lambda i, total, z, d=done: on_progress(d + (i + 1) * z.shape[0]))
         with torch.no_grad():
-            z = model.sample_latents(sampler_fn, size, steps=steps, eta=eta, generator=g, model_fn=model_fn,
-                                     callback=callback)
+            z = model.sample_latents(
+                sampler_fn, size, steps=steps, eta=eta, generator=g, model_fn=model_fn, callback=callback
+            )
             images = model.decode(model.from_target(z, inputs))
         yield images, batch
 
 
-__all__ = ["SPELLINGS", "check_input_keys", "check_options", "default_guidance", "describe_inputs", "generate",
-           "input_readers", "parse_pairs", "sampling_conditions"]
+__all__ = [
+    "SPELLINGS",
+    "check_input_keys",
+    "check_options",
+    "default_guidance",
+    "describe_inputs",
+    "generate",
+    "input_readers",
+    "parse_pairs",
+    "sampling_conditions",
+]

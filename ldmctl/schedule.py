@@ -33,15 +33,14 @@ BetaSchedule = Literal["linear", "sqrt_linear", "cosine"]
 Prediction = Literal["eps", "x0", "v"]
 
 
-def make_betas(kind: str, timesteps: int, start: float = 0.00085, end: float = 0.012,
-               cosine_s: float = 8e-3) -> Tensor:
+def make_betas(kind: str, timesteps: int, start: float = 0.00085, end: float = 0.012, cosine_s: float = 8e-3) -> Tensor:
     """Return the float64 betas of schedule ``kind`` (see the module table)."""
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
     if kind == "linear":
         return torch.linspace(start, end, timesteps, dtype=torch.float64)
     if kind == "sqrt_linear":
-        return torch.linspace(start ** 0.5, end ** 0.5, timesteps, dtype=torch.float64) ** 2
+        return torch.linspace(start**0.5, end**0.5, timesteps, dtype=torch.float64) ** 2
     if kind == "cosine":
         t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
         f = torch.cos((t + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
@@ -97,8 +96,9 @@ class Schedule:
     posterior_mean_coef2: Tensor
 
     @classmethod
-    def make(cls, kind: str = "sqrt_linear", timesteps: int = 1000, start: float = 0.00085,
-             end: float = 0.012) -> Schedule:
+    def make(
+        cls, kind: str = "sqrt_linear", timesteps: int = 1000, start: float = 0.00085, end: float = 0.012
+    ) -> Schedule:
         return cls(make_betas(kind, timesteps, start, end))
 
     @property
@@ -112,14 +112,14 @@ class Schedule:
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Sample x_t ~ q(x_t | x_0) = N(sqrt(a_bar) x_0, (1 - a_bar) I) with the given noise."""
-        return (extract(self.sqrt_alphas_cumprod, t, x0) * x0
-                + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0) * x0 + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
 
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         mean = extract(self.posterior_mean_coef1, t, x_t) * x0 + extract(self.posterior_mean_coef2, t, x_t) * x_t
-        return (mean, extract(self.posterior_variance, t, x_t),
-                extract(self.posterior_log_variance_clipped, t, x_t))
+        return (mean, extract(self.posterior_variance, t, x_t), extract(self.posterior_log_variance_clipped, t, x_t))
 
     # ---- exact conversions between parameterisations, given x_t -------------------------------
 
@@ -160,7 +160,10 @@ class Schedule:
         if prediction == "x0":
             return x0
         if prediction == "v":
-            return extract(self.sqrt_alphas_cumprod, t, x0) * noise - extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+            return (
+                extract(self.sqrt_alphas_cumprod, t, x0) * noise
+                - extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+            )
         raise ValueError(f"unknown prediction {prediction!r}; choose eps, x0 or v")
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ldmctl.conditioning.base import CondOutput, Conditioner, LatentSpec
+from ldmctl.conditioning.base import Conditioner, CondOutput, LatentSpec
 from ldmctl.conditioning.registry import check_conditioner_class
 from ldmctl.errors import LdmctlError
 
@@ -39,19 +39,29 @@ def _check_shape(c: Conditioner, out: CondOutput, batch_size: int, what: str) ->
     assert isinstance(out, CondOutput), f"{c.name}.{what} must return a CondOutput, got {type(out).__name__}"
     assert v.shape[0] == batch_size, f"{c.name}.{what}: batch size {v.shape[0]}, expected {batch_size}"
     if c.kind == "concat":
-        assert v.ndim == 4 and v.shape[1] == c.out_dim, f"{c.name}.{what}: expected (B, {c.out_dim}, h, w), got {tuple(v.shape)}"
+        assert v.ndim == 4 and v.shape[1] == c.out_dim, (
+            f"{c.name}.{what}: expected (B, {c.out_dim}, h, w), got {tuple(v.shape)}"
+        )
     elif c.kind == "add":
         assert v.shape == (batch_size, c.out_dim), f"{c.name}.{what}: expected (B, {c.out_dim}), got {tuple(v.shape)}"
     else:
-        assert v.ndim == 3 and v.shape[2] == c.out_dim, f"{c.name}.{what}: expected (B, L, {c.out_dim}), got {tuple(v.shape)}"
+        assert v.ndim == 3 and v.shape[2] == c.out_dim, (
+            f"{c.name}.{what}: expected (B, L, {c.out_dim}), got {tuple(v.shape)}"
+        )
         if out.mask is not None:
             assert out.mask.shape == v.shape[:2] and out.mask.dtype == torch.bool, f"{c.name}.{what}: bad mask"
     assert torch.isfinite(v).all(), f"{c.name}.{what} has non-finite values"
 
 
-def check_conditioner(cls: type, config: Any, make_batch: Callable[[int, int], Mapping[str, Any]],
-                      latent: LatentSpec = DEFAULT_LATENT, *, inputs: Sequence[str] | None = None,
-                      bad_input: str | None = None) -> Conditioner:
+def check_conditioner(
+    cls: type,
+    config: Any,
+    make_batch: Callable[[int, int], Mapping[str, Any]],
+    latent: LatentSpec = DEFAULT_LATENT,
+    *,
+    inputs: Sequence[str] | None = None,
+    bad_input: str | None = None,
+) -> Conditioner:
     """Run every contract check on ``cls(config, latent)``; return the instance. AssertionError on failure."""
     check_conditioner_class(cls)
     c = cls(config, latent).eval()
@@ -81,7 +91,8 @@ def check_sample_inputs(c: Conditioner, inputs: Sequence[str] | None = None, bad
     assert isinstance(about, str) and about, f"{c.name}.describe_input() must return a non-empty string"
     defaults = c.default_inputs(4)
     assert defaults is None or (isinstance(defaults, list) and defaults), (
-        f"{c.name}.default_inputs(n) must return None or a non-empty list, got {defaults!r}")
+        f"{c.name}.default_inputs(n) must return None or a non-empty list, got {defaults!r}"
+    )
     if defaults is not None:
         _check_items(c, [defaults[i % len(defaults)] for i in range(4)], "default_inputs")
     if inputs:
@@ -90,7 +101,8 @@ def check_sample_inputs(c: Conditioner, inputs: Sequence[str] | None = None, bad
             with torch.no_grad():
                 v = c({c.input_key: c.collate_inputs([c.parse_input(text) for text in inputs])}).value
             assert any(not torch.equal(v[0], v[i]) for i in range(1, len(inputs)) if inputs[i] != inputs[0]), (
-                f"{c.name}: different --input values gave the same output")
+                f"{c.name}: different --input values gave the same output"
+            )
     if bad_input is not None:
         try:
             c.parse_input(bad_input)

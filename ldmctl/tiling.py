@@ -87,8 +87,9 @@ def blend_window(h: int, w: int, *, top: int, bottom: int, left: int, right: int
     return (wy[:, None] * wx[None, :]).float()
 
 
-def tiled_apply(fn: TileFn, x: Tensor, *, tile: int, overlap: int, scale: int = 1,
-                progress: Progress | None = None) -> Tensor:
+def tiled_apply(
+    fn: TileFn, x: Tensor, *, tile: int, overlap: int, scale: int = 1, progress: Progress | None = None
+) -> Tensor:
     """Apply ``fn`` to overlapping tiles of ``x`` (B, C, H, W); return (B, C', H*scale, W*scale).
 
     ``fn(x_tile, (y0, x0))`` gets a (B, C, th, tw) slice whose top-left corner is at ``(y0, x0)``
@@ -119,8 +120,17 @@ def tiled_apply(fn: TileFn, x: Tensor, *, tile: int, overlap: int, scale: int = 
     return _blend_tiles(fn, x, ys, xs, (th, tw), overlap=overlap, scale=scale, progress=progress)
 
 
-def _blend_tiles(fn: TileFn, x: Tensor, ys: list[int], xs: list[int], size: tuple[int, int], *,
-                 overlap: int, scale: int, progress: Progress | None) -> Tensor:
+def _blend_tiles(
+    fn: TileFn,
+    x: Tensor,
+    ys: list[int],
+    xs: list[int],
+    size: tuple[int, int],
+    *,
+    overlap: int,
+    scale: int,
+    progress: Progress | None,
+) -> Tensor:
     """Run ``fn`` on every tile (row by row) and return the normalised weighted sum."""
     h, w = x.shape[-2:]
     th, tw = size
@@ -130,19 +140,25 @@ def _blend_tiles(fn: TileFn, x: Tensor, ys: list[int], xs: list[int], size: tupl
     wsum: Tensor | None = None  # (H*s, W*s)
     out_dtype = x.dtype
     for done, (y0, x0) in enumerate(((y0, x0) for y0 in ys for x0 in xs), start=1):
-        out = fn(x[:, :, y0:y0 + th, x0:x0 + tw], (y0, x0))
+        out = fn(x[:, :, y0 : y0 + th, x0 : x0 + tw], (y0, x0))
         _check_tile(out, x.shape[0], size, scale)
         if acc is None or wsum is None:
             out_dtype = out.dtype
             dtype = torch.promote_types(out.dtype, torch.float32)
             acc = out.new_zeros((out.shape[0], out.shape[1], h * scale, w * scale), dtype=dtype)
             wsum = out.new_zeros((h * scale, w * scale), dtype=dtype)
-        window = blend_window(oth, otw, top=m if y0 > 0 else 0, bottom=m if y0 + th < h else 0,
-                              left=m if x0 > 0 else 0, right=m if x0 + tw < w else 0)
+        window = blend_window(
+            oth,
+            otw,
+            top=m if y0 > 0 else 0,
+            bottom=m if y0 + th < h else 0,
+            left=m if x0 > 0 else 0,
+            right=m if x0 + tw < w else 0,
+        )
         window = window.to(device=acc.device, dtype=acc.dtype)
         oy, ox = y0 * scale, x0 * scale
-        acc[:, :, oy:oy + oth, ox:ox + otw] += out.to(acc.dtype) * window
-        wsum[oy:oy + oth, ox:ox + otw] += window
+        acc[:, :, oy : oy + oth, ox : ox + otw] += out.to(acc.dtype) * window
+        wsum[oy : oy + oth, ox : ox + otw] += window
         del out  # free this tile's output before the next tile runs
         if progress is not None:
             progress(done, total)
@@ -156,5 +172,7 @@ def _check_tile(out: Tensor, batch: int, size: tuple[int, int], scale: int) -> N
     oh, ow = size[0] * scale, size[1] * scale
     if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[0] != batch or tuple(out.shape[-2:]) != (oh, ow):
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"tile function returned {got} for a {size[0]}x{size[1]} tile at scale {scale}; "
-                         f"expected (B={batch}, C', {oh}, {ow})")
+        raise ValueError(
+            f"tile function returned {got} for a {size[0]}x{size[1]} tile at scale {scale}; "
+            f"expected (B={batch}, C', {oh}, {ow})"
+        )

@@ -102,13 +102,16 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim) if context_dim else None
         self.norm3, self.ff = nn.LayerNorm(dim), GEGLU(dim, ff_mult)
 
-    def forward(self, h: Tensor, context: Tensor | None, context_mask: Tensor | None,
-                self_mask: Tensor | None) -> Tensor:
+    def forward(
+        self, h: Tensor, context: Tensor | None, context_mask: Tensor | None, self_mask: Tensor | None
+    ) -> Tensor:
         h = h + self.attn1(self.norm1(h), mask=self_mask)
         if self.attn2 is not None:
             if context is None:
-                raise ConfigError("this UNet has cross-attention (context_dim > 0) but no context was given",
-                                  hint="pass a crossattn condition, or its null() for unconditional sampling")
+                raise ConfigError(
+                    "this UNet has cross-attention (context_dim > 0) but no context was given",
+                    hint="pass a crossattn condition, or its null() for unconditional sampling",
+                )
             h = h + self.attn2(self.norm2(h), context, context_mask)
         return h + self.ff(self.norm3(h))
 
@@ -122,8 +125,9 @@ class SpatialTransformer(nn.Module):
         head_dim = ch // heads
         self.norm = Normalize(ch, cfg.norm_groups)
         self.proj_in = nn.Linear(ch, ch)
-        self.blocks = nn.ModuleList(TransformerBlock(ch, heads, head_dim, cfg.context_dim, cfg.ff_mult)
-                                    for _ in range(cfg.transformer_depth))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(ch, heads, head_dim, cfg.context_dim, cfg.ff_mult) for _ in range(cfg.transformer_depth)
+        )
         self.proj_out = nn.Linear(ch, ch)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
@@ -142,7 +146,9 @@ class SpatialTransformer(nn.Module):
             n_tok = tok.shape[1]
             h = torch.cat([tok, h + pos + self.image_type.to(h.dtype)], dim=1)  # (B, M + HW, C)
             if cond.tokens_mask is not None:
-                mask = torch.cat([cond.tokens_mask.bool(), cond.tokens_mask.new_ones(b, height * width, dtype=torch.bool)], 1)
+                mask = torch.cat(
+                    [cond.tokens_mask.bool(), cond.tokens_mask.new_ones(b, height * width, dtype=torch.bool)], 1
+                )
         for block in self.blocks:
             h = block(h, cond.context, cond.context_mask, mask)
         h = self.proj_out(h[:, n_tok:])
@@ -163,8 +169,14 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(cfg.in_channels + cfg.concat_channels, mc, 3, padding=1)
 
         def res(cin: int, cout: int) -> ResnetBlock:
-            return ResnetBlock(cin, cout, groups=cfg.norm_groups, dropout=cfg.dropout, temb_channels=emb_dim,
-                               scale_shift=cfg.scale_shift_norm)
+            return ResnetBlock(
+                cin,
+                cout,
+                groups=cfg.norm_groups,
+                dropout=cfg.dropout,
+                temb_channels=emb_dim,
+                scale_shift=cfg.scale_shift_norm,
+            )
 
         self.down, skips, ch = nn.ModuleList(), [mc], mc
         for level, mult in enumerate(cfg.channel_mult):
@@ -177,8 +189,9 @@ class UNet(nn.Module):
             if level < len(cfg.channel_mult) - 1:
                 self.down.append(nn.ModuleList([Downsample(ch, with_conv=cfg.conv_resample)]))
                 skips.append(ch)
-        self.mid = nn.ModuleList([res(ch, ch)] + ([SpatialTransformer(ch, cfg)] if cfg.mid_attention else [])
-                                 + [res(ch, ch)])
+        self.mid = nn.ModuleList(
+            [res(ch, ch)] + ([SpatialTransformer(ch, cfg)] if cfg.mid_attention else []) + [res(ch, ch)]
+        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
@@ -221,8 +234,10 @@ class UNet(nn.Module):
             t = t.expand(z_t.shape[0])
         x = z_t if cond.concat is None else torch.cat([z_t, cond.concat.to(z_t.dtype)], dim=1)
         if x.shape[1] != self.conv_in.in_channels:
-            raise ConfigError(f"UNet expects {self.conv_in.in_channels} input channels "
-                              f"({self.config.in_channels} latent + {self.config.concat_channels} concat), got {x.shape[1]}")
+            raise ConfigError(
+                f"UNet expects {self.conv_in.in_channels} input channels "
+                f"({self.config.in_channels} latent + {self.config.concat_channels} concat), got {x.shape[1]}"
+            )
         emb = self.embed_time(t, cond)
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))
         skips = [h]
@@ -256,9 +271,11 @@ def check_unet_config(cfg: UNetConfig) -> None:
         raise ConfigError("unet.num_res_blocks must be >= 1 and unet.channel_mult non-empty")
     if (cfg.context_dim or cfg.token_dim) and not cfg.attention_levels and not cfg.mid_attention:
         kind = "crossattn" if cfg.context_dim else "tokens"
-        raise ConfigError(f"a {kind} conditioner enters the UNet through its attention blocks, but this UNet has none "
-                          "(unet.attention_levels = [] and unet.mid_attention = false): the condition would be ignored",
-                          hint="set model.unet.attention_levels (e.g. [1]) or model.unet.mid_attention = true")
+        raise ConfigError(
+            f"a {kind} conditioner enters the UNet through its attention blocks, but this UNet has none "
+            "(unet.attention_levels = [] and unet.mid_attention = false): the condition would be ignored",
+            hint="set model.unet.attention_levels (e.g. [1]) or model.unet.mid_attention = true",
+        )
 
 
 def downsample_factor(cfg: UNetConfig) -> int:

@@ -55,9 +55,11 @@ def fid_inception_weights(tmp_path_factory):
     return path
 
 
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 @pytest.fixture(scope="session")
@@ -87,11 +89,40 @@ def class_ldm(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ldm")
     runner = CliRunner()
-    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
-                            "--max-steps", "1", "--out", str(root / "ae")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ae",
+            "--preset",
+            "tiny",
+            "--data",
+            "builtin:synthetic",
+            "--perceptual",
+            "none",
+            "--max-steps",
+            "1",
+            "--out",
+            str(root / "ae"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(root / "ae" / "ae.safetensors"),
-                            "--data", "builtin:synthetic", "--max-steps", "1", "--cond", "class",
-                            "--out", str(root / "ldm")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--ae",
+            str(root / "ae" / "ae.safetensors"),
+            "--data",
+            "builtin:synthetic",
+            "--max-steps",
+            "1",
+            "--cond",
+            "class",
+            "--out",
+            str(root / "ldm"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return root / "ldm" / "ldm.safetensors"

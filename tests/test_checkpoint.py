@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from ldmctl.checkpoint import load_train_state, read_checkpoint, save_checkpoint, save_train_state
-from ldmctl.files import atomic_write
 from ldmctl.errors import CheckpointError
+from ldmctl.files import atomic_write
 
 
 def _tensors():
@@ -16,8 +16,9 @@ def _tensors():
 
 
 def test_round_trip_keeps_config_and_tensors(tmp_path):
-    path = save_checkpoint(tmp_path / "m.safetensors", _tensors(), kind="autoencoder",
-                           config={"z_channels": 4}, extra={"step": 3})
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", _tensors(), kind="autoencoder", config={"z_channels": 4}, extra={"step": 3}
+    )
     ck = read_checkpoint(path, expect_kind="autoencoder")
     assert ck.config == {"z_channels": 4} and ck.extra == {"step": 3} and ck.kind == "autoencoder"
     assert torch.equal(ck.tensors["w"], _tensors()["w"])
@@ -43,8 +44,11 @@ def test_wrong_kind_missing_truncated_foreign(tmp_path):
 
 
 def test_tampered_metadata(tmp_path):
-    save_file(_tensors(), str(tmp_path / "t.safetensors"),
-              metadata={"ldmctl.kind": "autoencoder", "ldmctl.schema": "1", "ldmctl.config": "{oops"})
+    save_file(
+        _tensors(),
+        str(tmp_path / "t.safetensors"),
+        metadata={"ldmctl.kind": "autoencoder", "ldmctl.schema": "1", "ldmctl.config": "{oops"},
+    )
     with pytest.raises(CheckpointError, match="corrupt metadata"):
         read_checkpoint(tmp_path / "t.safetensors")
 
@@ -69,7 +73,8 @@ def test_atomic_write_into_missing_folder(tmp_path):
 
 def test_autoencoder_file_alone_rebuilds_an_identical_model(tmp_path):
     from ldmctl.autoencoder import build_autoencoder
-    from ldmctl.checkpoint import load_autoencoder as load_model, save_autoencoder
+    from ldmctl.checkpoint import load_autoencoder as load_model
+    from ldmctl.checkpoint import save_autoencoder
     from ldmctl.config import preset
 
     for kind in ("kl", "vq"):
@@ -89,8 +94,9 @@ def test_tampered_weights_are_a_checkpoint_error(tmp_path):
     from ldmctl.checkpoint import load_autoencoder, save_checkpoint
     from ldmctl.config import preset, to_dict
 
-    path = save_checkpoint(tmp_path / "bad.safetensors", {"w": torch.ones(1)}, kind="autoencoder",
-                           config=to_dict(preset("tiny").model))
+    path = save_checkpoint(
+        tmp_path / "bad.safetensors", {"w": torch.ones(1)}, kind="autoencoder", config=to_dict(preset("tiny").model)
+    )
     with pytest.raises(CheckpointError, match="do not match"):
         load_autoencoder(path)
 

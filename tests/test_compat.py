@@ -39,8 +39,24 @@ def _at_root_with_two_threads(monkeypatch):
 
 @pytest.mark.parametrize("name,expected,args", SAMPLES, ids=[s[1] for s in SAMPLES])
 def test_old_checkpoints_sample_bit_identically(tmp_path, name, expected, args):
-    r = CliRunner().invoke(app, ["sample", str(FIX / f"{name}.safetensors"), "--n", "2", "--steps", "3", "--seed", "5",
-                                 *args, "--out", str(tmp_path / "g.png"), "--save-tensor", str(tmp_path / "s.pt")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            str(FIX / f"{name}.safetensors"),
+            "--n",
+            "2",
+            "--steps",
+            "3",
+            "--seed",
+            "5",
+            *args,
+            "--out",
+            str(tmp_path / "g.png"),
+            "--save-tensor",
+            str(tmp_path / "s.pt"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     got = torch.load(tmp_path / "s.pt", weights_only=True)
     assert torch.equal(got, torch.load(FIX / f"{expected}.samples.pt", weights_only=True))
@@ -48,21 +64,49 @@ def test_old_checkpoints_sample_bit_identically(tmp_path, name, expected, args):
 
 @pytest.mark.parametrize("name", ["sr", "sr-residual"])
 def test_old_superres_checkpoints_upscale_bit_identically(tmp_path, name):
-    r = CliRunner().invoke(app, ["superres", str(FIX / "lr.png"), "--model", str(FIX / f"{name}.safetensors"),
-                                 "--steps", "3", "-o", str(tmp_path / "x.png")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "superres",
+            str(FIX / "lr.png"),
+            "--model",
+            str(FIX / f"{name}.safetensors"),
+            "--steps",
+            "3",
+            "-o",
+            str(tmp_path / "x.png"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")),
-                          np.asarray(Image.open(FIX / f"{name}.superres.png")))
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "x.png")), np.asarray(Image.open(FIX / f"{name}.superres.png"))
+    )
 
 
 def test_shipped_models_give_the_same_outputs(tmp_path):
-    r = CliRunner().invoke(app, ["sample", "--n", "2", "--steps", "4", "--seed", "3", "--prompt",
-                                 "a red circle above a blue square", "--out", str(tmp_path / "g.png"),
-                                 "--save-tensor", str(tmp_path / "s.pt")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "--n",
+            "2",
+            "--steps",
+            "4",
+            "--seed",
+            "3",
+            "--prompt",
+            "a red circle above a blue square",
+            "--out",
+            str(tmp_path / "g.png"),
+            "--save-tensor",
+            str(tmp_path / "s.pt"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     got = torch.load(tmp_path / "s.pt", weights_only=True)
     assert torch.equal(got, torch.load(FIX / "shipped-shapes.samples.pt", weights_only=True))
     r = CliRunner().invoke(app, ["superres", str(FIX / "lr.png"), "-o", str(tmp_path / "x.png")])
     assert r.exit_code == 0, r.output
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")),
-                          np.asarray(Image.open(FIX / "shipped-superres.superres.png")))
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "x.png")), np.asarray(Image.open(FIX / "shipped-superres.superres.png"))
+    )

@@ -43,8 +43,10 @@ def test_from_dict_is_strict():
 
 
 def test_set_overrides_nested_values():
-    cfg = merge(preset("tiny"), parse_set(["model.z_channels=8", "loss.perceptual=none",
-                                           "model.channel_mult=[1,2,2,4]", "train.lr=0.5"]))
+    cfg = merge(
+        preset("tiny"),
+        parse_set(["model.z_channels=8", "loss.perceptual=none", "model.channel_mult=[1,2,2,4]", "train.lr=0.5"]),
+    )
     assert cfg.model.z_channels == 8 and cfg.loss.perceptual == "none"
     assert cfg.model.channel_mult == (1, 2, 2, 4) and cfg.model.downsample_factor == 8
     assert cfg.train.lr == 0.5

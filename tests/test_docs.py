@@ -18,13 +18,14 @@ def test_config_reference_is_current():
     start = text.index("-->\n", text.index("<!-- generated")) + 4
     end = text.index("<!-- end generated -->")
     assert text[start:end].strip() == reference_markdown().strip(), (
-        "docs/config.md is stale: regenerate the table with ldmctl.config.reference_markdown()")
+        "docs/config.md is stale: regenerate the table with ldmctl.config.reference_markdown()"
+    )
 
 
 def _generated(name: str) -> str:
     text = (DOCS / name).read_text()
     start = text.index("-->\n", text.index("<!-- generated")) + 4
-    return text[start:text.index("<!-- end generated -->")].strip()
+    return text[start : text.index("<!-- end generated -->")].strip()
 
 
 def test_cli_reference_is_current():
@@ -32,7 +33,8 @@ def test_cli_reference_is_current():
     from ldmctl.cli._reference import cli_reference_markdown
 
     assert _generated("cli.md") == cli_reference_markdown(app).strip(), (
-        "docs/cli.md is stale: regenerate it with ldmctl.cli._reference.cli_reference_markdown(app)")
+        "docs/cli.md is stale: regenerate it with ldmctl.cli._reference.cli_reference_markdown(app)"
+    )
 
 
 def test_readme_test_command_is_what_ci_runs():

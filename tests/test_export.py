@@ -17,15 +17,50 @@ from ldmctl.diffusion.io import load_ldm
 def text_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     cfg = root / "text.toml"
-    cfg.write_text('[[model.conditioners]]\nname = "crossattn"\n[model.conditioners.options]\n'
-                   'width = 16\ndepth = 1\nheads = 2\nmax_length = 16\n')
+    cfg.write_text(
+        '[[model.conditioners]]\nname = "crossattn"\n[model.conditioners.options]\n'
+        "width = 16\ndepth = 1\nheads = 2\nmax_length = 16\n"
+    )
     runner = CliRunner()
-    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:shapes", "--perceptual", "none",
-                            "--max-steps", "1", "--out", str(root / "ae")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ae",
+            "--preset",
+            "tiny",
+            "--data",
+            "builtin:shapes",
+            "--perceptual",
+            "none",
+            "--max-steps",
+            "1",
+            "--out",
+            str(root / "ae"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(root / "ae" / "ae.safetensors"),
-                            "--data", "builtin:shapes", "--config", str(cfg), "--max-steps", "3", "--lr", "1e-2",
-                            "--set", "cache_latents=false", "--out", str(root / "ldm")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--ae",
+            str(root / "ae" / "ae.safetensors"),
+            "--data",
+            "builtin:shapes",
+            "--config",
+            str(cfg),
+            "--max-steps",
+            "3",
+            "--lr",
+            "1e-2",
+            "--set",
+            "cache_latents=false",
+            "--out",
+            str(root / "ldm"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return root / "ldm" / "ldm.safetensors"
 
@@ -42,8 +77,9 @@ def test_export_prunes_vocab_and_keeps_the_model(text_run, tmp_path, caplog):
     r = CliRunner().invoke(app, ["export", str(text_run), str(out), "--prune-vocab"])
     assert r.exit_code == 0, r.output
     ckpt = read_checkpoint(out)
-    assert all(v.dtype in (torch.float16, torch.long, torch.int64) for v in ckpt.tensors.values()
-               if v.is_floating_point()) and not any(k.startswith("unet.") for k in ckpt.tensors)
+    assert all(
+        v.dtype in (torch.float16, torch.long, torch.int64) for v in ckpt.tensors.values() if v.is_floating_point()
+    ) and not any(k.startswith("unet.") for k in ckpt.tensors)
     keep = ckpt.config["ldm"]["conditioners"][0]["options"]["keep_tokens"]
     assert 10 < len(keep) < 60  # the shapes caption language plus the special tokens, not 30,522 rows
     assert out.stat().st_size < text_run.stat().st_size / 3

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from typer.testing import CliRunner
 from PIL import Image
+from typer.testing import CliRunner
 
 from ldmctl.cli import app
-from ldmctl.models import SHIPPED
 from ldmctl.diffusion.io import load_ldm
+from ldmctl.models import SHIPPED
 
 MAX_BYTES = 16 * 2**20
 
@@ -27,8 +27,22 @@ def test_every_shipped_model_is_installed_small_and_fp16():
 def test_sample_without_a_checkpoint_uses_the_shapes_model(tmp_path):
     model = load_ldm(SHIPPED["shapes"].path)
     assert [s.name for s in model.config.conditioners] == ["crossattn"]
-    r = CliRunner().invoke(app, ["sample", "--prompt", "a red circle", "--n", "1", "--steps", "2",
-                                 "--out", str(tmp_path / "s.png"), "--save-tensor", str(tmp_path / "s.pt")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "--prompt",
+            "a red circle",
+            "--n",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "s.png"),
+            "--save-tensor",
+            str(tmp_path / "s.pt"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     x = torch.load(tmp_path / "s.pt", weights_only=True)
     assert x.shape == (1, 3, 32, 32) and torch.isfinite(x).all()

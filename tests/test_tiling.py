@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,9 +16,9 @@ def _covers(starts: list[int], length: int, tile: int, overlap: int) -> None:
     side = min(tile, length)
     assert starts[0] == 0 and starts[-1] + side == length
     assert starts == sorted(set(starts))
-    for a, b in zip(starts, starts[1:]):
+    for a, b in pairwise(starts):
         assert a + side - b >= overlap  # neighbours overlap by at least `overlap`
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in pairwise(starts)]
     assert not gaps or max(gaps) - min(gaps) <= 1  # evenly spread
 
 
@@ -88,7 +90,7 @@ def test_offsets_let_fn_slice_side_inputs():
     def fn(t, at):
         y0, x0 = at
         seen.append(at)
-        return t - side[:, :, y0:y0 + t.shape[2], x0:x0 + t.shape[3]]
+        return t - side[:, :, y0 : y0 + t.shape[2], x0 : x0 + t.shape[3]]
 
     out = tiled_apply(fn, x, tile=20, overlap=4)
     assert (out - (x - side)).abs().max() < 1e-6
@@ -133,13 +135,13 @@ def _edge_bands(h: int, w: int, tile: int, overlap: int, r: int, scale: int = 1)
         for x0 in tile_starts(w, tile, overlap):
             ys, ye, xs, xe = y0 * scale, (y0 + th) * scale, x0 * scale, (x0 + tw) * scale
             if y0 > 0:
-                mask[ys:ys + band, xs:xe] = True
+                mask[ys : ys + band, xs:xe] = True
             if y0 + th < h:
-                mask[ye - band:ye, xs:xe] = True
+                mask[ye - band : ye, xs:xe] = True
             if x0 > 0:
-                mask[ys:ye, xs:xs + band] = True
+                mask[ys:ye, xs : xs + band] = True
             if x0 + tw < w:
-                mask[ys:ye, xe - band:xe] = True
+                mask[ys:ye, xe - band : xe] = True
     return mask
 
 
@@ -185,8 +187,8 @@ def _seam_excess(out: torch.Tensor, h: int, w: int, tile: int, overlap: int) -> 
     dx = (out[0, 0, :, 1:] - out[0, 0, :, :-1]).abs()[4:-4]  # steps between columns j, j+1
     seam = torch.zeros(w - 1, dtype=torch.bool)
     starts = tile_starts(w, tile, overlap)
-    for a, b in zip(starts, starts[1:]):
-        seam[b - 1:a + tile] = True  # the overlap of two neighbours, plus the step into it
+    for a, b in pairwise(starts):
+        seam[b - 1 : a + tile] = True  # the overlap of two neighbours, plus the step into it
     inner = torch.zeros(w - 1, dtype=torch.bool)
     inner[4:-4] = True  # ignore the image's own border effects
     return (dx[:, seam & inner].max() / dx[:, ~seam & inner].max()).item()
@@ -194,8 +196,7 @@ def _seam_excess(out: torch.Tensor, h: int, w: int, tile: int, overlap: int) -> 
 
 def test_no_seams_on_a_smooth_gradient():
     h, w = 80, 72
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     x = (0.005 * yy + 0.01 * xx)[None, None].repeat(1, 3, 1, 1)
     blended = tiled_apply(_blur, x, tile=32, overlap=8)
     assert _seam_excess(blended, h, w, 32, 8) < 1.02  # steps at seams within 2% of steps elsewhere

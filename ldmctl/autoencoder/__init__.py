@@ -27,7 +27,18 @@ def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL | VQModel:
 
 
 __all__ = [
-    "AELoss", "AEOutput", "AutoencoderKL", "Decoder", "DiagonalGaussianDistribution", "Encoder",
-    "LPIPSDistance", "NLayerDiscriminator", "VQModel", "VectorQuantizer", "adaptive_weight",
-    "build_autoencoder", "build_perceptual", "default_backbone_path",
+    "AELoss",
+    "AEOutput",
+    "AutoencoderKL",
+    "Decoder",
+    "DiagonalGaussianDistribution",
+    "Encoder",
+    "LPIPSDistance",
+    "NLayerDiscriminator",
+    "VQModel",
+    "VectorQuantizer",
+    "adaptive_weight",
+    "build_autoencoder",
+    "build_perceptual",
+    "default_backbone_path",
 ]

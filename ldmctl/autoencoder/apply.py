@@ -32,8 +32,9 @@ def check_tiling(f: int, tile: int, overlap: int) -> None:
         raise ConfigError(f"--overlap-px {overlap} must be >= 0 and smaller than --tile-px {tile} (pixels)")
 
 
-def reconstruction_tiles(ae: nn.Module, h: int, w: int, *, tile: int = DEFAULT_TILE,
-                         overlap: int = DEFAULT_OVERLAP) -> int:
+def reconstruction_tiles(
+    ae: nn.Module, h: int, w: int, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP
+) -> int:
     """How many tiles :func:`reconstruct` runs for an ``h`` x ``w`` image (1: one piece)."""
     f = ae.config.downsample_factor
     check_tiling(f, tile, overlap)
@@ -43,8 +44,14 @@ def reconstruction_tiles(ae: nn.Module, h: int, w: int, *, tile: int = DEFAULT_T
 
 
 @torch.no_grad()
-def reconstruct(ae: nn.Module, x: Tensor, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                progress: Progress | None = None) -> Tensor:
+def reconstruct(
+    ae: nn.Module,
+    x: Tensor,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    progress: Progress | None = None,
+) -> Tensor:
     """Encode (posterior mode) and decode images (B, C, H, W) in [-1, 1]; same size out.
 
     ``tile`` (pixels, a multiple of f; 0 = always in one piece) and ``overlap`` set the tiling of
@@ -58,8 +65,9 @@ def reconstruct(ae: nn.Module, x: Tensor, *, tile: int = DEFAULT_TILE, overlap: 
         if progress is not None:
             progress(1, 1)
     else:  # tiles are `tile` pixels or a whole (padded) side, so every tile is a multiple of f
-        recon = tiled_apply(lambda t, _at: ae.decode(ae.encode(t)), padded, tile=tile, overlap=overlap,
-                            progress=progress)
+        recon = tiled_apply(
+            lambda t, _at: ae.decode(ae.encode(t)), padded, tile=tile, overlap=overlap, progress=progress
+        )
     return crop_to(recon, h, w).clamp(-1, 1)
 
 

@@ -38,20 +38,26 @@ def check_config(cfg: AutoencoderConfig) -> None:
     if cfg.kind not in ("kl", "vq"):
         raise ConfigError(f"model.kind={cfg.kind!r} is not one of ['kl', 'vq']")
     if not cfg.channel_mult or cfg.base_channels <= 0 or cfg.num_res_blocks < 1:
-        raise ConfigError("model.channel_mult must be non-empty, base_channels > 0 and "
-                          f"num_res_blocks >= 1 (got {cfg.channel_mult}, {cfg.base_channels}, "
-                          f"{cfg.num_res_blocks})")
+        raise ConfigError(
+            "model.channel_mult must be non-empty, base_channels > 0 and "
+            f"num_res_blocks >= 1 (got {cfg.channel_mult}, {cfg.base_channels}, "
+            f"{cfg.num_res_blocks})"
+        )
     widths = sorted({cfg.base_channels * m for m in cfg.channel_mult})
     if cfg.norm_groups <= 0 or any(w % cfg.norm_groups for w in widths):
         raise ConfigError(f"model.norm_groups={cfg.norm_groups} must divide every width {widths}")
     bad = [i for i in cfg.attn_resolutions if not 0 <= i < len(cfg.channel_mult)]
     if bad:
-        raise ConfigError(f"model.attn_resolutions={list(cfg.attn_resolutions)}: {bad} are not "
-                          f"level indices in [0, {len(cfg.channel_mult) - 1}]",
-                          hint="attn_resolutions lists levels (0 = full resolution), not sizes")
+        raise ConfigError(
+            f"model.attn_resolutions={list(cfg.attn_resolutions)}: {bad} are not "
+            f"level indices in [0, {len(cfg.channel_mult) - 1}]",
+            hint="attn_resolutions lists levels (0 = full resolution), not sizes",
+        )
     if cfg.linear_shortcut and cfg.kind != "kl":
-        raise ConfigError("model.linear_shortcut is implemented for kind='kl' only",
-                          hint="set model.linear_shortcut = false for a VQ model")
+        raise ConfigError(
+            "model.linear_shortcut is implemented for kind='kl' only",
+            hint="set model.linear_shortcut = false for a VQ model",
+        )
     if cfg.z_channels <= 0 or cfg.embed_dim <= 0 or cfg.n_embed <= 0:
         raise ConfigError("model.z_channels, embed_dim and n_embed must be positive")
 
@@ -60,8 +66,17 @@ class _Level(nn.Module):
     """One resolution level: residual blocks (each followed by attention if enabled), then an
     optional resample (Downsample in the encoder, Upsample in the decoder)."""
 
-    def __init__(self, in_ch: int, out_ch: int, n_blocks: int, *, attention: bool,
-                 resample: nn.Module | None, groups: int, dropout: float) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        n_blocks: int,
+        *,
+        attention: bool,
+        resample: nn.Module | None,
+        groups: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         widths = [in_ch] + [out_ch] * n_blocks
         pairs = zip(widths, widths[1:], strict=False)
@@ -101,9 +116,17 @@ class Encoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.in_channels, widths[0], kernel_size=3, padding=1)
         ins = [widths[0]] + widths[:-1]
         self.levels = nn.ModuleList(
-            _Level(ins[i], widths[i], cfg.num_res_blocks, attention=i in cfg.attn_resolutions,
-                   resample=Downsample(widths[i]) if i < n - 1 else None, groups=g, dropout=p)
-            for i in range(n))
+            _Level(
+                ins[i],
+                widths[i],
+                cfg.num_res_blocks,
+                attention=i in cfg.attn_resolutions,
+                resample=Downsample(widths[i]) if i < n - 1 else None,
+                groups=g,
+                dropout=p,
+            )
+            for i in range(n)
+        )
         self.mid = _MidBlock(widths[-1], attention=cfg.mid_attention, groups=g, dropout=p)
         self.norm_out = Normalize(widths[-1], g)
         self.conv_out = nn.Conv2d(widths[-1], out_channels, kernel_size=3, padding=1)
@@ -129,10 +152,17 @@ class Decoder(nn.Module):
         levels = []  # deepest first; the level for index i ends with an Upsample unless i == 0
         for i in reversed(range(len(widths))):
             prev = widths[min(i + 1, len(widths) - 1)]
-            levels.append(_Level(prev, widths[i], cfg.num_res_blocks + 1,
-                                 attention=i in cfg.attn_resolutions,
-                                 resample=Upsample(widths[i]) if i > 0 else None,
-                                 groups=g, dropout=p))
+            levels.append(
+                _Level(
+                    prev,
+                    widths[i],
+                    cfg.num_res_blocks + 1,
+                    attention=i in cfg.attn_resolutions,
+                    resample=Upsample(widths[i]) if i > 0 else None,
+                    groups=g,
+                    dropout=p,
+                )
+            )
         self.levels = nn.ModuleList(levels)
         self.norm_out = Normalize(widths[0], g)
         self.conv_out = nn.Conv2d(widths[0], cfg.in_channels, kernel_size=3, padding=1)

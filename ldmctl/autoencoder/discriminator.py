@@ -33,18 +33,22 @@ class NLayerDiscriminator(nn.Module):
     def __init__(self, in_channels: int = 3, channels: int = 64, n_layers: int = 3) -> None:
         super().__init__()
         if n_layers < 1 or channels < 1:
-            raise ConfigError(f"loss.disc_layers={n_layers} and loss.disc_channels={channels} "
-                              "must both be >= 1")
+            raise ConfigError(f"loss.disc_layers={n_layers} and loss.disc_channels={channels} must both be >= 1")
         self.n_layers = n_layers
         self.min_size = 3 * 2**n_layers
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, stride=2, padding=1),
-                                   nn.LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, channels, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
         width = channels
         for n in range(1, n_layers + 1):
             out = channels * min(2**n, 8)
             stride = 2 if n < n_layers else 1  # the last widening layer keeps the size
-            layers += [nn.Conv2d(width, out, 4, stride=stride, padding=1, bias=False),
-                       nn.BatchNorm2d(out), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [
+                nn.Conv2d(width, out, 4, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
             width = out
         layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))  # one logit per patch
         self.main = nn.Sequential(*layers)
@@ -52,9 +56,11 @@ class NLayerDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if min(x.shape[-2:]) < self.min_size:
-            raise ConfigError(f"images of size {tuple(x.shape[-2:])} are too small for a "
-                              f"{self.n_layers}-layer PatchGAN (needs >= {self.min_size})",
-                              hint="lower loss.disc_layers or train on larger crops")
+            raise ConfigError(
+                f"images of size {tuple(x.shape[-2:])} are too small for a "
+                f"{self.n_layers}-layer PatchGAN (needs >= {self.min_size})",
+                hint="lower loss.disc_layers or train on larger crops",
+            )
         return self.main(x)
 
 

@@ -101,8 +101,7 @@ class AutoencoderKL(nn.Module):
             params = params + torch.cat([linear, torch.zeros_like(linear)], dim=1)
         return DiagonalGaussianDistribution(params)
 
-    def encode(self, x: Tensor, *, sample: bool = False,
-               generator: torch.Generator | None = None) -> Tensor:
+    def encode(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """Return the posterior mode, or a sample when ``sample`` is true: (B, z, H/f, W/f)."""
         post = self.posterior(x)
         return post.sample(generator) if sample else post.mode()
@@ -147,8 +146,9 @@ class AutoencoderKL(nn.Module):
         self.quant_conv.bias.zero_()
         self.quant_conv.bias[z:] = self.config.posterior_logvar_init
 
-    def forward(self, x: Tensor, *, generator: torch.Generator | None = None,
-                shard: tuple[int, int] = (0, 1)) -> AEOutput:
+    def forward(
+        self, x: Tensor, *, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
+    ) -> AEOutput:
         """Training pass: reconstruct from a posterior sample; reg_loss is the mean per-image KL."""
         post = self.posterior(x)
         recon = self.decode(post.sample(generator, shard))

@@ -32,8 +32,13 @@ from ldmctl.config import AELossConfig
 from ldmctl.errors import ConfigError
 
 
-def adaptive_weight(nll: Tensor, g_loss: Tensor, last_layer: nn.Parameter,
-                    disc_weight: float, reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+def adaptive_weight(
+    nll: Tensor,
+    g_loss: Tensor,
+    last_layer: nn.Parameter,
+    disc_weight: float,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Esser et al. 2021, eq. 7: ||grad_L(nll)|| / (||grad_L(g_loss)|| + 1e-4), clamped to
     [0, 1e4], detached, times ``disc_weight`` (L = the decoder's last layer). ``reduce`` maps
     each local gradient to the global one (data-parallel training averages it across ranks)."""
@@ -66,8 +71,9 @@ class AELoss(nn.Module):
     (requires_grad False) when a perceptual net is given.
     """
 
-    def __init__(self, cfg: AELossConfig, *, kind: Literal["kl", "vq"],
-                 perceptual: nn.Module | None = None, in_channels: int = 3) -> None:
+    def __init__(
+        self, cfg: AELossConfig, *, kind: Literal["kl", "vq"], perceptual: nn.Module | None = None, in_channels: int = 3
+    ) -> None:
         super().__init__()
         if kind not in ("kl", "vq"):
             raise ConfigError(f"AELoss kind {kind!r} is not one of ['kl', 'vq']")
@@ -86,8 +92,9 @@ class AELoss(nn.Module):
         """Whether the GAN terms (generator and discriminator) are on at ``step``."""
         return step >= self.cfg.disc_start
 
-    def generator_loss(self, x: Tensor, out: AEOutput, *, step: int,
-                       last_layer: nn.Parameter | None) -> tuple[Tensor, dict[str, float]]:
+    def generator_loss(
+        self, x: Tensor, out: AEOutput, *, step: int, last_layer: nn.Parameter | None
+    ) -> tuple[Tensor, dict[str, float]]:
         """Autoencoder objective for images x and the model's output; returns (loss, logs).
 
         d_weight: adaptive (eq. 7) when ``last_layer`` is given and a graph exists; the fixed
@@ -114,9 +121,16 @@ class AELoss(nn.Module):
             g_loss = -self.discriminator(recon).mean()
             d_weight = self._d_weight(nll, g_loss, last_layer)
             loss = loss + d_weight * cfg.disc_factor * g_loss
-        logs.update({"nll": float(nll.detach()), self.kind: float(out.reg_loss.detach()),
-                     "g": float(g_loss.detach()), "d_weight": float(d_weight),
-                     "logvar": float(self.logvar.detach()), "loss": float(loss.detach())})
+        logs.update(
+            {
+                "nll": float(nll.detach()),
+                self.kind: float(out.reg_loss.detach()),
+                "g": float(g_loss.detach()),
+                "d_weight": float(d_weight),
+                "logvar": float(self.logvar.detach()),
+                "loss": float(loss.detach()),
+            }
+        )
         return loss, logs
 
     def _d_weight(self, nll: Tensor, g_loss: Tensor, last_layer: nn.Parameter | None) -> Tensor:
@@ -126,20 +140,21 @@ class AELoss(nn.Module):
             return nll.new_zeros(())
         return adaptive_weight(nll, g_loss, last_layer, self.cfg.disc_weight, reduce=self.grad_reduce)
 
-    def discriminator_loss(self, x: Tensor, recon: Tensor, *,
-                           step: int) -> tuple[Tensor, dict[str, float]]:
+    def discriminator_loss(self, x: Tensor, recon: Tensor, *, step: int) -> tuple[Tensor, dict[str, float]]:
         """PatchGAN loss on real x and detached reconstructions; zero before ``disc_start``."""
         logits_real = self.discriminator(x.detach())
         logits_fake = self.discriminator(recon.detach())
         factor = self.cfg.disc_factor if self.gan_active(step) else 0.0
         d_loss = factor * _D_LOSSES[self.cfg.disc_loss](logits_real, logits_fake)
-        logs = {"d": float(d_loss.detach()), "logits_real": float(logits_real.detach().mean()),
-                "logits_fake": float(logits_fake.detach().mean())}
+        logs = {
+            "d": float(d_loss.detach()),
+            "logits_real": float(logits_real.detach().mean()),
+            "logits_fake": float(logits_fake.detach().mean()),
+        }
         return d_loss, logs
 
 
-def _drop_perceptual(module: nn.Module, state: dict[str, Any], prefix: str,
-                     local_metadata: Any) -> None:
+def _drop_perceptual(module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
     """state_dict hook: leave the frozen LPIPS weights out of AELoss checkpoints."""
     for key in [k for k in state if k.startswith(prefix + "perceptual.")]:
         del state[key]

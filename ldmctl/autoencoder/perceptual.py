@@ -32,10 +32,11 @@ _BACKBONES: dict[str, tuple[str, Any]] = {
     "vgg": ("vgg16", tvm.VGG16_Weights.IMAGENET1K_V1),
     "squeeze": ("squeezenet1_1", tvm.SqueezeNet1_1_Weights.IMAGENET1K_V1),
 }
-_HINT = ("put the torchvision ImageNet weights there, pass --lpips-weights PATH, "
-         "or train without the perceptual term with --perceptual none")
-_LOAD_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError,
-                zipfile.BadZipFile)
+_HINT = (
+    "put the torchvision ImageNet weights there, pass --lpips-weights PATH, "
+    "or train without the perceptual term with --perceptual none"
+)
+_LOAD_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 class LPIPSDistance(nn.Module):
@@ -66,8 +67,9 @@ def default_backbone_path(net: str = "alex") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
-def build_perceptual(net: str = "alex", *, weights: str | Path | None = None,
-                     random_backbone: bool = False) -> LPIPSDistance:
+def build_perceptual(
+    net: str = "alex", *, weights: str | Path | None = None, random_backbone: bool = False
+) -> LPIPSDistance:
     """Build a frozen LPIPS distance for ``net`` ("alex", "vgg" or "squeeze").
 
     Args:
@@ -100,11 +102,9 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except _LOAD_ERRORS as err:
-        raise WeightsError(f"LPIPS backbone weights {path} could not be read: {err}",
-                           hint=_HINT) from None
+        raise WeightsError(f"LPIPS backbone weights {path} could not be read: {err}", hint=_HINT) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsError(f"LPIPS backbone weights {path} are not a state_dict of tensors",
-                           hint=_HINT)
+        raise WeightsError(f"LPIPS backbone weights {path} are not a state_dict of tensors", hint=_HINT)
     return state
 
 
@@ -116,8 +116,10 @@ def _load_linear_heads(model: lpips.LPIPS, net: str) -> None:
     # lpips registers each head twice (lin0 and lins.0): check the lin<i> names
     heads = [k for k in model.state_dict() if re.match(r"lin\d", k)]
     if result.unexpected_keys or any(k in result.missing_keys for k in heads):
-        raise WeightsError(f"the lpips package's {path} does not match its model "
-                           f"(unexpected {result.unexpected_keys})", hint="reinstall lpips")
+        raise WeightsError(
+            f"the lpips package's {path} does not match its model (unexpected {result.unexpected_keys})",
+            hint="reinstall lpips",
+        )
 
 
 def _load_backbone(backbone: nn.Module, state: dict[str, Tensor], net: str, path: Path) -> None:
@@ -136,8 +138,10 @@ def _load_backbone(backbone: nn.Module, state: dict[str, Tensor], net: str, path
         else:
             mapped[key] = state[src]
     if bad:
-        raise WeightsError(f"LPIPS backbone weights {path} are not a torchvision {arch} "
-                           f"state_dict: missing or mis-shaped {bad[:4]}", hint=_HINT)
+        raise WeightsError(
+            f"LPIPS backbone weights {path} are not a torchvision {arch} state_dict: missing or mis-shaped {bad[:4]}",
+            hint=_HINT,
+        )
     backbone.load_state_dict(mapped, strict=True)
 
 

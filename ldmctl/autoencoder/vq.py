@@ -51,8 +51,9 @@ class VectorQuantizer(nn.Module):
         # distances in float32 even under bf16 autocast: argmin over near-ties needs precision
         with torch.autocast(device_type=z.device.type, enabled=False):
             flat, codes = flat.float(), self.embedding.weight.float()
-            dist = (flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codes.t()
-                    + codes.pow(2).sum(1)[None, :])  # (BHW, K), ||z||^2 - 2 z.e + ||e||^2
+            dist = (
+                flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codes.t() + codes.pow(2).sum(1)[None, :]
+            )  # (BHW, K), ||z||^2 - 2 z.e + ||e||^2
             idx = dist.argmin(dim=1)
         return rearrange(idx, "(b h w) -> b h w", b=b, h=h, w=w)
 
@@ -115,8 +116,7 @@ class VQModel(nn.Module):
         """The decoder's output conv weight (for the adaptive GAN weight of Esser et al. 2021)."""
         return self.decoder.conv_out.weight
 
-    def encode(self, x: Tensor, *, sample: bool = False,
-               generator: torch.Generator | None = None) -> Tensor:
+    def encode(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """Return the continuous pre-quantisation latent (B, embed_dim, H/f, W/f).
 
         ``sample`` and ``generator`` are accepted for interface parity with AutoencoderKL and
@@ -131,8 +131,9 @@ class VQModel(nn.Module):
     def _decode_quantized(self, z_q: Tensor) -> Tensor:
         return self.decoder(self.post_quant_conv(z_q))
 
-    def forward(self, x: Tensor, *, generator: torch.Generator | None = None,
-                shard: tuple[int, int] = (0, 1)) -> AEOutput:
+    def forward(
+        self, x: Tensor, *, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
+    ) -> AEOutput:
         """Training pass; reg_loss is the codebook + commitment loss. Records code usage.
 
         ``generator`` is accepted for parity with AutoencoderKL; VQ has no sampling.

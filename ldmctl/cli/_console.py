@@ -14,8 +14,7 @@ from einops import rearrange
 from PIL import Image
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from torch import Tensor
 
@@ -27,17 +26,30 @@ err_console = Console(stderr=True, soft_wrap=True)  # stderr: progress, logs, er
 def step_progress(total: int, start: int = 0, description: str = "train") -> Iterator[tuple[Progress, int]]:
     """A rich progress bar on stderr showing step, a free-text stats field, steps/s and ETA."""
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
-        TimeRemainingColumn(), console=err_console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
     )
     with progress:
         task = progress.add_task(description, total=total, completed=start, stats="")
         yield progress, task
 
 
-def train_with_progress(train: Callable[..., dict[str, Any]], *, total: int, description: str,
-                        shown: tuple[str, ...], out: Path, max_cols: int = 8) -> dict[str, Any] | None:
+def train_with_progress(
+    train: Callable[..., dict[str, Any]],
+    *,
+    total: int,
+    description: str,
+    shown: tuple[str, ...],
+    out: Path,
+    max_cols: int = 8,
+) -> dict[str, Any] | None:
     """Run ``train(callbacks=...)`` under a progress bar showing the logs ``shown``, saving its
     sample grids to OUT/samples/; return its summary. Under torchrun only rank 0 reports: the
     other ranks call ``train()`` without callbacks and return None."""
@@ -54,9 +66,21 @@ def train_with_progress(train: Callable[..., dict[str, Any]], *, total: int, des
         )
         summary = train(callbacks=callbacks)
     if summary["skipped_files"]:
-        err_console.print(f"[yellow]skipped {len(summary['skipped_files'])} unusable file(s)[/] "
-                          f"(see {escape(str(out / 'summary.json'))})")
+        err_console.print(
+            f"[yellow]skipped {len(summary['skipped_files'])} unusable file(s)[/] "
+            f"(see {escape(str(out / 'summary.json'))})"
+        )
     return summary
+
+
+def tile_progress(progress: Progress, task: int, image: int) -> Callable[[int, int], None]:
+    """A ``(done, total)`` tile callback for the ``image``-th image (from 0) of a bar counting
+    images: the bar advances by the fraction of that image's tiles done."""
+
+    def report(done: int, total: int) -> None:
+        progress.update(task, completed=image + done / total)
+
+    return report
 
 
 def format_logs(logs: dict[str, float], keys: tuple[str, ...]) -> str:

@@ -26,11 +26,20 @@ def _group_lines(group: typer.main.TyperGroup, prefix: str) -> list[str]:
         if hasattr(cmd, "list_commands"):
             lines += _group_lines(cmd, f"{prefix} {cmd_name}")
             continue
-        args = [p.name.upper() + ("..." if p.nargs == -1 else "") for p in cmd.params
-                if p.param_type_name == "argument"]
+        args = [
+            p.name.upper() + ("..." if p.nargs == -1 else "") for p in cmd.params if p.param_type_name == "argument"
+        ]
         usage = " ".join(["[OPTIONS]", *args])
-        lines += [f"## `ldmctl {name}`", "", (cmd.help or "").strip().split("\n")[0], "",
-                  f"`ldmctl {name} {usage}`", "", "| parameter | default | meaning |", "|---|---|---|"]
+        lines += [
+            f"## `ldmctl {name}`",
+            "",
+            (cmd.help or "").strip().split("\n")[0],
+            "",
+            f"`ldmctl {name} {usage}`",
+            "",
+            "| parameter | default | meaning |",
+            "|---|---|---|",
+        ]
         for p in cmd.params:
             if p.name == "help" or getattr(p, "hidden", False):
                 continue

@@ -108,11 +108,14 @@ def pixels_to_cells(tile_px: int, overlap_px: int, cell: int, multiple: int = 1)
     UNet's downsampling, in cells) and the overlap a multiple of ``cell`` below the tile."""
     step = cell * multiple
     if tile_px < step or tile_px % step:
-        raise ConfigError(f"--tile-px {tile_px} must be a positive multiple of {step} pixels "
-                          f"({multiple} latent cell(s) of {cell} px)")
+        raise ConfigError(
+            f"--tile-px {tile_px} must be a positive multiple of {step} pixels ({multiple} latent cell(s) of {cell} px)"
+        )
     if overlap_px < 0 or overlap_px % cell or overlap_px >= tile_px:
-        raise ConfigError(f"--overlap-px {overlap_px} must be a multiple of {cell} pixels (one latent cell), "
-                          f">= 0 and smaller than --tile-px {tile_px}")
+        raise ConfigError(
+            f"--overlap-px {overlap_px} must be a multiple of {cell} pixels (one latent cell), "
+            f">= 0 and smaller than --tile-px {tile_px}"
+        )
     return tile_px // cell, overlap_px // cell
 
 

@@ -7,35 +7,109 @@ import datetime
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import torch
 import typer
 
 from ldmctl import __version__
-from ldmctl.files import check_writable, ensure_folder
 from ldmctl.cli._console import console, err_console, step_progress
-from ldmctl.cli._vocab import Command, Preset, Sampler, Weights, metrics_spec
+from ldmctl.cli._options import InceptionOpt, RefLimitOpt, UNetBatchOpt, WeightsOpt
+from ldmctl.cli._vocab import Command, Preset, Sampler, metrics_spec
+from ldmctl.compare.run import SamplersConfig, Setting
+from ldmctl.compare.training import TrainingConfig
 from ldmctl.errors import ConfigError
-from ldmctl.eval.compare import SamplersConfig, Setting, TrainingConfig
 from ldmctl.eval.judge import JudgeConfig
+from ldmctl.files import check_writable, ensure_folder
 
-app = typer.Typer(name="compare", no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Compare samplers on one checkpoint, or training configs at one budget: a Markdown "
-                       "report with PNG plots and sample grids.")
+app = typer.Typer(
+    name="compare",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Compare samplers on one checkpoint, or training configs at one budget: a Markdown "
+    "report with PNG plots and sample grids.",
+)
 
-MetricOpt = Annotated[Optional[list[str]], typer.Option("--metrics", "--metric", help="auto (default: shapes for text models; fd-cls[,acc] with --classifier; else fid) or fd-cls, acc, fid, shapes, comma-separated or repeated. The first decides matches.")]
-RefOpt = Annotated[Optional[str], typer.Option(help="Reference images for fd-cls and fid: a folder or builtin:NAME (e.g. builtin:fashion-test).")]
-RefLimitOpt = Annotated[int, typer.Option(help="Use at most this many reference images, drawn at random (0: all).")]
-ClassifierOpt = Annotated[Optional[Path], typer.Option(help="ldmctl classifier (from train-classifier) for fd-cls and acc.")]
-InceptionOpt = Annotated[Optional[Path], typer.Option(help="FID Inception weights (default: $LDMCTL_INCEPTION, then the torch hub cache).")]
+MetricOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--metrics",
+        "--metric",
+        help="auto (default: shapes for text models; fd-cls[,acc] with --classifier; else fid) or fd-cls, acc, fid, "
+        "shapes, comma-separated or repeated. The first decides matches.",
+    ),
+]
+RefOpt = Annotated[
+    str | None,
+    typer.Option(help="Reference images for fd-cls and fid: a folder or builtin:NAME (e.g. builtin:fashion-test)."),
+]
+ClassifierOpt = Annotated[
+    Path | None, typer.Option(help="ldmctl classifier (from train-classifier) for fd-cls and acc.")
+]
 NOpt = Annotated[int, typer.Option("--n", help="Samples per measurement.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the samples (the same for every setting), the reference subset and the bootstrap.")]
-GuidanceOpt = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale (default 3 for conditional models, else 1).")]
-BatchOpt = Annotated[int, typer.Option(help="Images per UNet batch.")]
-BootstrapOpt = Annotated[int, typer.Option(help="Bootstrap resamples of the samples for each figure's standard deviation.")]
-JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results (as in OUT_DIR/results.json) here.")]
-InputOpt = Annotated[Optional[list[str]], typer.Option("--input", help="An input of the model's conditioners as KEY=VALUE, repeatable, cycled over the samples, as in `ldmctl sample` (default: the judge's prompts for captions, each conditioner's default otherwise).")]
+SeedOpt = Annotated[
+    int, typer.Option(help="Seed of the samples (the same for every setting), the reference subset and the bootstrap.")
+]
+CompareGuidanceOpt = Annotated[
+    float | None, typer.Option(help="Classifier-free guidance scale (default 3 for conditional models, else 1).")
+]
+BootstrapOpt = Annotated[
+    int, typer.Option(help="Bootstrap resamples of the samples for each figure's standard deviation.")
+]
+JsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Also write the results (as in OUT_DIR/results.json) here.")
+]
+InputOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input",
+        help="An input of the model's conditioners as KEY=VALUE, repeatable, cycled over the samples, as in "
+        "`ldmctl sample` (default: the judge's prompts for captions, each conditioner's default otherwise).",
+    ),
+]
+
+# compare samplers
+CheckpointArg = Annotated[Path, typer.Argument(help="LDM checkpoint (.safetensors from train-ldm or export).")]
+SamplersOpt = Annotated[str, typer.Option(help="Comma-separated samplers: ddim, plms, dpmpp, ddpm.")]
+StepCountsOpt = Annotated[str, typer.Option(help="Comma-separated step counts, each tried with every sampler.")]
+ReferenceOpt = Annotated[str, typer.Option(help="The setting the others are matched against, SAMPLER-STEPS.")]
+RepeatSeedOpt = Annotated[
+    int | None, typer.Option(help="Also draw the reference setting with this seed: checks the noise estimate.")
+]
+MatchSigmasOpt = Annotated[
+    float,
+    typer.Option(
+        help="A setting matches the reference when not worse by more than this many of the reference's standard "
+        "deviations."
+    ),
+]
+SamplersOutDirOpt = Annotated[
+    Path, typer.Option("--out-dir", "--out", help="Report folder: report.md, results.json, PNG plots, grids/.")
+]
+# compare train
+AEOpt = Annotated[Path, typer.Option(help="Autoencoder checkpoint from train-ae, shared by every variant.")]
+VariantConfigOpt = Annotated[
+    list[Path],
+    typer.Option(help="A variant: a .toml/.json config file, repeatable. Its file name (without suffix) names it."),
+]
+VariantPresetOpt = Annotated[Preset, typer.Option(help="Starting configuration of every variant.")]
+VariantMaxStepsOpt = Annotated[
+    int | None, typer.Option(help="Training steps of every variant (default: each config's).")
+]
+EvalEveryOpt = Annotated[
+    int, typer.Option(help="Steps between evaluations (= checkpoints); 0: each config's train.save_every.")
+]
+VariantSetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a field in every variant: --set train.batch_size=16")
+]
+EvalSamplerOpt = Annotated[Sampler, typer.Option(help="Sampler of the evaluations.")]
+EvalStepsOpt = Annotated[int, typer.Option(help="Sampling steps of the evaluations.")]
+TrainOutDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out-dir", "--out", help="Folder: one run folder per variant, report.md, results.json, PNG plots, grids/."
+    ),
+]
 
 
 def command_line(ctx: typer.Context) -> str:
@@ -49,30 +123,81 @@ def command_line(ctx: typer.Context) -> str:
         source = ctx.get_parameter_source(p.name)
         if source is None or source.name != "COMMANDLINE":
             continue
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
+        for v in value if isinstance(value, (list, tuple)) else [value]:
             parts += [p.opts[0], str(v)]
     return shlex.join(parts)
 
 
 def _about(ctx: typer.Context, **facts: Any) -> dict[str, Any]:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return {"command": command_line(ctx), "date": now.strftime("%Y-%m-%d %H:%M UTC"), "ldmctl": __version__,
-            "threads": torch.get_num_threads(), "device": "cpu", **facts}
+    now = datetime.datetime.now(datetime.UTC)
+    return {
+        "command": command_line(ctx),
+        "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "ldmctl": __version__,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        **facts,
+    }
 
 
-def _judge_config(metric: list[str] | None, keys: set[str], **options: Any) -> JudgeConfig:
+def _judge_config(
+    metric: list[str] | None,
+    keys: set[str],
+    ref: str | None,
+    ref_limit: int,
+    classifier: Path | None,
+    inception_weights: Path | None,
+    bootstrap: int,
+    seed: int,
+) -> JudgeConfig:
+    """What to measure: the ``--metrics`` (``auto`` resolved for a model reading ``keys``) and against what."""
     from ldmctl.eval.judge import resolve_metrics
 
-    metrics = resolve_metrics(metrics_spec(metric), keys=keys, classifier=options["classifier"] is not None)
-    paths = {k: str(v) if v is not None else None for k, v in options.items() if k in ("classifier", "inception_weights")}
-    return JudgeConfig(metrics=metrics, **{**options, **paths})
+    metrics = resolve_metrics(metrics_spec(metric), keys=keys, classifier=classifier is not None)
+    return JudgeConfig(
+        metrics=metrics,
+        ref=ref,
+        ref_limit=ref_limit,
+        classifier=str(classifier) if classifier is not None else None,
+        inception_weights=str(inception_weights) if inception_weights is not None else None,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
 
 
-def _judge(metric: list[str] | None, keys: set[str], size: int, n: int, given: set[str], **options: Any) -> Any:
-    """The judge of the ``--metrics`` for N samples of ``size`` px; ``given``: the ``--input`` keys."""
+def _judge(cfg: JudgeConfig, keys: set[str], size: int, n: int, given: set[str]) -> Any:
+    """The judge of N samples of ``size`` px from a model reading ``keys``; ``given``: the ``--input`` keys."""
     from ldmctl.eval.judge import Judge
 
-    return Judge.build(_judge_config(metric, keys, **options), keys=keys, size=size, n=n, given=given)
+    return Judge.build(cfg, keys=keys, size=size, n=n, given=given)
+
+
+def _samplers_config(
+    samplers: str, steps: str, seed: int, reference: str, match_sigmas: float, repeat_seed: int | None
+) -> SamplersConfig:
+    """The grid of settings from the comma-separated ``--samplers`` and ``--steps``, checked."""
+    from ldmctl.compare.run import validate_samplers
+
+    names = tuple(s.strip() for s in samplers.split(",") if s.strip())
+    cfg = SamplersConfig(
+        samplers=names,
+        steps=_ints(steps, "--steps"),
+        seed=seed,
+        reference=reference,
+        match_sigmas=match_sigmas,
+        repeat_seed=repeat_seed,
+    )
+    return validate_samplers(cfg)
+
+
+def _variants(configs: list[Path], preset: str, max_steps: int | None, sets: list[str]) -> list[tuple[str, Any]]:
+    """Each config file's train-ldm config, named by the file; checked to be comparable."""
+    from ldmctl.compare.training import check_variants
+    from ldmctl.train.configure import ldm_config
+
+    variants = [(path.stem, ldm_config(preset, path, {"train": {"max_steps": max_steps}}, sets)) for path in configs]
+    check_variants(variants)
+    return variants
 
 
 def _load(ckpt: Path, weights: str, inputs: dict) -> tuple[Any, set[str], int]:
@@ -88,7 +213,7 @@ def _load(ckpt: Path, weights: str, inputs: dict) -> tuple[Any, set[str], int]:
 
 def _variant_keys(variants: list[tuple[str, Any]], inputs: dict) -> set[str]:
     """The batch keys the variants' conditioners read; every ``--input`` key must be one of them."""
-    from ldmctl.eval.compare import conditioning_readers
+    from ldmctl.compare.training import conditioning_readers
     from ldmctl.sampling import check_input_keys
 
     readers = conditioning_readers(variants[0][1])
@@ -118,8 +243,9 @@ def _watcher(progress: Any, task: Any) -> Callable[[str, Any], Any]:
         base = trained[0]
         trained[0] += cfg.train.max_steps
         progress.update(task, description=name)
-        return Callbacks(on_step=lambda step, logs: progress.update(task, completed=base + step),
-                         on_message=progress.console.print)
+        return Callbacks(
+            on_step=lambda step, logs: progress.update(task, completed=base + step), on_message=progress.console.print
+        )
 
     return watch
 
@@ -161,10 +287,10 @@ def _start(out: Path, n: int, batch_size: int, json_out: Path | None) -> None:
 @app.command("samplers", cls=Command)
 def samplers_command(
     ctx: typer.Context,
-    ckpt: Annotated[Path, typer.Argument(help="LDM checkpoint (.safetensors from train-ldm or export).")],
-    samplers: Annotated[str, typer.Option(help="Comma-separated samplers: ddim, plms, dpmpp, ddpm.")] = "ddim,plms,dpmpp",
-    steps: Annotated[str, typer.Option(help="Comma-separated step counts, each tried with every sampler.")] = "10,20,50",
-    reference: Annotated[str, typer.Option(help="The setting the others are matched against, SAMPLER-STEPS.")] = "ddim-50",
+    ckpt: CheckpointArg,
+    samplers: SamplersOpt = "ddim,plms,dpmpp",
+    steps: StepCountsOpt = "10,20,50",
+    reference: ReferenceOpt = "ddim-50",
     metric: MetricOpt = None,
     ref: RefOpt = None,
     ref_limit: RefLimitOpt = 0,
@@ -172,36 +298,35 @@ def samplers_command(
     inception_weights: InceptionOpt = None,
     n: NOpt = 200,
     seed: SeedOpt = 0,
-    repeat_seed: Annotated[Optional[int], typer.Option(help="Also draw the reference setting with this seed: checks the noise estimate.")] = None,
-    guidance: GuidanceOpt = None,
+    repeat_seed: RepeatSeedOpt = None,
+    guidance: CompareGuidanceOpt = None,
     input_: InputOpt = None,
-    batch_size: BatchOpt = 64,
-    weights: Annotated[Weights, typer.Option(help="The EMA or the raw UNet weights.")] = "ema",
+    batch_size: UNetBatchOpt = 64,
+    weights: WeightsOpt = "ema",
     bootstrap: BootstrapOpt = 200,
-    match_sigmas: Annotated[float, typer.Option(help="A setting matches the reference when not worse by more than this many of the reference's standard deviations.")] = 2.0,
-    out: Annotated[Path, typer.Option("--out-dir", "--out", help="Report folder: report.md, results.json, PNG plots, grids/.")] = Path("compare-samplers"),
+    match_sigmas: MatchSigmasOpt = 2.0,
+    out: SamplersOutDirOpt = Path("compare-samplers"),
     json_out: JsonOpt = None,
 ) -> None:
     """Sample one checkpoint with several samplers and step counts (same seeds) and report quality vs steps and time."""
-    from ldmctl.eval.compare import compare_samplers, parse_setting, sample_draw, validate_samplers
-    from ldmctl.eval.compare_report import answer
+    from ldmctl.compare.report import answer
+    from ldmctl.compare.run import compare_samplers, parse_setting, sample_draw
     from ldmctl.sampling import check_options, default_guidance, parse_pairs
 
-    cfg = validate_samplers(SamplersConfig(samplers=tuple(s.strip() for s in samplers.split(",") if s.strip()),
-                                           steps=_ints(steps, "--steps"), seed=seed, reference=reference,
-                                           match_sigmas=match_sigmas, repeat_seed=repeat_seed))
+    cfg = _samplers_config(samplers, steps, seed, reference, match_sigmas, repeat_seed)
     check_options(n, 1, 0.0, batch_size, guidance)
     inputs = parse_pairs(input_)
     _start(out, n, batch_size, json_out)
     model, keys, size = _load(ckpt, weights, inputs)
-    judge = _judge(metric, keys, size, n, set(inputs), ref=ref, ref_limit=ref_limit, classifier=classifier,
-                   inception_weights=inception_weights, bootstrap=bootstrap, seed=seed)
+    judged = _judge_config(metric, keys, ref, ref_limit, classifier, inception_weights, bootstrap, seed)
+    judge = _judge(judged, keys, size, n, set(inputs))
     scale = default_guidance(keys, guidance)
     repeats = [parse_setting(reference)] if repeat_seed is not None else []
     total = n * sum(s.steps for s in cfg.settings() + repeats)
     about = _about(ctx, checkpoint=str(ckpt), n=n, guidance=scale, batch_size=batch_size, weights=weights)
     with step_progress(total, description="compare") as (progress, task):
-        draw = sample_draw(n, scale, batch_size, inputs, defaults=_prompts(judge), progress=_advancer(progress, task, n))
+        advance = _advancer(progress, task, n)
+        draw = sample_draw(n, scale, batch_size, inputs, defaults=_prompts(judge), progress=advance)
         results = compare_samplers(model, cfg, judge, draw, out, about=about, say=progress.console.print)
     _finish(answer(results).replace("**", ""), out, results, json_out)
 
@@ -209,48 +334,47 @@ def samplers_command(
 @app.command("train", cls=Command)
 def train_command(
     ctx: typer.Context,
-    ae: Annotated[Path, typer.Option(help="Autoencoder checkpoint from train-ae, shared by every variant.")],
-    config: Annotated[list[Path], typer.Option(help="A variant: a .toml/.json config file, repeatable. Its file name (without suffix) names it.")],
-    preset: Annotated[Preset, typer.Option(help="Starting configuration of every variant.")] = "small",
-    max_steps: Annotated[Optional[int], typer.Option(help="Training steps of every variant (default: each config's).")] = None,
-    eval_every: Annotated[int, typer.Option(help="Steps between evaluations (= checkpoints); 0: each config's train.save_every.")] = 0,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field in every variant: --set train.batch_size=16")] = None,
+    ae: AEOpt,
+    config: VariantConfigOpt,
+    preset: VariantPresetOpt = "small",
+    max_steps: VariantMaxStepsOpt = None,
+    eval_every: EvalEveryOpt = 0,
+    set_: VariantSetOpt = None,
     metric: MetricOpt = None,
     ref: RefOpt = None,
     ref_limit: RefLimitOpt = 0,
     classifier: ClassifierOpt = None,
     inception_weights: InceptionOpt = None,
     n: NOpt = 200,
-    sampler: Annotated[Sampler, typer.Option(help="Sampler of the evaluations.")] = "dpmpp",
-    sample_steps: Annotated[int, typer.Option(help="Sampling steps of the evaluations.")] = 20,
+    sampler: EvalSamplerOpt = "dpmpp",
+    sample_steps: EvalStepsOpt = 20,
     seed: SeedOpt = 0,
-    guidance: GuidanceOpt = None,
+    guidance: CompareGuidanceOpt = None,
     input_: InputOpt = None,
-    batch_size: BatchOpt = 64,
+    batch_size: UNetBatchOpt = 64,
     bootstrap: BootstrapOpt = 200,
-    out: Annotated[Path, typer.Option("--out-dir", "--out", help="Folder: one run folder per variant, report.md, results.json, PNG plots, grids/.")] = Path("compare-train"),
+    out: TrainOutDirOpt = Path("compare-train"),
     json_out: JsonOpt = None,
 ) -> None:
     """Train several configs with the same budget, measure each at every checkpoint, report quality vs steps and time."""
-    from ldmctl.train.configure import ldm_config
-    from ldmctl.eval.compare import check_variants, compare_training, sample_draw
+    from ldmctl.compare.run import sample_draw
+    from ldmctl.compare.training import compare_training
     from ldmctl.sampling import default_guidance, parse_pairs
 
     if sample_steps < 1:
         raise ConfigError(f"--sample-steps must be positive, got {sample_steps}")
-    variants = [(path.stem, ldm_config(preset, path, {"train": {"max_steps": max_steps}}, set_ or []))
-                for path in config]
-    check_variants(variants)
+    variants = _variants(config, preset, max_steps, set_ or [])
     inputs = parse_pairs(input_)
     keys = _variant_keys(variants, inputs)
     _start(out, n, batch_size, json_out)
-    judge = _judge(metric, keys, variants[0][1].data.size, n, set(inputs), ref=ref, ref_limit=ref_limit,
-                   classifier=classifier, inception_weights=inception_weights, bootstrap=bootstrap, seed=seed)
+    judged = _judge_config(metric, keys, ref, ref_limit, classifier, inception_weights, bootstrap, seed)
+    judge = _judge(judged, keys, variants[0][1].data.size, n, set(inputs))
     scale = default_guidance(keys, guidance)
     about = _about(ctx, ae=str(ae), n=n, guidance=scale, batch_size=batch_size, preset=preset)
+    draw = sample_draw(n, scale, batch_size, inputs, defaults=_prompts(judge))
+    evaluation = TrainingConfig(Setting(sampler, sample_steps, seed), eval_every)
     with step_progress(sum(c.train.max_steps for _, c in variants), description="compare train") as (progress, task):
-        results = compare_training(variants, ae, TrainingConfig(Setting(sampler, sample_steps, seed), eval_every),
-                                   judge, sample_draw(n, scale, batch_size, inputs, defaults=_prompts(judge)), out,
-                                   about=about, watch=_watcher(progress, task), say=progress.console.print)
+        watch, say = _watcher(progress, task), progress.console.print
+        results = compare_training(variants, ae, evaluation, judge, draw, out, about=about, watch=watch, say=say)
     done = sum(1 for v in results["variants"] if v["points"])
     _finish(f"{done} of {len(variants)} variant(s) trained and measured", out, results, json_out)

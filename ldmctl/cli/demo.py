@@ -15,19 +15,25 @@ from typing import Annotated
 import torch
 import typer
 
-from ldmctl.files import check_writable
 from ldmctl.cli._console import console, err_console, format_logs, save_grid, step_progress
+from ldmctl.files import check_writable
 from ldmctl.train.configure import ae_config, ldm_config
 from ldmctl.train.loop import Callbacks
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-PROMPTS = ("a red circle", "a blue square to the left of a yellow triangle",
-           "a green triangle above a purple circle", "a cyan square below a red square")
+PROMPTS = (
+    "a red circle",
+    "a blue square to the left of a yellow triangle",
+    "a green triangle above a purple circle",
+    "a cyan square below a red square",
+)
 
 
 def _callbacks(progress, task, keys):
-    return Callbacks(on_step=lambda step, logs: progress.update(task, completed=step, stats=format_logs(logs, keys)),
-                     on_message=lambda text: progress.console.print(text))
+    return Callbacks(
+        on_step=lambda step, logs: progress.update(task, completed=step, stats=format_logs(logs, keys)),
+        on_message=lambda text: progress.console.print(text),
+    )
 
 
 def _reconstruction_match(ae_path: Path, size: int, seed: int) -> float:
@@ -46,49 +52,83 @@ def _reconstruction_match(ae_path: Path, size: int, seed: int) -> float:
     return score(rec, [it["caption"] for it in items])["match"]
 
 
-def command(
-    out: Annotated[Path, typer.Option("--out-dir", "--out", help="Run folder for the two models and the grid.")] = Path("runs/demo"),
-    seed: Annotated[int, typer.Option(help="Seed of both trainings and of the samples.")] = 0,
-    samples_per_prompt: Annotated[int, typer.Option(help="Samples per prompt in the grid.")] = 6,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures (shapes-checker matches, time) as JSON here.")] = None,
-) -> None:
-    """Train a tiny text-to-image LDM on builtin:shapes and draw a grid for a few prompts."""
-    from ldmctl.eval.report import write_json
-    from ldmctl.eval.shapes_check import score
-    from ldmctl.samplers import dpmpp
-    from ldmctl.sampling import generate, sampling_conditions
+OutDirOpt = Annotated[Path, typer.Option("--out-dir", "--out", help="Run folder for the two models and the grid.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of both trainings and of the samples.")]
+SamplesPerPromptOpt = Annotated[int, typer.Option(help="Samples per prompt in the grid.")]
+JsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Also write the figures (shapes-checker matches, time) as JSON here.")
+]
+
+
+def _train(out: Path, seed: int) -> tuple[Path, float]:
+    """Train the autoencoder, then the text-to-image LDM on its latents: the LDM checkpoint, and
+    the share of shapes images the checker still accepts after the autoencoder."""
     from ldmctl.train.ae import train_ae
-    from ldmctl.diffusion.io import load_ldm
     from ldmctl.train.ldm import train_ldm
 
-    if json_out is not None:
-        check_writable(json_out)  # before the long part, not after it
-    started = time.time()
     seed_flags = {"train": {"seed": seed}}
     ae_cfg = ae_config("small", RECIPES / "demo-ae.toml", seed_flags, [])
     with step_progress(ae_cfg.train.max_steps, description="1/2 autoencoder") as (progress, task):
         train_ae(ae_cfg, out / "ae", callbacks=_callbacks(progress, task, ("rec", "steps_per_s")))
     recon = _reconstruction_match(out / "ae" / "ae.safetensors", ae_cfg.data.size, seed)
-    err_console.print(f"autoencoder: {100 * recon:.0f} % of 96 fresh shapes images still match their caption "
-                      "after encoding and decoding")
+    err_console.print(
+        f"autoencoder: {100 * recon:.0f} % of 96 fresh shapes images still match their caption "
+        "after encoding and decoding"
+    )
     ldm_cfg = ldm_config("small", RECIPES / "demo-ldm.toml", seed_flags, [])
     with step_progress(ldm_cfg.train.max_steps, description="2/2 text-to-image LDM") as (progress, task):
-        summary = train_ldm(ldm_cfg, out / "ae" / "ae.safetensors", out / "ldm",
-                            callbacks=_callbacks(progress, task, ("loss", "steps_per_s")))
-    model = load_ldm(summary["checkpoint"])
-    prompts = [p for p in PROMPTS for _ in range(samples_per_prompt)]
+        callbacks = _callbacks(progress, task, ("loss", "steps_per_s"))
+        summary = train_ldm(ldm_cfg, out / "ae" / "ae.safetensors", out / "ldm", callbacks=callbacks)
+    return Path(summary["checkpoint"]), recon
+
+
+def _draw(ckpt: Path, prompts: list[str], seed: int) -> torch.Tensor:
+    """One sample per prompt (DPM-Solver++, 20 steps, guidance 3), all in one batch."""
+    from ldmctl.diffusion.io import load_ldm
+    from ldmctl.samplers import dpmpp
+    from ldmctl.sampling import generate, sampling_conditions
+
+    model = load_ldm(ckpt)
     conditions = sampling_conditions(model, len(prompts), {"caption": prompts})
-    images = torch.cat([x for x, _ in generate(model, dpmpp, len(prompts), steps=20, seed=seed, conditions=conditions,
-                                               guidance=3.0, batch_size=len(prompts))])
-    rows = {p: images[i * samples_per_prompt:(i + 1) * samples_per_prompt] for i, p in enumerate(PROMPTS)}
+    n = len(prompts)
+    chunks = generate(model, dpmpp, n, steps=20, seed=seed, conditions=conditions, guidance=3.0, batch_size=n)
+    return torch.cat([x for x, _ in chunks])
+
+
+def command(
+    out: OutDirOpt = Path("runs/demo"),
+    seed: SeedOpt = 0,
+    samples_per_prompt: SamplesPerPromptOpt = 6,
+    json_out: JsonOpt = None,
+) -> None:
+    """Train a tiny text-to-image LDM on builtin:shapes and draw a grid for a few prompts."""
+    from ldmctl.eval.report import write_json
+    from ldmctl.eval.shapes_check import score
+
+    if json_out is not None:
+        check_writable(json_out)  # before the long part, not after it
+    started = time.time()
+    ckpt, recon = _train(out, seed)
+    prompts = [p for p in PROMPTS for _ in range(samples_per_prompt)]
+    images = _draw(ckpt, prompts, seed)
+    rows = {p: images[i * samples_per_prompt : (i + 1) * samples_per_prompt] for i, p in enumerate(PROMPTS)}
     grid = save_grid(rows, out / "demo.png", max_cols=samples_per_prompt)
     result = score(images, prompts)
-    err_console.print(f"demo finished in {time.time() - started:.0f} s; the shapes checker says "
-                      f"{100 * result['match']:.0f} % of the {len(prompts)} samples match their prompt")
+    err_console.print(
+        f"demo finished in {time.time() - started:.0f} s; the shapes checker says "
+        f"{100 * result['match']:.0f} % of the {len(prompts)} samples match their prompt"
+    )
     for p in PROMPTS:
         err_console.print(f"  row: {p}")
     console.print(str(grid), highlight=False)
     if json_out is not None:
-        write_json({"grid": str(grid), "seconds": time.time() - started, "reconstruction_match": recon,
-                    "sample_match": result["match"], "samples": len(prompts), "seed": seed}, json_out)
+        figures = {
+            "grid": str(grid),
+            "seconds": time.time() - started,
+            "reconstruction_match": recon,
+            "sample_match": result["match"],
+            "samples": len(prompts),
+            "seed": seed,
+        }
+        write_json(figures, json_out)
         console.print(str(json_out), highlight=False)

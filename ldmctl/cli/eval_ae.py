@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from ldmctl.autoencoder.apply import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 from ldmctl.checkpoint import load_autoencoder
-from ldmctl.files import atomic_write, check_writable, ensure_folder
 from ldmctl.cli._console import console, err_console, metrics_table, to_uint8_image
+from ldmctl.cli._options import (
+    AECheckpointArg,
+    AEOverlapPxOpt,
+    AETilePxOpt,
+    JsonReportOpt,
+    LimitOpt,
+    LpipsWeightsOpt,
+    ReconstructionMetricsOpt,
+)
 from ldmctl.cli._vocab import pick_metrics
-from ldmctl.cli.reconstruct import OVERLAP_HELP, TILE_HELP
 from ldmctl.errors import WeightsError
 from ldmctl.eval.report import autoencoder_restorer, evaluate_reconstructions, load_eval_images
+from ldmctl.files import atomic_write, check_writable, ensure_folder
 
 
 def _saver(out: Path | None):
@@ -34,8 +42,6 @@ def _saver(out: Path | None):
 
 
 RECONSTRUCTION_METRICS = ("psnr", "ssim", "lpips")
-METRICS_HELP = ("auto (default: psnr, ssim, and lpips when its weights are on this machine) or psnr, ssim, lpips, "
-                "comma-separated or repeated.")
 
 
 def optional_lpips(weights: Path | None, chosen: tuple[str, ...] | None = None):
@@ -59,18 +65,25 @@ def optional_lpips(weights: Path | None, chosen: tuple[str, ...] | None = None):
 def keep_metrics(report: dict, chosen: tuple[str, ...] | None) -> dict:
     """``report`` with only the columns of the chosen metrics (all for auto)."""
     if chosen is not None:
+
         def keep(row: dict) -> dict:
             return {k: v for k, v in row.items() if k.rsplit("_", 1)[-1] in chosen or k in ("image", "size")}
 
         report = {**report, "rows": [keep(r) for r in report["rows"]], "mean": keep(report["mean"])}
-    return {**report, "metrics": sorted({k.rsplit("_", 1)[-1] for k in report["mean"]}, key=RECONSTRUCTION_METRICS.index)}
+    return {
+        **report,
+        "metrics": sorted({k.rsplit("_", 1)[-1] for k in report["mean"]}, key=RECONSTRUCTION_METRICS.index),
+    }
 
 
 def print_report(title: str, report: dict, json_out: Path | None) -> None:
     """The per-image rows and their mean as a table on stdout; the report as JSON if asked."""
     if report.get("skipped"):
-        err_console.print(f"[yellow]skipped {len(report['skipped'])} unusable file(s)[/]"
-                          + (f" (see {escape(str(json_out))})" if json_out else ""), highlight=False)
+        err_console.print(
+            f"[yellow]skipped {len(report['skipped'])} unusable file(s)[/]"
+            + (f" (see {escape(str(json_out))})" if json_out else ""),
+            highlight=False,
+        )
     columns = ["image", "size"] + list(report["mean"])
     rows = report["rows"] + [{"image": "mean", "size": "", **report["mean"]}]
     console.print(metrics_table(title, rows, columns))
@@ -79,18 +92,29 @@ def print_report(title: str, report: dict, json_out: Path | None) -> None:
         console.print(str(json_out), highlight=False)
 
 
+DataOpt = Annotated[str, typer.Option(help="Image folder or builtin:NAME to evaluate on.")]
+SizeOpt = Annotated[int, typer.Option(help="Center-crop each image to SIZE x SIZE; 0 keeps whole images.")]
+BaselineOpt = Annotated[bool, typer.Option(help="Also score bicubic down-and-up by the same factor f.")]
+OutDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out-dir", "--out", help="Also save each reconstruction (and bicubic baseline) as PNG in this folder."
+    ),
+]
+
+
 def command(
-    ckpt: Annotated[Path, typer.Argument(help="Autoencoder checkpoint (.safetensors from train-ae).")],
-    data: Annotated[str, typer.Option(help="Image folder or builtin:NAME to evaluate on.")] = "builtin:photos-holdout",
-    size: Annotated[int, typer.Option(help="Center-crop each image to SIZE x SIZE; 0 keeps whole images.")] = 256,
-    limit: Annotated[int, typer.Option(help="Evaluate at most this many images (0: all).")] = 0,
-    baseline: Annotated[bool, typer.Option(help="Also score bicubic down-and-up by the same factor f.")] = True,
-    metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help=METRICS_HELP)] = None,
-    lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS backbone weights (default: torch hub cache).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out-dir", "--out", help="Also save each reconstruction (and bicubic baseline) as PNG in this folder.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
-    tile: Annotated[int, typer.Option("--tile-px", "--tile", help=TILE_HELP)] = DEFAULT_TILE,
-    overlap: Annotated[int, typer.Option("--overlap-px", "--overlap", help=OVERLAP_HELP)] = DEFAULT_OVERLAP,
+    ckpt: AECheckpointArg,
+    data: DataOpt = "builtin:photos-holdout",
+    size: SizeOpt = 256,
+    limit: LimitOpt = 0,
+    baseline: BaselineOpt = True,
+    metrics: ReconstructionMetricsOpt = None,
+    lpips_weights: LpipsWeightsOpt = None,
+    out: OutDirOpt = None,
+    json_out: JsonReportOpt = None,
+    tile: AETilePxOpt = DEFAULT_TILE,
+    overlap: AEOverlapPxOpt = DEFAULT_OVERLAP,
 ) -> None:
     """Score reconstructions against the originals: a table on stdout, optionally JSON."""
     chosen = pick_metrics(metrics, RECONSTRUCTION_METRICS)
@@ -102,8 +126,21 @@ def command(
     images = load_eval_images(data, size=size, limit=limit, skipped=skipped)
     perceptual = optional_lpips(lpips_weights, chosen)
     f = ae.config.downsample_factor
-    report = evaluate_reconstructions(images, autoencoder_restorer(ae, tile=tile, overlap=overlap), baseline_factor=f if baseline else 0,
-                                      perceptual=perceptual, on_output=_saver(out))
+    report = evaluate_reconstructions(
+        images,
+        autoencoder_restorer(ae, tile=tile, overlap=overlap),
+        baseline_factor=f if baseline else 0,
+        perceptual=perceptual,
+        on_output=_saver(out),
+    )
     report = keep_metrics(report, chosen)
-    report.update(checkpoint=str(ckpt), data=data, crop=size, f=f, tile_px=tile, overlap_px=overlap, skipped=[list(s) for s in skipped])
+    report.update(
+        checkpoint=str(ckpt),
+        data=data,
+        crop=size,
+        f=f,
+        tile_px=tile,
+        overlap_px=overlap,
+        skipped=[list(s) for s in skipped],
+    )
     print_report(f"eval-ae: {ckpt.name} on {data}", report, json_out)

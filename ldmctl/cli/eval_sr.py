@@ -5,25 +5,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import torch
 import typer
 
-from ldmctl.files import check_writable
 from ldmctl.cli._console import step_progress
-from ldmctl.cli._vocab import Sampler, pick_metrics
-from ldmctl.cli.eval_ae import (
-    METRICS_HELP,
-    RECONSTRUCTION_METRICS,
-    _saver,
-    keep_metrics,
-    optional_lpips,
-    print_report,
+from ldmctl.cli._options import (
+    DetailTransferOpt,
+    EnsembleOpt,
+    JsonReportOpt,
+    LimitOpt,
+    LpipsWeightsOpt,
+    ReconstructionMetricsOpt,
+    SamplerOpt,
+    SRModelOpt,
+    SROverlapPxOpt,
+    SRSeedOpt,
+    SRStepsOpt,
+    SRTilePxOpt,
 )
-from ldmctl.cli.superres import OVERLAP_HELP, TILE_HELP, load_sr_model, tiles_in_cells
+from ldmctl.cli._vocab import pick_metrics
+from ldmctl.cli.eval_ae import RECONSTRUCTION_METRICS, _saver, keep_metrics, optional_lpips, print_report
+from ldmctl.cli.superres import load_sr_model, tiles_in_cells
 from ldmctl.errors import ConfigError
 from ldmctl.eval.report import evaluate_reconstructions, load_eval_images
+from ldmctl.files import check_writable
 
 DEFAULT_DATA = "builtin:photos-holdout"
 
@@ -54,23 +61,38 @@ def _load(model: Path | None, size: int) -> tuple[Any, Path, int]:
     return ldm, path, s
 
 
+DataOpt = Annotated[
+    str, typer.Option(help="Image folder or builtin:NAME (several joined by commas) of high-res originals.")
+]
+SizeOpt = Annotated[
+    int, typer.Option(help="Center-crop each original to SIZE x SIZE (the high-res side); 0 keeps whole images.")
+]
+StrengthOpt = Annotated[
+    float, typer.Option(help="< 1 (ddim only): start from the noised bicubic upscale (see superres).")
+]
+OutDirOpt = Annotated[
+    Path | None,
+    typer.Option("--out-dir", "--out", help="Also save each super-resolved and bicubic image as PNG in this folder."),
+]
+
+
 def command(
-    model: Annotated[Optional[Path], typer.Option(help="LDM-SR checkpoint (default: the built-in x4 photo model).")] = None,
-    data: Annotated[str, typer.Option(help="Image folder or builtin:NAME (several joined by commas) of high-res originals.")] = DEFAULT_DATA,
-    size: Annotated[int, typer.Option(help="Center-crop each original to SIZE x SIZE (the high-res side); 0 keeps whole images.")] = 256,
-    limit: Annotated[int, typer.Option(help="Evaluate at most this many images (0: all).")] = 0,
-    steps: Annotated[int, typer.Option(help="Sampling steps. 1 (default): the posterior mean, the highest PSNR/SSIM; more steps draw sharper, partly invented detail.")] = 1,
-    sampler: Annotated[Sampler, typer.Option(help="dpmpp: DPM-Solver++ 2M.")] = "dpmpp",
-    seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
-    strength: Annotated[float, typer.Option(help="< 1 (ddim only): start from the noised bicubic upscale (see superres).")] = 1.0,
-    detail_transfer: Annotated[bool, typer.Option("--detail-transfer/--no-detail-transfer", help="Residual models: output bicubic + D(z) - D(z_bicubic), cancelling the autoencoder's error on the bicubic content.")] = True,
-    ensemble: Annotated[int, typer.Option(help="Average 1, 2, 4 or 8 runs on flipped/transposed copies of the input (geometric self-ensemble; that many times slower).")] = 1,
-    tile: Annotated[Optional[int], typer.Option("--tile-px", help=TILE_HELP)] = None,
-    overlap: Annotated[Optional[int], typer.Option("--overlap-px", help=OVERLAP_HELP)] = None,
-    metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help=METRICS_HELP)] = None,
-    lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS backbone weights (default: torch hub cache).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out-dir", "--out", help="Also save each super-resolved and bicubic image as PNG in this folder.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    model: SRModelOpt = None,
+    data: DataOpt = DEFAULT_DATA,
+    size: SizeOpt = 256,
+    limit: LimitOpt = 0,
+    steps: SRStepsOpt = 1,
+    sampler: SamplerOpt = "dpmpp",
+    seed: SRSeedOpt = 0,
+    strength: StrengthOpt = 1.0,
+    detail_transfer: DetailTransferOpt = True,
+    ensemble: EnsembleOpt = 1,
+    tile: SRTilePxOpt = None,
+    overlap: SROverlapPxOpt = None,
+    metrics: ReconstructionMetricsOpt = None,
+    lpips_weights: LpipsWeightsOpt = None,
+    out: OutDirOpt = None,
+    json_out: JsonReportOpt = None,
 ) -> None:
     """Downscale each original by the model's factor (antialiased bicubic), super-resolve it, and
     score the result and bicubic upscaling against the original."""
@@ -80,19 +102,26 @@ def command(
     if json_out is not None:
         check_writable(json_out)
     ldm, model, s = _load(model, size)
-    cells = dict(zip(("tile", "overlap"), tiles_in_cells(ldm, tile, overlap)))
-    skipped: list[tuple[str, str]] = []
+    cells = dict(zip(("tile", "overlap"), tiles_in_cells(ldm, tile, overlap), strict=True))
+    skipped: list[tuple[str, str]] = []  # (file, why), filled by load_eval_images
     images = load_eval_images(data, size=size, limit=limit, multiple=s, skipped=skipped)
     perceptual = optional_lpips(lpips_weights, chosen)
-    options = {"sampler": sampler, "steps": steps, "seed": seed, "strength": strength,
-               "detail_transfer": detail_transfer, "ensemble": ensemble}
+    options = {
+        "sampler": sampler,
+        "steps": steps,
+        "seed": seed,
+        "strength": strength,
+        "detail_transfer": detail_transfer,
+        "ensemble": ensemble,
+    }
     with step_progress(len(images), description=f"eval-sr x{s}") as (progress, task):
         restore = _restorer(ldm, s, lambda: progress.advance(task), **options, **cells)
-        report = evaluate_reconstructions(images, restore, baseline_factor=s, perceptual=perceptual,
-                                          on_output=_saver(out))
-    report = keep_metrics(report, chosen)
+        report = evaluate_reconstructions(
+            images, restore, baseline_factor=s, perceptual=perceptual, on_output=_saver(out)
+        )
     f = ldm.autoencoder.config.downsample_factor
-    report.update(checkpoint=str(model), data=data, crop=size, scale=s, **options, tile_px=cells["tile"] * f,
-                  overlap_px=cells["overlap"] * f, skipped=[list(k) for k in skipped])
+    report = keep_metrics(report, chosen)
+    report.update(checkpoint=str(model), data=data, crop=size, scale=s, **options)
+    report.update(tile_px=cells["tile"] * f, overlap_px=cells["overlap"] * f, skipped=[list(k) for k in skipped])
     report["detail_transfer"] = detail_transfer and ldm.config.residual
     print_report(f"eval-sr: {model.name} x{s} on {data}", report, json_out)

@@ -7,18 +7,27 @@ from typing import Annotated
 
 import typer
 
-from ldmctl.files import check_writable
 from ldmctl.cli._console import console, err_console
 from ldmctl.config import DataConfig
 from ldmctl.errors import ConfigError
+from ldmctl.files import check_writable
 
 
 def command(
     ckpt: Annotated[Path, typer.Argument(help="LDM checkpoint from train-ldm.")],
     out: Annotated[Path, typer.Argument(help="Where to write the exported .safetensors.")],
-    half: Annotated[bool, typer.Option("--half/--fp32", help="Store the weights in fp16 (they load back as fp32).")] = True,
-    prune_vocab: Annotated[bool, typer.Option(help="Keep only the text-embedding rows of tokens in the training captions.")] = False,
-    captions_from: Annotated[str | None, typer.Option(help="Data set whose captions give the kept vocabulary (default: the one the model was trained on).")] = None,
+    half: Annotated[
+        bool, typer.Option("--half/--fp32", help="Store the weights in fp16 (they load back as fp32).")
+    ] = True,
+    prune_vocab: Annotated[
+        bool, typer.Option(help="Keep only the text-embedding rows of tokens in the training captions.")
+    ] = False,
+    captions_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Data set whose captions give the kept vocabulary (default: the one the model was trained on)."
+        ),
+    ] = None,
 ) -> None:
     """Write the EMA weights, conditioners and autoencoder of CKPT as a small sampling-only checkpoint."""
     from ldmctl.export import export_ldm
@@ -29,6 +38,7 @@ def command(
     data = DataConfig(source=captions_from) if captions_from else None
     summary = export_ldm(ckpt, out, half=half, prune_vocab=prune_vocab, captions_from=data)
     kept = ", ".join(f"{k}: {v} tokens kept" for k, v in summary["kept_tokens"].items())
-    err_console.print(f"{summary['src_bytes'] / 1e6:.1f} MB -> {summary['dst_bytes'] / 1e6:.1f} MB"
-                      + (f" ({kept})" if kept else ""))
+    err_console.print(
+        f"{summary['src_bytes'] / 1e6:.1f} MB -> {summary['dst_bytes'] / 1e6:.1f} MB" + (f" ({kept})" if kept else "")
+    )
     console.print(str(out), highlight=False)

@@ -15,6 +15,12 @@ def command() -> None:
     for col in ("name", "kind", "reads", "package", "version", "class"):
         table.add_column(col)
     for name, reg in sorted(conditioners().items()):
-        table.add_row(name, reg.cls.kind, reg.cls.input_key, reg.package, reg.version,
-                      f"{reg.cls.__module__}.{reg.cls.__qualname__}")
+        table.add_row(
+            name,
+            reg.cls.kind,
+            reg.cls.input_key,
+            reg.package,
+            reg.version,
+            f"{reg.cls.__module__}.{reg.cls.__qualname__}",
+        )
     console.print(table)

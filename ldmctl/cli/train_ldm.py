@@ -9,56 +9,126 @@ from typing import Annotated
 import typer
 
 from ldmctl.cli._console import console, err_console, train_with_progress
-from ldmctl.cli._vocab import Device, Precision, Prediction, Preset, Schedule, Task
+from ldmctl.cli._options import ConfigFileOpt, DeviceOpt, MaxStepsOpt, PresetOpt, ResumeOpt, SaveEveryOpt, config_flags
+from ldmctl.cli._vocab import Precision, Prediction, Schedule, Task
 from ldmctl.train.configure import ldm_config
 from ldmctl.train.ldm import train_ldm
 
 _SHOWN = ("loss", "vlb", "lr", "steps_per_s")
 
+# the options that each set one config field (None, not given: the preset's or --config's value)
+_FIELDS = {
+    "prediction": "model.diffusion.prediction",
+    "schedule": "model.diffusion.schedule",
+    "grad_checkpointing": "model.unet.checkpointing",
+    "data": "data.source",
+    "size": "data.size",
+    "batch_size": "train.batch_size",
+    "max_steps": "train.max_steps",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "precision": "train.precision",
+    "grad_accum": "train.grad_accum",
+    "device": "train.device",
+    "compile_": "train.compile",
+    "sample_every": "train.sample_every",
+    "save_every": "train.save_every",
+    "ema_decay": "ema.decay",
+    "task": "task",
+}
+
+AEOpt = Annotated[Path | None, typer.Option(help="Autoencoder checkpoint from train-ae (its scale factor is used).")]
+DataOpt = Annotated[str | None, typer.Option(help="Image folder or builtin:NAME (e.g. builtin:digits).")]
+OutDirOpt = Annotated[Path, typer.Option("--out-dir", "--out", help="Run folder: checkpoints, sample grids, logs.")]
+CondOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Conditioning plugin, repeatable: --cond class --cond concat (ldmctl plugins lists them). Options go in "
+        "--config \\[\\[model.conditioners]]."
+    ),
+]
+TaskOpt = Annotated[
+    Task | None,
+    typer.Option(
+        help="generate (default) or superres: learn high-res images from their low-res versions (adds the concat "
+        "conditioner; degradations in \\[superres])."
+    ),
+]
+TextEncoderOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Text encoder of the text conditioners: bert (trained jointly), minilm (frozen) or a local model folder."
+    ),
+]
+SizeOpt = Annotated[int | None, typer.Option(help="Image size in pixels (latent side = size / f).")]
+BatchSizeOpt = Annotated[int | None, typer.Option(help="Latents per step.")]
+LROpt = Annotated[float | None, typer.Option(help="Peak AdamW learning rate.")]
+EMADecayOpt = Annotated[float | None, typer.Option(help="EMA decay of the sampling weights.")]
+PredictionOpt = Annotated[Prediction | None, typer.Option(help="What the UNet predicts: the noise, v or x0.")]
+ScheduleOpt = Annotated[Schedule | None, typer.Option(help="Beta schedule.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed for init, data order, timesteps and noise.")]
+PrecisionOpt = Annotated[
+    Precision | None, typer.Option(help="bf16: autocast, CPU or GPU; fp16: autocast + gradient scaler, GPU.")
+]
+GradAccumOpt = Annotated[
+    int | None, typer.Option(help="Split each step's batch into this many micro-batches (same result, less memory).")
+]
+GradCheckpointingOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--grad-checkpointing/--no-grad-checkpointing",
+        help="Recompute UNet block activations in backward (less memory, ~30% slower).",
+    ),
+]
+CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet for training.")]
+SampleEveryOpt = Annotated[int | None, typer.Option(help="Steps between EMA sample grids.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override any field: --set model.unet.model_channels=32")
+]
+
 
 def command(
-    ae: Annotated[Path | None, typer.Option(help="Autoencoder checkpoint from train-ae (its scale factor is used).")] = None,
-    data: Annotated[str | None, typer.Option(help="Image folder or builtin:NAME (e.g. builtin:digits).")] = None,
-    out: Annotated[Path, typer.Option("--out-dir", "--out", help="Run folder: checkpoints, sample grids, logs.")] = Path("runs/ldm"),
-    cond: Annotated[list[str] | None, typer.Option(help="Conditioning plugin, repeatable: --cond class --cond concat (ldmctl plugins lists them). Options go in --config \\[\\[model.conditioners]].")] = None,
-    task: Annotated[Task | None, typer.Option(help="generate (default) or superres: learn high-res images from their low-res versions (adds the concat conditioner; degradations in \\[superres]).")] = None,
-    text_encoder: Annotated[str | None, typer.Option(help="Text encoder of the text conditioners: bert (trained jointly), minilm (frozen) or a local model folder.")] = None,
-    preset: Annotated[Preset, typer.Option(help="Starting configuration.")] = "small",
-    size: Annotated[int | None, typer.Option(help="Image size in pixels (latent side = size / f).")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Total optimisation steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Latents per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate.")] = None,
-    ema_decay: Annotated[float | None, typer.Option(help="EMA decay of the sampling weights.")] = None,
-    prediction: Annotated[Prediction | None, typer.Option(help="What the UNet predicts: the noise, v or x0.")] = None,
-    schedule: Annotated[Schedule | None, typer.Option(help="Beta schedule.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for init, data order, timesteps and noise.")] = None,
-    precision: Annotated[Precision | None, typer.Option(help="bf16: autocast, CPU or GPU; fp16: autocast + gradient scaler, GPU.")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Split each step's batch into this many micro-batches (same result, less memory).")] = None,
-    grad_checkpointing: Annotated[bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Recompute UNet block activations in backward (less memory, ~30% slower).")] = None,
-    device: Annotated[Device | None, typer.Option(help="auto: this process's GPU if any, else CPU.")] = None,
-    compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet for training.")] = None,
-    sample_every: Annotated[int | None, typer.Option(help="Steps between EMA sample grids.")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
-    config: Annotated[Path | None, typer.Option(help="A .toml or .json file of config overrides.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any field: --set model.unet.model_channels=32")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out-dir from its last checkpoint.")] = False,
+    ctx: typer.Context,
+    ae: AEOpt = None,
+    data: DataOpt = None,
+    out: OutDirOpt = Path("runs/ldm"),
+    cond: CondOpt = None,
+    task: TaskOpt = None,
+    text_encoder: TextEncoderOpt = None,
+    preset: PresetOpt = "small",
+    size: SizeOpt = None,
+    max_steps: MaxStepsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LROpt = None,
+    ema_decay: EMADecayOpt = None,
+    prediction: PredictionOpt = None,
+    schedule: ScheduleOpt = None,
+    seed: SeedOpt = None,
+    precision: PrecisionOpt = None,
+    grad_accum: GradAccumOpt = None,
+    grad_checkpointing: GradCheckpointingOpt = None,
+    device: DeviceOpt = None,
+    compile_: CompileOpt = None,
+    sample_every: SampleEveryOpt = None,
+    save_every: SaveEveryOpt = None,
+    config: ConfigFileOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train a latent diffusion model (UNet + DDPM objective + EMA) on an autoencoder's latents."""
-    flags = {
-        "model": {"diffusion": {"prediction": prediction, "schedule": schedule},
-                  "unet": {"checkpointing": grad_checkpointing},
-                  "conditioners": [{"name": name} for name in cond] if cond else None},
-        "data": {"source": data, "size": size},
-        "train": {"batch_size": batch_size, "max_steps": max_steps, "lr": lr, "seed": seed, "precision": precision,
-                  "grad_accum": grad_accum, "device": device, "compile": compile_,
-                  "sample_every": sample_every, "save_every": save_every},
-        "ema": {"decay": ema_decay},
-        "task": task,
-    }
+    flags = config_flags(ctx.params, _FIELDS)
+    flags["model"]["conditioners"] = [{"name": name} for name in cond] if cond else None
     cfg = ldm_config(preset, config, flags, set_ or [], text_encoder=text_encoder)
-    summary = train_with_progress(partial(train_ldm, cfg, ae, out, resume=resume), total=cfg.train.max_steps,
-                                  description="train-ldm", shown=_SHOWN, out=out, max_cols=16)
+    summary = train_with_progress(
+        partial(train_ldm, cfg, ae, out, resume=resume),
+        total=cfg.train.max_steps,
+        description="train-ldm",
+        shown=_SHOWN,
+        out=out,
+        max_cols=16,
+    )
     if summary is None:  # under torchrun, rank 0 alone reports
         return
-    err_console.print(f"{summary['steps']} steps, {summary['steps_per_s']} steps/s, final loss {summary['final'].get('loss', float('nan')):.4g}")
+    loss = summary["final"].get("loss", float("nan"))
+    err_console.print(f"{summary['steps']} steps, {summary['steps_per_s']} steps/s, final loss {loss:.4g}")
     console.print(summary["checkpoint"], highlight=False)

@@ -80,7 +80,9 @@ class Conditioner(nn.Module, ABC):
     """
 
     name: ClassVar[str]
-    aliases: ClassVar[tuple[str, ...]] = ()  # earlier names, still accepted (checkpoints keep the name they were saved with)
+    aliases: ClassVar[
+        tuple[str, ...]
+    ] = ()  # earlier names, still accepted (checkpoints keep the name they were saved with)
     kind: ClassVar[CondKind]
     Config: ClassVar[type]
     input_key: ClassVar[str]
@@ -146,8 +148,9 @@ def collate_items(items: list[Any]) -> Any:
     if items and all(isinstance(x, Tensor) for x in items):
         shapes = sorted({tuple(x.shape) for x in items})
         if len(shapes) > 1:
-            raise InputError(f"the values have different shapes {shapes}; one batch needs one shape",
-                             hint="give images of one size")
+            raise InputError(
+                f"the values have different shapes {shapes}; one batch needs one shape", hint="give images of one size"
+            )
         return torch.stack(items)
     if items and all(isinstance(x, (bool, int, float)) for x in items):
         whole = all(isinstance(x, (bool, int)) for x in items)

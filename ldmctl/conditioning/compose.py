@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldmctl.conditioning.base import Cond, CondOutput, Conditioner, LatentSpec
+from ldmctl.conditioning.base import Cond, Conditioner, CondOutput, LatentSpec
 from ldmctl.conditioning.registry import get_conditioner
 from ldmctl.config import ConditionerSpec, from_dict
 from ldmctl.errors import ConfigError, PluginError
@@ -29,16 +29,18 @@ def build_conditioner(spec: ConditionerSpec, latent: LatentSpec, *, package: str
     try:
         cfg = from_dict(reg.cls.Config, dict(spec.options))
     except ConfigError as err:
-        raise ConfigError(f"conditioner {spec.name!r}: {err}",
-                          hint=f"its options: {[f.name for f in fields(reg.cls.Config)]}") from None
+        raise ConfigError(
+            f"conditioner {spec.name!r}: {err}", hint=f"its options: {[f.name for f in fields(reg.cls.Config)]}"
+        ) from None
     return reg.cls(cfg, latent)
 
 
 class ConditionerSet(nn.Module):
     """The conditioners of one model, in spec order."""
 
-    def __init__(self, specs: tuple[ConditionerSpec, ...], latent: LatentSpec,
-                 packages: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, specs: tuple[ConditionerSpec, ...], latent: LatentSpec, packages: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__()
         self.specs = tuple(specs)
         self.items = nn.ModuleList(build_conditioner(s, latent, package=(packages or {}).get(s.name)) for s in specs)
@@ -57,8 +59,10 @@ class ConditionerSet(nn.Module):
             else:
                 key = "context_dim" if c.kind == "crossattn" else "token_dim"
                 if widths[key] and widths[key] != c.out_dim:
-                    raise PluginError(f"{c.kind} conditioners have different widths ({widths[key]} and {c.out_dim})",
-                                      hint="give them the same output width so their sequences can be joined")
+                    raise PluginError(
+                        f"{c.kind} conditioners have different widths ({widths[key]} and {c.out_dim})",
+                        hint="give them the same output width so their sequences can be joined",
+                    )
                 widths[key] = c.out_dim
         return widths
 
@@ -69,12 +73,18 @@ class ConditionerSet(nn.Module):
         known = conditioners()
         return {s.name: {"package": known[s.name].package, "version": known[s.name].version} for s in self.specs}
 
-    def forward(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None,
-                train_dropout: bool = False, shard: tuple[int, int] = (0, 1)) -> Cond:
+    def forward(
+        self,
+        batch: Mapping[str, Any],
+        *,
+        generator: torch.Generator | None = None,
+        train_dropout: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ) -> Cond:
         """Encode a batch; with ``train_dropout`` apply each spec's per-sample null dropout (drawn
         for ``world`` times the batch, rows ``rank::world`` kept, with ``shard = (rank, world)``)."""
         outs: dict[str, list[CondOutput]] = {k: [] for k in FIELD}
-        for spec, c in zip(self.specs, self.items):
+        for spec, c in zip(self.specs, self.items, strict=True):
             out = c(batch)
             if train_dropout and spec.dropout > 0:
                 out = _drop(out, c.null(out.value.shape[0], out.value.device), spec.dropout, generator, shard)
@@ -91,14 +101,16 @@ class ConditionerSet(nn.Module):
             else:
                 out = c.null(batch_size, c.device)
             if c.kind == "concat" and like is not None and like.concat is not None:
-                out = CondOutput(torch.zeros((batch_size, out.value.shape[1], *like.concat.shape[-2:]),
-                                             device=like.concat.device))
+                out = CondOutput(
+                    torch.zeros((batch_size, out.value.shape[1], *like.concat.shape[-2:]), device=like.concat.device)
+                )
             outs[c.kind].append(out)
         return _join(outs)
 
 
-def _drop(out: CondOutput, null: CondOutput, p: float, generator: torch.Generator | None,
-          shard: tuple[int, int] = (0, 1)) -> CondOutput:
+def _drop(
+    out: CondOutput, null: CondOutput, p: float, generator: torch.Generator | None, shard: tuple[int, int] = (0, 1)
+) -> CondOutput:
     b, (rank, world) = out.value.shape[0], shard
     keep = (torch.rand(b * world, generator=generator) >= p)[rank::world]
     keep_v = keep.to(out.value.device).view(b, *([1] * (out.value.ndim - 1)))
@@ -128,8 +140,10 @@ def _pad(out: CondOutput, length: int) -> tuple[Tensor, Tensor]:
     if n == length:
         return v, mask.bool()
     pad = length - n
-    return (torch.cat([v, v.new_zeros(b, pad, d)], 1),
-            torch.cat([mask.bool(), torch.zeros(b, pad, dtype=torch.bool, device=v.device)], 1))
+    return (
+        torch.cat([v, v.new_zeros(b, pad, d)], 1),
+        torch.cat([mask.bool(), torch.zeros(b, pad, dtype=torch.bool, device=v.device)], 1),
+    )
 
 
 def _join(outs: dict[str, list[CondOutput]]) -> Cond:
@@ -142,8 +156,15 @@ def _join(outs: dict[str, list[CondOutput]]) -> Cond:
             continue
         value = torch.cat([o.value for o in items], dim=1)
         if any(o.mask is not None for o in items):
-            mask = torch.cat([o.mask.bool() if o.mask is not None else
-                              torch.ones(o.value.shape[:2], dtype=torch.bool, device=o.value.device) for o in items], 1)
+            mask = torch.cat(
+                [
+                    o.mask.bool()
+                    if o.mask is not None
+                    else torch.ones(o.value.shape[:2], dtype=torch.bool, device=o.value.device)
+                    for o in items
+                ],
+                1,
+            )
         else:
             mask = None
         setattr(cond, FIELD[kind], value)

@@ -50,13 +50,17 @@ def make_plugin_manager(extra: tuple[object, ...] = (), *, entry_points: bool = 
         for plugin in extra:
             pm.register(plugin)
     except Exception as err:  # noqa: BLE001 - a broken third-party plugin must not hide which one
-        raise PluginError(f"loading an '{GROUP}' entry-point plugin failed: {type(err).__name__}: {err}",
-                          hint="set LDMCTL_DISABLE_PLUGINS=1 to run with the built-in plugins only") from None
+        raise PluginError(
+            f"loading an '{GROUP}' entry-point plugin failed: {type(err).__name__}: {err}",
+            hint="set LDMCTL_DISABLE_PLUGINS=1 to run with the built-in plugins only",
+        ) from None
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as err:
-        raise PluginError(f"plugin {err.plugin!r} implements a hook ldmctl does not have: {err}",
-                          hint="hooks are named ldmctl_<verb>_<noun>; see docs/plugins.md") from None
+        raise PluginError(
+            f"plugin {err.plugin!r} implements a hook ldmctl does not have: {err}",
+            hint="hooks are named ldmctl_<verb>_<noun>; see docs/plugins.md",
+        ) from None
     return pm
 
 
@@ -90,8 +94,10 @@ def conditioners(pm: pluggy.PluginManager | None = None) -> dict[str, Registered
             cls = check_conditioner_class(cls)
             for name in (cls.name, *cls.aliases):
                 if name in found and found[name].cls is not cls:
-                    raise PluginError(f"conditioner name {name!r} is registered twice "
-                                      f"({found[name].cls.__module__} and {cls.__module__})")
+                    raise PluginError(
+                        f"conditioner name {name!r} is registered twice "
+                        f"({found[name].cls.__module__} and {cls.__module__})"
+                    )
                 found[name] = Registered(cls, package, version)
 
         impl.function(register=register)
@@ -114,5 +120,13 @@ def get_conditioner(name: str, *, needed_package: str | None = None) -> Register
     return known[name]
 
 
-__all__ = ["GROUP", "Registered", "canonical_name", "check_conditioner_class", "conditioners", "get_conditioner", "make_plugin_manager",
-           "plugin_manager"]
+__all__ = [
+    "GROUP",
+    "Registered",
+    "canonical_name",
+    "check_conditioner_class",
+    "conditioners",
+    "get_conditioner",
+    "make_plugin_manager",
+    "plugin_manager",
+]

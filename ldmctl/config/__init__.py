@@ -17,22 +17,9 @@ and the conditioners, which live above this layer.
 """
 
 from ldmctl.config.codec import from_dict, to_dict
-from ldmctl.config.models import (
-    AEKind,
-    AutoencoderConfig,
-    ConditionerSpec,
-    DiffusionConfig,
-    LDMConfig,
-    UNetConfig,
-)
+from ldmctl.config.models import AEKind, AutoencoderConfig, ConditionerSpec, DiffusionConfig, LDMConfig, UNetConfig
 from ldmctl.config.overrides import load_file, merge, parse_set, with_updates
-from ldmctl.config.presets import (
-    LDM_PRESETS,
-    PRESETS,
-    channel_mult_for_f,
-    ldm_preset,
-    preset,
-)
+from ldmctl.config.presets import LDM_PRESETS, PRESETS, channel_mult_for_f, ldm_preset, preset
 from ldmctl.config.reference import reference_markdown
 from ldmctl.config.training import (
     AELossConfig,

@@ -59,8 +59,10 @@ def migrate(cls: type, data: dict[str, Any]) -> dict[str, Any]:
         if key in out:
             value = out.pop(key)
             if accepted is not None and value != accepted:
-                raise ConfigError(f"{cls.__name__}: {message.format(value=json.dumps(value))}",
-                                  hint=f"drop {key!r} here: it belongs to the other trainer (docs/config.md)")
+                raise ConfigError(
+                    f"{cls.__name__}: {message.format(value=json.dumps(value))}",
+                    hint=f"drop {key!r} here: it belongs to the other trainer (docs/config.md)",
+                )
     return out
 
 
@@ -95,7 +97,7 @@ def _coerce_tuple(args: tuple[Any, ...], value: Any, where: str) -> tuple[Any, .
         return tuple(_coerce(args[0], v, where) for v in value)
     if len(args) != len(value):
         raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-    return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
 
 
 def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:

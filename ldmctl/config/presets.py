@@ -21,12 +21,10 @@ _MULT_TEMPLATE = {"tiny": (1, 2, 2, 2, 2), "small": (1, 2, 2, 4, 4), "base": (1,
 
 PRESETS: dict[str, AETrainingConfig] = {
     "tiny": AETrainingConfig(
-        model=AutoencoderConfig(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
-                                norm_groups=4, n_embed=64),
+        model=AutoencoderConfig(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=4, n_embed=64),
         loss=AELossConfig(disc_start=1, disc_layers=2, disc_channels=8),
         data=DataConfig(size=16),
-        train=AETrainConfig(batch_size=4, max_steps=20, lr=1e-3, sample_every=10, save_every=10,
-                            scale_samples=8),
+        train=AETrainConfig(batch_size=4, max_steps=20, lr=1e-3, sample_every=10, save_every=10, scale_samples=8),
     ),
     "small": AETrainingConfig(
         model=AutoencoderConfig(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2),
@@ -46,24 +44,42 @@ _LDM_TRAIN: dict[str, Any] = {"adam_betas": (0.9, 0.999), "lr_schedule": "cosine
 
 LDM_PRESETS: dict[str, LDMTrainingConfig] = {
     "tiny": LDMTrainingConfig(
-        model=LDMConfig(unet=UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                                        attention_levels=(1,), head_channels=8, norm_groups=4)),
+        model=LDMConfig(
+            unet=UNetConfig(
+                model_channels=16,
+                channel_mult=(1, 2),
+                num_res_blocks=1,
+                attention_levels=(1,),
+                head_channels=8,
+                norm_groups=4,
+            )
+        ),
         data=DataConfig(size=16),
         train=LDMTrainConfig(batch_size=4, max_steps=20, lr=1e-3, sample_every=10, save_every=10, **_LDM_TRAIN),
-        ema=EMAConfig(decay=0.99), sample_steps=5, sample_count=4,
+        ema=EMAConfig(decay=0.99),
+        sample_steps=5,
+        sample_count=4,
     ),
     # the bench's `small` UNet (diffusers block_out (64, 128, 256), attention at levels 1 and 2)
     "small": LDMTrainingConfig(
         model=LDMConfig(unet=UNetConfig(model_channels=64, channel_mult=(1, 2, 4))),
         data=DataConfig(size=64),
-        train=LDMTrainConfig(batch_size=32, max_steps=20_000, lr=2e-4, warmup_steps=500, sample_every=1000,
-                             save_every=1000, **_LDM_TRAIN),
+        train=LDMTrainConfig(
+            batch_size=32, max_steps=20_000, lr=2e-4, warmup_steps=500, sample_every=1000, save_every=1000, **_LDM_TRAIN
+        ),
     ),
     "base": LDMTrainingConfig(
         model=LDMConfig(unet=UNetConfig(model_channels=128, channel_mult=(1, 2, 4))),
         data=DataConfig(size=128),
-        train=LDMTrainConfig(batch_size=32, max_steps=100_000, lr=1e-4, warmup_steps=1000, sample_every=2000,
-                             save_every=2000, **_LDM_TRAIN),
+        train=LDMTrainConfig(
+            batch_size=32,
+            max_steps=100_000,
+            lr=1e-4,
+            warmup_steps=1000,
+            sample_every=2000,
+            save_every=2000,
+            **_LDM_TRAIN,
+        ),
     ),
 }
 

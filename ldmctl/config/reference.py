@@ -12,12 +12,7 @@ import re
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from ldmctl.config.models import (
-    AutoencoderConfig,
-    DiffusionConfig,
-    LDMConfig,
-    UNetConfig,
-)
+from ldmctl.config.models import AutoencoderConfig, DiffusionConfig, LDMConfig, UNetConfig
 from ldmctl.config.presets import LDM_PRESETS, PRESETS
 from ldmctl.config.training import (
     AELossConfig,
@@ -33,13 +28,23 @@ from ldmctl.config.training import (
 def reference_markdown() -> str:
     """The configuration reference of both trainers, as Markdown tables (one per section)."""
     lines = ["## train-ae", ""]
-    lines += _reference_tables(PRESETS, [("model", AutoencoderConfig), ("loss", AELossConfig),
-                                         ("data", DataConfig), ("train", AETrainConfig)])
+    lines += _reference_tables(
+        PRESETS, [("model", AutoencoderConfig), ("loss", AELossConfig), ("data", DataConfig), ("train", AETrainConfig)]
+    )
     lines += ["## train-ldm", ""]
-    lines += _reference_tables(LDM_PRESETS, [("model.unet", UNetConfig), ("model.diffusion", DiffusionConfig),
-                                             ("model", LDMConfig), ("data", DataConfig), ("train", LDMTrainConfig),
-                                             ("ema", EMAConfig), ("superres", DegradationConfig),
-                                             ("", LDMTrainingConfig)])
+    lines += _reference_tables(
+        LDM_PRESETS,
+        [
+            ("model.unet", UNetConfig),
+            ("model.diffusion", DiffusionConfig),
+            ("model", LDMConfig),
+            ("data", DataConfig),
+            ("train", LDMTrainConfig),
+            ("ema", EMAConfig),
+            ("superres", DegradationConfig),
+            ("", LDMTrainingConfig),
+        ],
+    )
     return "\n".join(lines)
 
 
@@ -58,8 +63,12 @@ def _reference_tables(presets: dict[str, Any], sections: list[tuple[str, type]])
     names = list(presets)
     for sec, cls in sections:
         title = f"`{sec}` ({cls.__name__})" if sec else f"top level ({cls.__name__})"
-        lines += [f"### {title}", "", "| field | " + " | ".join(names) + " | meaning |",
-                  "|---" * (len(names) + 2) + "|"]
+        lines += [
+            f"### {title}",
+            "",
+            "| field | " + " | ".join(names) + " | meaning |",
+            "|---" * (len(names) + 2) + "|",
+        ]
         for f in fields(cls):
             meaning = _comment(cls, f.name)
             if meaning is None:  # a nested section, listed in its own table

@@ -134,7 +134,6 @@ class DegradationConfig:
     jpeg: int = 0  # > 0: JPEG-compress the low-res image at a quality drawn from [jpeg, 95]
 
 
-
 @dataclass(frozen=True)
 class AETrainingConfig:
     """Everything `ldmctl train-ae` needs; stored beside the weights for --resume."""
@@ -160,5 +159,16 @@ class LDMTrainingConfig:
     superres: DegradationConfig = field(default_factory=DegradationConfig)  # low-res inputs (task = superres)
 
 
-__all__ = ["AELossConfig", "AETrainConfig", "AETrainingConfig", "DataConfig", "DegradationConfig", "DiscLoss",
-           "EMAConfig", "LDMTrainConfig", "LDMTrainingConfig", "Perceptual", "TrainConfig"]
+__all__ = [
+    "AELossConfig",
+    "AETrainConfig",
+    "AETrainingConfig",
+    "DataConfig",
+    "DegradationConfig",
+    "DiscLoss",
+    "EMAConfig",
+    "LDMTrainConfig",
+    "LDMTrainingConfig",
+    "Perceptual",
+    "TrainConfig",
+]

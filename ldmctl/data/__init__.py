@@ -80,10 +80,11 @@ def open_dataset(cfg: DataConfig, *, seed: int = 0) -> Dataset:
         names = [s.strip() for s in source.split(",") if s.strip()]
         return JoinedDataset([open_dataset(replace(cfg, source=n), seed=seed) for n in names])
     if source.startswith(BUILTIN_PREFIX):
-        return open_builtin(source[len(BUILTIN_PREFIX):], cfg, seed=seed)
+        return open_builtin(source[len(BUILTIN_PREFIX) :], cfg, seed=seed)
     if not Path(source).exists() and source in BUILTINS:
-        raise DataError(f"data folder {source!r} does not exist",
-                        hint=f"for the built-in data set write builtin:{source}")
+        raise DataError(
+            f"data folder {source!r} does not exist", hint=f"for the built-in data set write builtin:{source}"
+        )
     return ImageFolderDataset(source, cfg, seed=seed)
 
 

@@ -26,14 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ldmctl.config import DataConfig
-from ldmctl.data.images import (
-    Item,
-    crop_and_flip,
-    item_rng,
-    pil_to_tensor,
-    resize_short_side,
-    to_rgb,
-)
+from ldmctl.data.images import Item, crop_and_flip, item_rng, pil_to_tensor, resize_short_side, to_rgb
 from ldmctl.data.labelled import open_digits, open_fashion
 from ldmctl.data.shapes import ShapesDataset
 from ldmctl.data.synthetic import SyntheticDataset
@@ -64,40 +57,44 @@ TRAIN_PHOTOS: tuple[Photo, ...] = (
     Photo("coins", "skimage", "coins", "a black and white photo of old coins", (384, 303)),
     Photo("moon", "skimage", "moon", "a black and white photo of the moon's surface", (512, 512)),
     Photo("rocket", "skimage", "rocket", "a photo of a rocket on a launch pad at dusk", (640, 427)),
-    Photo("hubble_deep_field", "skimage", "hubble_deep_field",
-          "a photo of galaxies in the Hubble deep field", (1000, 872)),
+    Photo(
+        "hubble_deep_field", "skimage", "hubble_deep_field", "a photo of galaxies in the Hubble deep field", (1000, 872)
+    ),
     Photo("retina", "skimage", "retina", "a photo of a human retina", (1411, 1411)),
-    Photo("immunohistochemistry", "skimage", "immunohistochemistry",
-          "a microscope photo of stained tissue", (512, 512)),
+    Photo(
+        "immunohistochemistry", "skimage", "immunohistochemistry", "a microscope photo of stained tissue", (512, 512)
+    ),
     Photo("brick", "skimage", "brick", "a black and white photo of a brick wall", (512, 512)),
     Photo("grass", "skimage", "grass", "a black and white photo of grass", (512, 512)),
     Photo("gravel", "skimage", "gravel", "a black and white photo of gravel", (512, 512)),
-    Photo("motorcycle", "skimage", "stereo_motorcycle",
-          "a photo of a red motorcycle in a workshop", (741, 500)),
+    Photo("motorcycle", "skimage", "stereo_motorcycle", "a photo of a red motorcycle in a workshop", (741, 500)),
     Photo("flower", "sklearn", "flower.jpg", "a photo of an orange dahlia flower", (640, 427)),
 )
 
 # Colour photos of Debian's opencv-doc (examples/data). Stereo/flow partners of a kept photo
 # (aloeR, leuvenB, graf3, rubberwhale2, aero3), logos, text, charts and paintings are left out.
-OPENCV_PHOTOS: tuple[Photo, ...] = tuple(Photo(n, "opencv-doc", f, c, s) for n, f, c, s in (
-    ("aero", "aero1.jpg", "a photo of a street with a parked car", (640, 480)),
-    ("aloe", "aloeL.jpg", "a photo of an aloe plant", (1282, 1110)),
-    ("apple", "apple.jpg", "a photo of an apple", (512, 512)),
-    ("board", "board.jpg", "a photo of a cluttered desk", (640, 480)),
-    ("building", "building.jpg", "a photo of an office building", (868, 600)),
-    ("ela", "ela_original.jpg", "a photo of a city street", (902, 770)),
-    ("fruits", "fruits.jpg", "a photo of fruits", (512, 480)),
-    ("graffiti", "graf1.png", "a photo of a graffiti wall", (800, 640)),
-    ("home", "home.jpg", "a photo of a living room", (512, 384)),
-    ("leuven", "leuvenA.jpg", "a photo of houses along a street", (751, 563)),
-    ("messi", "messi5.jpg", "a photo of a football player on a pitch", (548, 342)),
-    ("orange", "orange.jpg", "a photo of an orange", (512, 512)),
-    ("rubberwhale", "rubberwhale1.png", "a photo of toys on a table", (584, 388)),
-    ("smarties", "smarties.png", "a photo of coloured sweets", (413, 356)),
-    ("squirrel", "squirrel_cls.jpg", "a photo of a squirrel", (535, 426)),
-    ("stuff", "stuff.jpg", "a photo of objects on a table", (640, 480)),
-    ("left", "left.jpg", "a photo of a room", (612, 459)),
-))
+OPENCV_PHOTOS: tuple[Photo, ...] = tuple(
+    Photo(n, "opencv-doc", f, c, s)
+    for n, f, c, s in (
+        ("aero", "aero1.jpg", "a photo of a street with a parked car", (640, 480)),
+        ("aloe", "aloeL.jpg", "a photo of an aloe plant", (1282, 1110)),
+        ("apple", "apple.jpg", "a photo of an apple", (512, 512)),
+        ("board", "board.jpg", "a photo of a cluttered desk", (640, 480)),
+        ("building", "building.jpg", "a photo of an office building", (868, 600)),
+        ("ela", "ela_original.jpg", "a photo of a city street", (902, 770)),
+        ("fruits", "fruits.jpg", "a photo of fruits", (512, 480)),
+        ("graffiti", "graf1.png", "a photo of a graffiti wall", (800, 640)),
+        ("home", "home.jpg", "a photo of a living room", (512, 384)),
+        ("leuven", "leuvenA.jpg", "a photo of houses along a street", (751, 563)),
+        ("messi", "messi5.jpg", "a photo of a football player on a pitch", (548, 342)),
+        ("orange", "orange.jpg", "a photo of an orange", (512, 512)),
+        ("rubberwhale", "rubberwhale1.png", "a photo of toys on a table", (584, 388)),
+        ("smarties", "smarties.png", "a photo of coloured sweets", (413, 356)),
+        ("squirrel", "squirrel_cls.jpg", "a photo of a squirrel", (535, 426)),
+        ("stuff", "stuff.jpg", "a photo of objects on a table", (640, 480)),
+        ("left", "left.jpg", "a photo of a room", (612, 459)),
+    )
+)
 OPENCV_HOLDOUT: tuple[Photo, ...] = (
     Photo("baboon", "opencv-doc", "baboon.jpg", "a photo of a mandrill", (512, 512)),
     Photo("butterfly", "opencv-doc", "butterfly.jpg", "a photo of a butterfly on a flower", (493, 356)),
@@ -118,8 +115,9 @@ def require(module: str, install: str, *, needed_by: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise DataError(f"{needed_by} needs the Python module {module!r}, which is not installed",
-                        hint=install) from None
+        raise DataError(
+            f"{needed_by} needs the Python module {module!r}, which is not installed", hint=install
+        ) from None
 
 
 @functools.cache
@@ -130,8 +128,10 @@ def load_photo(photo: Photo) -> Image.Image:
         path = OPENCV_DATA / photo.source
         if not path.is_file():
             kind = "builtin:opencv-photos-holdout" if photo in OPENCV_HOLDOUT else "builtin:opencv-photos"
-            raise DataError(f"{kind} needs {path}, from the Debian package opencv-doc, which is not installed",
-                            hint="apt-get install opencv-doc")
+            raise DataError(
+                f"{kind} needs {path}, from the Debian package opencv-doc, which is not installed",
+                hint="apt-get install opencv-doc",
+            )
         with Image.open(path) as img:
             return to_rgb(img.convert("RGB"))
     if photo.package == "skimage":
@@ -157,8 +157,9 @@ class PhotoDataset(Dataset):
     item per photo. Crop offset and flip come from ``item_rng(seed, epoch, i)``.
     """
 
-    def __init__(self, name: str, photos: Sequence[Photo], cfg: DataConfig, *, seed: int = 0,
-                 length: int | None = None) -> None:
+    def __init__(
+        self, name: str, photos: Sequence[Photo], cfg: DataConfig, *, seed: int = 0, length: int | None = None
+    ) -> None:
         self.name, self.photos, self.cfg, self.seed, self.epoch = name, tuple(photos), cfg, seed, 0
         self.length = len(self.photos) if length is None else length
         self.class_names: list[str] = []
@@ -189,8 +190,7 @@ class PhotoDataset(Dataset):
         k = index % len(self.photos)
         img = crop_and_flip(self._images[k], self.cfg, item_rng(self.seed, self.epoch, index))
         photo = self.photos[k]
-        return {"image": pil_to_tensor(img), "label": -1, "caption": photo.caption,
-                "path": photo.path}
+        return {"image": pil_to_tensor(img), "label": -1, "caption": photo.caption, "path": photo.path}
 
 
 def _photos(cfg: DataConfig, seed: int) -> Dataset:

@@ -210,8 +210,9 @@ def crop_and_flip(img: Image.Image, cfg: DataConfig, rng: random.Random) -> Imag
     if cfg.rot90:
         turns = rng.randrange(4)
         if turns:
-            img = img.transpose((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
-                                 Image.Transpose.ROTATE_270)[turns - 1])
+            img = img.transpose(
+                (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)[turns - 1]
+            )
     if cfg.channel_shuffle:
         bands = img.split()
         order = rng.sample(range(3), 3)
@@ -228,11 +229,14 @@ def iter_image_files(root: str | Path) -> list[Path]:
     base = Path(root)
     if not base.is_dir():
         what = "is not a folder" if base.exists() else "does not exist"
-        raise DataError(f"data folder {str(base)!r} {what}",
-                        hint="pass a folder of images, or builtin:photos / builtin:synthetic")
+        raise DataError(
+            f"data folder {str(base)!r} {what}", hint="pass a folder of images, or builtin:photos / builtin:synthetic"
+        )
     found = [
-        p for p in base.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        p
+        for p in base.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(base).parts)
     ]
     return sorted(found, key=lambda p: p.relative_to(base).as_posix())
@@ -291,10 +295,13 @@ class ImageFolderDataset(Dataset):
 
     def _raise_empty(self, n_files: int) -> None:
         if n_files == 0:
-            raise DataError(f"no image files in {str(self.root)!r}",
-                            hint=f"supported suffixes: {' '.join(sorted(IMAGE_SUFFIXES))}")
-        raise DataError(f"none of the {n_files} image files in {str(self.root)!r} is usable",
-                        hint=f"first problem: {self.skipped[0][0]}: {self.skipped[0][1]}")
+            raise DataError(
+                f"no image files in {str(self.root)!r}", hint=f"supported suffixes: {' '.join(sorted(IMAGE_SUFFIXES))}"
+            )
+        raise DataError(
+            f"none of the {n_files} image files in {str(self.root)!r} is usable",
+            hint=f"first problem: {self.skipped[0][0]}: {self.skipped[0][1]}",
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose crops and flips ``__getitem__`` returns."""
@@ -303,8 +310,10 @@ class ImageFolderDataset(Dataset):
     def summary(self) -> str:
         """Describe the data set in one line: images, classes, captions, skipped files."""
         n_cap = sum(1 for _, _, caption, _ in self._entries if caption)
-        return (f"{len(self._entries)} images in {self.root} ({len(self.class_names)} classes, "
-                f"{n_cap} captions); skipped {len(self.skipped)} bad files")
+        return (
+            f"{len(self._entries)} images in {self.root} ({len(self.class_names)} classes, "
+            f"{n_cap} captions); skipped {len(self.skipped)} bad files"
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -331,8 +340,10 @@ class ImageFolderDataset(Dataset):
             except DataError as err:
                 self._bad.add(i)
                 self._skip(path, str(err))
-        raise DataError(f"none of the images in {str(self.root)!r} can be decoded",
-                        hint=f"first problem: {self.skipped[0][0]}: {self.skipped[0][1]}")
+        raise DataError(
+            f"none of the images in {str(self.root)!r} can be decoded",
+            hint=f"first problem: {self.skipped[0][0]}: {self.skipped[0][1]}",
+        )
 
     def _decode(self, i: int, path: Path) -> Image.Image:
         """Entry ``i`` as RGB, resized already when ``cfg.resize`` (decoded at a reduced JPEG
@@ -353,7 +364,18 @@ class ImageFolderDataset(Dataset):
 
 
 __all__ = [
-    "IMAGE_SUFFIXES", "ImageFolderDataset", "Item", "crop_and_flip", "folder_captions",
-    "folder_labels", "item_rng", "iter_image_files", "load_image", "pil_to_tensor",
-    "probe_image", "resize_short_side", "tensor_to_pil", "to_rgb",
+    "IMAGE_SUFFIXES",
+    "ImageFolderDataset",
+    "Item",
+    "crop_and_flip",
+    "folder_captions",
+    "folder_labels",
+    "item_rng",
+    "iter_image_files",
+    "load_image",
+    "pil_to_tensor",
+    "probe_image",
+    "resize_short_side",
+    "tensor_to_pil",
+    "to_rgb",
 ]

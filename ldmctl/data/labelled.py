@@ -32,14 +32,12 @@ from ldmctl.errors import DataError
 DIGITS_PNG = Path("/usr/share/doc/opencv-doc/examples/data/digits.png")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-                 "sneaker", "bag", "ankle boot")
+FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 DIGITS_TRAIN_PER_CLASS = 450  # tiles 0..449 of each class train; 450..499 are held out
 
 
 def _missing(what: str, path: Path, package: str) -> DataError:
-    return DataError(f"{what} needs {path}, which is not on this machine",
-                     hint=f"apt-get install {package}")
+    return DataError(f"{what} needs {path}, which is not on this machine", hint=f"apt-get install {package}")
 
 
 @functools.cache
@@ -61,7 +59,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as fh:
         data = fh.read()
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -78,8 +76,18 @@ def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
 class LabelledTiles(Dataset):
     """Small grayscale images with labels, as RGB items of ``cfg.size`` pixels."""
 
-    def __init__(self, name: str, tiles: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
-                 caption: str, cfg: DataConfig, *, seed: int = 0, flip: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        tiles: np.ndarray,
+        labels: np.ndarray,
+        class_names: tuple[str, ...],
+        caption: str,
+        cfg: DataConfig,
+        *,
+        seed: int = 0,
+        flip: bool = False,
+    ) -> None:
         self.name, self.cfg, self.seed, self.epoch, self.flip = name, cfg, seed, 0, flip
         self.tiles, self.labels = tiles, labels
         self.class_names = list(class_names)
@@ -91,8 +99,10 @@ class LabelledTiles(Dataset):
 
     def summary(self) -> str:
         h, w = self.tiles.shape[1:]
-        return (f"{self.name}: {len(self)} images of {w}x{h} px, {len(self.class_names)} classes, "
-                f"served at {self.cfg.size}x{self.cfg.size}")
+        return (
+            f"{self.name}: {len(self)} images of {w}x{h} px, {len(self.class_names)} classes, "
+            f"served at {self.cfg.size}x{self.cfg.size}"
+        )
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -108,25 +118,35 @@ class LabelledTiles(Dataset):
             x = x.flip(-1)
         label = int(self.labels[index])
         name = self.class_names[label]
-        return {"image": x.expand(3, -1, -1).clone(), "label": label,
-                "caption": self.caption.format(a="an" if name[0] in "aeiou" else "a", name=name),
-                "path": f"{self.name}#{index}"}
+        return {
+            "image": x.expand(3, -1, -1).clone(),
+            "label": label,
+            "caption": self.caption.format(a="an" if name[0] in "aeiou" else "a", name=name),
+            "path": f"{self.name}#{index}",
+        }
 
 
 def open_digits(cfg: DataConfig, seed: int, *, holdout: bool) -> LabelledTiles:
     tiles, labels, within = digits_tiles()
     keep = within >= DIGITS_TRAIN_PER_CLASS if holdout else within < DIGITS_TRAIN_PER_CLASS
     name = "builtin:digits-holdout" if holdout else "builtin:digits"
-    return LabelledTiles(name, tiles[keep], labels[keep], DIGIT_NAMES, "a handwritten digit {name}",
-                         cfg, seed=seed)
+    return LabelledTiles(name, tiles[keep], labels[keep], DIGIT_NAMES, "a handwritten digit {name}", cfg, seed=seed)
 
 
 def open_fashion(cfg: DataConfig, seed: int, *, test: bool) -> LabelledTiles:
     images, labels = fashion_mnist("t10k" if test else "train")
     name = "builtin:fashion-test" if test else "builtin:fashion"
-    return LabelledTiles(name, images, labels, FASHION_NAMES, "a photo of {a} {name}", cfg, seed=seed,
-                         flip=cfg.flip and not test)
+    return LabelledTiles(
+        name, images, labels, FASHION_NAMES, "a photo of {a} {name}", cfg, seed=seed, flip=cfg.flip and not test
+    )
 
 
-__all__ = ["DIGIT_NAMES", "FASHION_NAMES", "LabelledTiles", "digits_tiles", "fashion_mnist",
-           "open_digits", "open_fashion"]
+__all__ = [
+    "DIGIT_NAMES",
+    "FASHION_NAMES",
+    "LabelledTiles",
+    "digits_tiles",
+    "fashion_mnist",
+    "open_digits",
+    "open_fashion",
+]

@@ -31,8 +31,9 @@ _ROW_HINT = 'each line must be UTF-8 JSON like {"file_name": "a.png", "text": "a
 Skip = Callable[[Path, str], None]
 
 
-def folder_metadata(root: Path, files: list[Path], *,
-                    skip: Skip | None = None) -> tuple[list[str], dict[str, list[Any]]]:
+def folder_metadata(
+    root: Path, files: list[Path], *, skip: Skip | None = None
+) -> tuple[list[str], dict[str, list[Any]]]:
     """Return one caption per file, and the extra fields kept (name -> one value per file).
 
     A metadata row naming a file that does not exist is passed to ``skip(path, reason)``; a row
@@ -104,8 +105,9 @@ def _read_metadata(jsonl: Path, root: Path, skip: Skip | None) -> dict[Path, dic
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # tolerate a BOM
             row = json.loads(line) if line.strip() else None
         except UnicodeDecodeError as err:
-            raise DataError(f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})",
-                            hint=_ROW_HINT) from None
+            raise DataError(
+                f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})", hint=_ROW_HINT
+            ) from None
         except json.JSONDecodeError as err:
             raise DataError(f"{where}: not valid JSON ({err.msg})", hint=_ROW_HINT) from None
         if row is None:
@@ -119,12 +121,15 @@ def _read_metadata(jsonl: Path, root: Path, skip: Skip | None) -> dict[Path, dic
                 if isinstance(value, str):
                     value.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate such as "\ud800" is valid JSON, not text
-                raise DataError(f"{where}: the {key!r} value is not valid Unicode (lone surrogate)",
-                                hint=_ROW_HINT) from None
+                raise DataError(
+                    f"{where}: the {key!r} value is not valid Unicode (lone surrogate)", hint=_ROW_HINT
+                ) from None
         path = (jsonl.parent / name).resolve()
         if Path(name).is_absolute() or not path.is_relative_to(base):
-            raise DataError(f"{where}: file_name {name!r} is outside the data folder {str(root)!r}",
-                            hint="file names are relative to the folder of metadata.jsonl and stay inside it")
+            raise DataError(
+                f"{where}: file_name {name!r} is outside the data folder {str(root)!r}",
+                hint="file names are relative to the folder of metadata.jsonl and stay inside it",
+            )
         if not path.exists() and skip is not None:
             skip(path, f"listed in {where} but missing")
         out[path] = row

@@ -23,14 +23,20 @@ from ldmctl.data.images import pil_to_tensor
 
 SHAPE_NAMES = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220),
-    "yellow": (240, 210, 20), "purple": (140, 40, 180), "cyan": (20, 200, 210),
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (240, 210, 20),
+    "purple": (140, 40, 180),
+    "cyan": (20, 200, 210),
 }
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 EPOCH_LENGTH = 10_000
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int]) -> None:
+def draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int]
+) -> None:
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     elif shape == "square":
@@ -39,7 +45,9 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
         draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
 
 
-def _place_pair(rng: random.Random, size: int, r: float, relation: str) -> tuple[tuple[float, float], tuple[float, float]]:
+def _place_pair(
+    rng: random.Random, size: int, r: float, relation: str
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Centres (first, second) satisfying ``relation`` with a margin, inside the image, not overlapping."""
     lo, hi = r + 1, size - r - 1
     gap = max(2 * r + 2, size / 3)
@@ -55,7 +63,9 @@ def _place_pair(rng: random.Random, size: int, r: float, relation: str) -> tuple
     return (across_a, along_b), (across_b, along_a)  # below
 
 
-def shapes_image(seed: int, epoch: int, index: int, size: int) -> tuple[Image.Image, str, list[tuple[str, str, float, float]]]:
+def shapes_image(
+    seed: int, epoch: int, index: int, size: int
+) -> tuple[Image.Image, str, list[tuple[str, str, float, float]]]:
     """Generate item ``index`` of ``epoch``: (image, caption, objects in caption order)."""
     rng = random.Random(f"shapes/{seed}/{epoch}/{index}")
     img = Image.new("RGB", (size, size), (255, 255, 255))
@@ -98,8 +108,12 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} items")
         img, caption, objects = shapes_image(self.seed, self.epoch, index, self.cfg.size)
-        return {"image": pil_to_tensor(img), "label": SHAPE_NAMES.index(objects[0][1]), "caption": caption,
-                "path": f"builtin:shapes#{self.epoch}/{index}"}
+        return {
+            "image": pil_to_tensor(img),
+            "label": SHAPE_NAMES.index(objects[0][1]),
+            "caption": caption,
+            "path": f"builtin:shapes#{self.epoch}/{index}",
+        }
 
 
 __all__ = ["COLOURS", "RELATIONS", "SHAPE_NAMES", "ShapesDataset", "draw_shape", "shapes_image"]

@@ -19,9 +19,15 @@ from ldmctl.data.images import Item, pil_to_tensor
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210),
-    "yellow": (240, 210, 40), "cyan": (40, 200, 210), "magenta": (200, 50, 190),
-    "orange": (245, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 210),
+    "yellow": (240, 210, 40),
+    "cyan": (40, 200, 210),
+    "magenta": (200, 50, 190),
+    "orange": (245, 140, 30),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
     "grey": (128, 128, 128),
 }
 DEFAULT_LENGTH = 1024
@@ -48,8 +54,9 @@ def _background(rng: random.Random, size: int) -> tuple[Image.Image, str, set[st
     return Image.blend(Image.new("RGB", (size, size), COLORS[c1]), noise, 0.35), f"noisy {c1}", {c1}
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
-                angle: float, fill: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, fill: tuple[int, int, int]
+) -> None:
     """Draw ``shape`` of radius ``r`` centred at (cx, cy)."""
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
@@ -94,8 +101,10 @@ class SyntheticDataset(Dataset):
 
     def summary(self) -> str:
         """Describe the data set in one line."""
-        return (f"builtin:synthetic: {self.length} generated {self.cfg.size}x{self.cfg.size} "
-                f"images, {len(SHAPES)} shape classes")
+        return (
+            f"builtin:synthetic: {self.length} generated {self.cfg.size}x{self.cfg.size} "
+            f"images, {len(SHAPES)} shape classes"
+        )
 
     def __len__(self) -> int:
         return self.length
@@ -104,8 +113,7 @@ class SyntheticDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} images")
         img, label, caption = synthetic_image(self.seed, index, self.cfg.size)
-        return {"image": pil_to_tensor(img), "label": label, "caption": caption,
-                "path": f"synthetic:{index}"}
+        return {"image": pil_to_tensor(img), "label": label, "caption": caption, "path": f"synthetic:{index}"}
 
 
 __all__ = ["COLORS", "SHAPES", "SyntheticDataset", "synthetic_image"]

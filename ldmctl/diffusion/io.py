@@ -34,9 +34,16 @@ from ldmctl.unet import UNet
 PREFIXES = ("unet", "ema", "ae", "cond", "ema_cond")
 
 
-def write_ldm(path: str | Path, parts: Mapping[str, Mapping[str, Tensor]], *, config: LDMConfig,
-              autoencoder: AutoencoderConfig, conditioners: ConditionerSet, extra: dict[str, Any],
-              dtype: torch.dtype | None = None) -> Path:
+def write_ldm(
+    path: str | Path,
+    parts: Mapping[str, Mapping[str, Tensor]],
+    *,
+    config: LDMConfig,
+    autoencoder: AutoencoderConfig,
+    conditioners: ConditionerSet,
+    extra: dict[str, Any],
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Write the tensors of ``parts`` (prefix -> state dict) and the configs; floating-point tensors
     are cast to ``dtype`` when given (exports in fp16; loading casts back to fp32)."""
     tensors: dict[str, Tensor] = {}
@@ -49,16 +56,32 @@ def write_ldm(path: str | Path, parts: Mapping[str, Mapping[str, Tensor]], *, co
     return save_checkpoint(path, tensors, kind="ldm", config=meta, extra=extra)
 
 
-def save_ldm(model: LatentDiffusion, ema: nn.Module | Any, path: str | Path, *, extra: dict[str, Any],
-             cond_ema: Any | None = None) -> Path:
+def save_ldm(
+    model: LatentDiffusion,
+    ema: nn.Module | Any,
+    path: str | Path,
+    *,
+    extra: dict[str, Any],
+    cond_ema: Any | None = None,
+) -> Path:
     """Write a training checkpoint of ``model``: raw and EMA UNet, autoencoder, conditioners (and
     their EMA). ``ema`` / ``cond_ema`` are anything with a ``state_dict()`` of the same keys."""
-    parts = {"unet": model.unet.state_dict(), "ema": ema.state_dict(), "ae": model.autoencoder.state_dict(),
-             "cond": model.conditioners.state_dict()}
+    parts = {
+        "unet": model.unet.state_dict(),
+        "ema": ema.state_dict(),
+        "ae": model.autoencoder.state_dict(),
+        "cond": model.conditioners.state_dict(),
+    }
     if cond_ema is not None:
         parts["ema_cond"] = cond_ema.state_dict()
-    return write_ldm(path, parts, config=model.config, autoencoder=model.autoencoder.config,
-                     conditioners=model.conditioners, extra=extra)
+    return write_ldm(
+        path,
+        parts,
+        config=model.config,
+        autoencoder=model.autoencoder.config,
+        conditioners=model.conditioners,
+        extra=extra,
+    )
 
 
 def load_ldm(path: str | Path, *, weights: str = "ema") -> LatentDiffusion:
@@ -73,8 +96,10 @@ def load_ldm(path: str | Path, *, weights: str = "ema") -> LatentDiffusion:
         raise CheckpointError(f"{str(ckpt.path)!r}: stored config is invalid: {err}") from None
     parts = split_tensors(ckpt.tensors, str(ckpt.path))
     if weights == "raw" and not parts["unet"] and parts["ema"]:
-        raise CheckpointError(f"{str(ckpt.path)!r} is an exported checkpoint: it holds the EMA weights only",
-                              hint="use --weights ema, or the training checkpoint for the raw weights")
+        raise CheckpointError(
+            f"{str(ckpt.path)!r} is an exported checkpoint: it holds the EMA weights only",
+            hint="use --weights ema, or the training checkpoint for the raw weights",
+        )
     ae = build_autoencoder(ae_cfg)
     load_state(ae, parts["ae"], f"{ckpt.path} (autoencoder)")
     unet = UNet(cfg.unet)

@@ -37,14 +37,22 @@ def latent_spec(cfg: LDMConfig, autoencoder: nn.Module) -> LatentSpec:
 class LatentDiffusion(nn.Module):
     """Holds ``autoencoder`` (frozen), ``unet``, ``conditioners``, ``schedule`` and ``objective``."""
 
-    def __init__(self, cfg: LDMConfig, autoencoder: nn.Module, unet: UNet | None = None,
-                 conditioners: ConditionerSet | None = None) -> None:
+    def __init__(
+        self,
+        cfg: LDMConfig,
+        autoencoder: nn.Module,
+        unet: UNet | None = None,
+        conditioners: ConditionerSet | None = None,
+    ) -> None:
         super().__init__()
         self.config = cfg
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.unet = unet if unet is not None else UNet(cfg.unet)
-        self.conditioners = conditioners if conditioners is not None else ConditionerSet(
-            cfg.conditioners, latent_spec(cfg, autoencoder))
+        self.conditioners = (
+            conditioners
+            if conditioners is not None
+            else ConditionerSet(cfg.conditioners, latent_spec(cfg, autoencoder))
+        )
         self.objective = Objective(cfg.diffusion)
         self.schedule = self.objective.schedule
         self.task = task_for(cfg, {c.input_key for c in self.conditioners.items})
@@ -76,13 +84,20 @@ class LatentDiffusion(nn.Module):
             keys = [k for k in keys if k not in self.task.derived_keys()] + list(self.task.source_keys(keys))
         return tuple(dict.fromkeys(keys))
 
-    def cond(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None,
-             train_dropout: bool = False, shard: tuple[int, int] = (0, 1)) -> Cond | None:
+    def cond(
+        self,
+        batch: Mapping[str, Any],
+        *,
+        generator: torch.Generator | None = None,
+        train_dropout: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ) -> Cond | None:
         """The UNet's conditioning for a batch (None for an unconditional model)."""
         if not len(self.conditioners):
             return None
-        return self.conditioners(self.derived_inputs(batch), generator=generator, train_dropout=train_dropout,
-                                 shard=shard)
+        return self.conditioners(
+            self.derived_inputs(batch), generator=generator, train_dropout=train_dropout, shard=shard
+        )
 
     def derived_inputs(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
         """``batch`` with the inputs the model's task derives itself (none for plain generation)."""
@@ -96,11 +111,17 @@ class LatentDiffusion(nn.Module):
         """The inverse of :meth:`to_target`: a sampled ``z`` back to scaled latents for :meth:`decode`."""
         return z if self.task is None else self.task.from_target(z, batch)
 
-    def training_loss(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None,
-                      net: Callable[[Tensor, Tensor, Cond], Tensor] | None = None,
-                      shard: tuple[int, int] = (0, 1), micro_batches: int = 1,
-                      backward: Callable[[Tensor], None] | None = None,
-                      amp: Callable[[], AbstractContextManager] = nullcontext) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(
+        self,
+        batch: Mapping[str, Any],
+        *,
+        generator: torch.Generator | None = None,
+        net: Callable[[Tensor, Tensor, Cond], Tensor] | None = None,
+        shard: tuple[int, int] = (0, 1),
+        micro_batches: int = 1,
+        backward: Callable[[Tensor], None] | None = None,
+        amp: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> tuple[Tensor, dict[str, float]]:
         """The loss of one batch holding scaled latents ``z0`` and the conditioners' inputs.
 
         1. derive the task's inputs (the frozen first stage runs outside ``amp``);
@@ -140,18 +161,34 @@ class LatentDiffusion(nn.Module):
         return lambda z_t, t: net(z_t, t, c)
 
     @torch.no_grad()
-    def sample_latents(self, sampler: Callable[..., Tensor], n: int, *, steps: int, eta: float = 0.0,
-                       generator: torch.Generator | None = None, model_fn: ModelFn | None = None,
-                       callback: Callable[[int, int, Tensor], None] | None = None,
-                       latent_size: int | None = None) -> Tensor:
+    def sample_latents(
+        self,
+        sampler: Callable[..., Tensor],
+        n: int,
+        *,
+        steps: int,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        model_fn: ModelFn | None = None,
+        callback: Callable[[int, int, Tensor], None] | None = None,
+        latent_size: int | None = None,
+    ) -> Tensor:
         """Draw z_T with ``generator`` and run ``sampler`` from it; returns scaled latents."""
         c, s = self.latent_shape[0], latent_size or self.config.latent_size
         device = next(self.unet.parameters()).device
-        noise = torch.randn((n, c, s, s), generator=generator,
-                            device=generator.device if generator is not None else device).to(device)
-        return sampler(model_fn or self.model_fn(), self.schedule, noise, steps=steps,
-                       prediction=self.config.diffusion.prediction, eta=eta, generator=generator,
-                       callback=callback)
+        noise = torch.randn(
+            (n, c, s, s), generator=generator, device=generator.device if generator is not None else device
+        ).to(device)
+        return sampler(
+            model_fn or self.model_fn(),
+            self.schedule,
+            noise,
+            steps=steps,
+            prediction=self.config.diffusion.prediction,
+            eta=eta,
+            generator=generator,
+            callback=callback,
+        )
 
 
 def _rows(cond: Cond, idx: slice) -> Cond:
@@ -172,9 +209,17 @@ def _leaves(cond: Cond) -> tuple[Cond, list[tuple[Tensor, Tensor]]]:
     return Cond(**out), pairs
 
 
-def _accumulate(objective: Objective, unet: Callable[..., Tensor], cond: Cond, z0: Tensor, t: Tensor,
-                noise: Tensor, chunks: int, backward: Callable[[Tensor], None],
-                amp: Callable[[], AbstractContextManager]) -> tuple[Tensor, dict[str, float]]:
+def _accumulate(
+    objective: Objective,
+    unet: Callable[..., Tensor],
+    cond: Cond,
+    z0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    chunks: int,
+    backward: Callable[[Tensor], None],
+    amp: Callable[[], AbstractContextManager],
+) -> tuple[Tensor, dict[str, float]]:
     """The chunked forward/backward of :meth:`LatentDiffusion.training_loss` (see there)."""
     cond_in, pairs = _leaves(cond)
     b = z0.shape[0]
@@ -193,8 +238,9 @@ def _accumulate(objective: Objective, unet: Callable[..., Tensor], cond: Cond, z
         total = total + loss.detach().float() * (m / b)
         parts.append(logs)
     if pairs:
-        torch.autograd.backward([v for v, _ in pairs],
-                                [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for _, leaf in pairs])
+        torch.autograd.backward(
+            [v for v, _ in pairs], [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for _, leaf in pairs]
+        )
     return total, {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
 
 

@@ -40,9 +40,9 @@ def vlb_weights(schedule: Schedule, prediction: str) -> Tensor:
     var = s.posterior_variance.clone()
     var[0] = var[1] if len(var) > 1 else 1.0  # sigma_0 = 0; the t = 0 weight is replaced below
     if prediction == "eps":
-        w = s.betas ** 2 / (2 * var * s.alphas * (1 - s.alphas_cumprod))
+        w = s.betas**2 / (2 * var * s.alphas * (1 - s.alphas_cumprod))
     elif prediction in ("x0", "v"):
-        w = s.betas ** 2 * s.alphas_cumprod_prev / (2 * var * (1 - s.alphas_cumprod) ** 2)
+        w = s.betas**2 * s.alphas_cumprod_prev / (2 * var * (1 - s.alphas_cumprod) ** 2)
         if prediction == "v":
             w = w * (1 - s.alphas_cumprod)
     else:
@@ -60,8 +60,9 @@ def min_snr_weights(schedule: Schedule, t: Tensor, prediction: str, gamma: float
     return w.float()
 
 
-def sample_noise(z0: Tensor, cfg: DiffusionConfig, generator: torch.Generator | None,
-                 shard: tuple[int, int] = (0, 1)) -> Tensor:
+def sample_noise(
+    z0: Tensor, cfg: DiffusionConfig, generator: torch.Generator | None, shard: tuple[int, int] = (0, 1)
+) -> Tensor:
     """N(0, I) noise shaped like z0, plus offset noise when configured. Drawn on the generator's
     device and moved to z0's. With ``shard = (rank, world)`` the noise of ``world`` times the
     batch is drawn and rows ``rank::world`` kept (data-parallel ranks share one stream)."""
@@ -83,17 +84,26 @@ class Objective:
         self.schedule = schedule or schedule_from_config(cfg)
         self.lvlb = vlb_weights(self.schedule, cfg.prediction)
 
-    def draw(self, z0: Tensor, generator: torch.Generator | None = None,
-             shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
+    def draw(
+        self, z0: Tensor, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
+    ) -> tuple[Tensor, Tensor]:
         """The timesteps and noise of a batch (see :func:`sample_noise` for ``shard``)."""
         rank, world = shard
         gen_device = generator.device if generator is not None else z0.device
-        t = torch.randint(0, self.schedule.num_timesteps, (z0.shape[0] * world,), generator=generator, device=gen_device)
+        t = torch.randint(
+            0, self.schedule.num_timesteps, (z0.shape[0] * world,), generator=generator, device=gen_device
+        )
         return t[rank::world].to(z0.device), sample_noise(z0, self.cfg, generator, shard)
 
-    def __call__(self, model: Callable[[Tensor, Tensor], Tensor], z0: Tensor,
-                 generator: torch.Generator | None = None, *, t: Tensor | None = None,
-                 noise: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def __call__(
+        self,
+        model: Callable[[Tensor, Tensor], Tensor],
+        z0: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
         """Run ``model(z_t, t)`` at timesteps ``t`` with ``noise`` (drawn from ``generator`` when
         not given) and return (loss, logs)."""
         cfg = self.cfg
@@ -102,7 +112,7 @@ class Objective:
         z_t = self.schedule.q_sample(z0, t, noise)
         out = model(z_t, t)
         target = self.schedule.target(z0, noise, t, cfg.prediction)
-        err = (out.float() - target.float())
+        err = out.float() - target.float()
         err = err.abs() if cfg.loss == "l1" else err.square()
         per_sample = err.mean(dim=tuple(range(1, err.ndim)))  # (B,)
         simple = per_sample
@@ -111,8 +121,11 @@ class Objective:
         loss_simple = simple.mean()
         loss_vlb = (extract(self.lvlb, t, per_sample[:, None]).squeeze(1) * per_sample).mean()
         loss = loss_simple + cfg.vlb_weight * loss_vlb if cfg.vlb_weight else loss_simple
-        return loss, {"loss": float(loss.detach()), "simple": float(loss_simple.detach()),
-                      "vlb": float(loss_vlb.detach())}
+        return loss, {
+            "loss": float(loss.detach()),
+            "simple": float(loss_simple.detach()),
+            "vlb": float(loss_vlb.detach()),
+        }
 
 
 __all__ = ["Objective", "min_snr_weights", "sample_noise", "schedule_from_config", "vlb_weights"]

@@ -54,8 +54,7 @@ def validate_classifier(cfg: ClassifierConfig) -> ClassifierConfig:
     if cfg.size < step or cfg.size % step:
         raise ConfigError(f"classifier.size must be a positive multiple of {step}, got {cfg.size}")
     if cfg.width <= 0 or cfg.norm_groups <= 0 or cfg.width % cfg.norm_groups:
-        raise ConfigError(f"classifier.norm_groups ({cfg.norm_groups}) must divide classifier.width "
-                          f"({cfg.width})")
+        raise ConfigError(f"classifier.norm_groups ({cfg.norm_groups}) must divide classifier.width ({cfg.width})")
     for name in ("in_channels", "num_classes", "feature_dim"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"classifier.{name} must be positive, got {getattr(cfg, name)}")
@@ -66,8 +65,12 @@ def validate_classifier(cfg: ClassifierConfig) -> ClassifierConfig:
 
 def _stage(c_in: int, c_out: int, groups: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 3, padding=1),
+        nn.GroupNorm(groups, c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.GroupNorm(groups, c_out),
+        nn.ReLU(inplace=True),
         nn.AvgPool2d(2),
     )
 
@@ -79,10 +82,12 @@ class FeatureClassifier(nn.Module):
         super().__init__()
         self.config = validate_classifier(cfg)
         widths = [cfg.width * 2**i for i in range(STAGES)]
-        self.stages = nn.Sequential(*[
-            _stage(c_in, c_out, cfg.norm_groups)
-            for c_in, c_out in zip([cfg.in_channels, *widths[:-1]], widths)
-        ])
+        self.stages = nn.Sequential(
+            *[
+                _stage(c_in, c_out, cfg.norm_groups)
+                for c_in, c_out in zip([cfg.in_channels, *widths[:-1]], widths, strict=True)
+            ]
+        )
         side = cfg.size // 2**STAGES
         self.to_features = nn.Linear(widths[-1] * side * side, cfg.feature_dim)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -92,11 +97,9 @@ class FeatureClassifier(nn.Module):
         """Penultimate features (N, feature_dim) of images (N, C, H, W) in [-1, 1]."""
         cfg = self.config
         if x.dim() != 4 or x.shape[1] != cfg.in_channels:
-            raise DataError(f"the classifier takes (N, {cfg.in_channels}, H, W) images, "
-                            f"got shape {tuple(x.shape)}")
+            raise DataError(f"the classifier takes (N, {cfg.in_channels}, H, W) images, got shape {tuple(x.shape)}")
         if x.shape[-2:] != (cfg.size, cfg.size):
-            x = F.interpolate(x, size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(x, size=(cfg.size, cfg.size), mode="bilinear", antialias=True, align_corners=False)
         h = self.stages(x)  # (N, 4*width, size/8, size/8)
         return F.relu(self.to_features(h.flatten(1)))  # (N, feature_dim)
 
@@ -111,7 +114,7 @@ class FeatureClassifier(nn.Module):
 def _batches(images: Tensor | Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
     """Regroup a tensor (N, C, H, W) or an iterable of images/batches into (<= batch_size) batches."""
     if isinstance(images, Tensor):
-        yield from (images[i:i + batch_size] for i in range(0, images.shape[0], batch_size))
+        yield from (images[i : i + batch_size] for i in range(0, images.shape[0], batch_size))
         return
     buffer: list[Tensor] = []
     count = 0
@@ -127,8 +130,9 @@ def _batches(images: Tensor | Iterable[Tensor], batch_size: int) -> Iterator[Ten
 
 
 @torch.no_grad()
-def _map(fn: Callable[[Tensor], Tensor], model: nn.Module, images: Tensor | Iterable[Tensor],
-         batch_size: int) -> Tensor:
+def _map(
+    fn: Callable[[Tensor], Tensor], model: nn.Module, images: Tensor | Iterable[Tensor], batch_size: int
+) -> Tensor:
     """Apply ``fn`` batch-wise in eval mode (restoring the model's mode), concatenated on CPU."""
     was_training = model.training
     model.eval()
@@ -142,14 +146,12 @@ def _map(fn: Callable[[Tensor], Tensor], model: nn.Module, images: Tensor | Iter
     return torch.cat(outs)
 
 
-def extract_features(model: FeatureClassifier, images: Tensor | Iterable[Tensor],
-                     batch_size: int = 256) -> Tensor:
+def extract_features(model: FeatureClassifier, images: Tensor | Iterable[Tensor], batch_size: int = 256) -> Tensor:
     """Penultimate features (N, feature_dim), float32 on the CPU, of images in [-1, 1]."""
     return _map(model.features, model, images, batch_size)
 
 
-def class_predictions(model: FeatureClassifier, images: Tensor | Iterable[Tensor],
-                      batch_size: int = 256) -> Tensor:
+def class_predictions(model: FeatureClassifier, images: Tensor | Iterable[Tensor], batch_size: int = 256) -> Tensor:
     """Predicted class (N,) int64 of images in [-1, 1]."""
     return _map(lambda b: model(b).argmax(1), model, images, batch_size)
 
@@ -205,8 +207,7 @@ def holdout_split(dataset: Dataset, every: int = 10) -> tuple[Dataset, Dataset]:
 
 def save_classifier(model: FeatureClassifier, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Save the weights with their config (kind ``classifier``), so the file rebuilds the model."""
-    return save_checkpoint(path, model.state_dict(), kind="classifier", config=to_dict(model.config),
-                           extra=extra)
+    return save_checkpoint(path, model.state_dict(), kind="classifier", config=to_dict(model.config), extra=extra)
 
 
 def load_classifier(path: str | Path) -> FeatureClassifier:
@@ -221,6 +222,16 @@ def load_classifier(path: str | Path) -> FeatureClassifier:
     return model.eval()
 
 
-__all__ = ["HOLDOUT_SPLITS", "ClassifierConfig", "FeatureClassifier", "class_predictions", "dataset_images",
-           "evaluate_accuracy", "extract_features", "holdout_split", "load_classifier", "save_classifier",
-           "validate_classifier"]
+__all__ = [
+    "HOLDOUT_SPLITS",
+    "ClassifierConfig",
+    "FeatureClassifier",
+    "class_predictions",
+    "dataset_images",
+    "evaluate_accuracy",
+    "extract_features",
+    "holdout_split",
+    "load_classifier",
+    "save_classifier",
+    "validate_classifier",
+]

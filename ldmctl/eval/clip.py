@@ -45,24 +45,41 @@ DEFAULT_MODEL = "ViT-B-32:openai"
 ENV_VAR = "LDMCTL_CLIP"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-_LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError,
-                pickle.UnpicklingError, zipfile.BadZipFile, SafetensorError)
+_LOAD_ERRORS = (
+    OSError,
+    RuntimeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    EOFError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    SafetensorError,
+)
 
 
 def _open_clip() -> Any:
     try:
         import open_clip
     except ImportError:
-        raise WeightsError("CLIP score needs the open_clip package",
-                           hint="pip install 'ldmctl[clip]' (or pip install open_clip_torch)") from None
+        raise WeightsError(
+            "CLIP score needs the open_clip package", hint="pip install 'ldmctl[clip]' (or pip install open_clip_torch)"
+        ) from None
     return open_clip
 
 
 class ClipScorer(nn.Module):
     """``forward(images, prompts)``: per-pair CLIP score (N,) of images (N, 3, H, W) in [-1, 1]."""
 
-    def __init__(self, model: nn.Module, tokenizer: Callable[[list[str]], Tensor], *, size: int,
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Callable[[list[str]], Tensor],
+        *,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -84,7 +101,7 @@ class ClipScorer(nn.Module):
         if new != (h, w):
             x = F.interpolate(x, size=new, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         top, left = (new[0] - self.size) // 2, (new[1] - self.size) // 2
-        x = x[..., top:top + self.size, left:left + self.size]
+        x = x[..., top : top + self.size, left : left + self.size]
         return (x - self.mean) / self.std
 
     @torch.no_grad()
@@ -127,7 +144,7 @@ def _cache_location(arch: str, tag: str) -> tuple[str, Path | None]:
     repo, _, filename = repo.rpartition("/") if repo.count("/") > 1 else (repo, "", "")
     from huggingface_hub import try_to_load_from_cache
 
-    for name in ([filename] if filename else list(WEIGHT_FILES)):
+    for name in [filename] if filename else list(WEIGHT_FILES):
         found = try_to_load_from_cache(repo, name)
         if isinstance(found, str) and Path(found).is_file():
             return repo, Path(found)
@@ -148,16 +165,21 @@ def resolve_clip_weights(weights: str | Path | None, model: str = DEFAULT_MODEL)
     if found is None:
         from huggingface_hub.constants import HF_HUB_CACHE
 
-        where = (f"{Path(HF_HUB_CACHE) / ('models--' + repo.replace('/', '--'))}/snapshots/<revision>/"
-                 f"{WEIGHT_FILES[0]}" if repo else f"no known cache location for {model!r}")
+        where = (
+            f"{Path(HF_HUB_CACHE) / ('models--' + repo.replace('/', '--'))}/snapshots/<revision>/{WEIGHT_FILES[0]}"
+            if repo
+            else f"no known cache location for {model!r}"
+        )
         raise WeightsError(f"CLIP weights for {model} not found: {where}", hint=_hint(model, repo))
     return found
 
 
 def _hint(model: str, repo: str = "") -> str:
     source = f"the Hugging Face repo {repo}" if repo else f"open_clip's weights of {model}"
-    return (f"copy {WEIGHT_FILES[0]} (and {CONFIG_FILE}) of {source} to this machine and pass "
-            f"--clip-weights FILE_OR_FOLDER or set {ENV_VAR}")
+    return (
+        f"copy {WEIGHT_FILES[0]} (and {CONFIG_FILE}) of {source} to this machine and pass "
+        f"--clip-weights FILE_OR_FOLDER or set {ENV_VAR}"
+    )
 
 
 def load_clip(weights: str | Path | None = None, model: str = DEFAULT_MODEL) -> ClipScorer:
@@ -172,8 +194,7 @@ def load_clip(weights: str | Path | None = None, model: str = DEFAULT_MODEL) -> 
         tokenizer = oc.get_tokenizer(name)
     except _LOAD_ERRORS as err:
         what = "" if path.is_dir() else f" as {split_model_name(model)[0]}"
-        raise WeightsError(f"CLIP weights {path} could not be loaded{what}: {err}",
-                           hint=_hint(model)) from None
+        raise WeightsError(f"CLIP weights {path} could not be loaded{what}: {err}", hint=_hint(model)) from None
     size = preprocess["size"]
     size = size if isinstance(size, int) else min(size)
     return ClipScorer(net, tokenizer, size=size, mean=preprocess["mean"], std=preprocess["std"])
@@ -186,8 +207,7 @@ def _load_folder(oc: Any, folder: Path) -> tuple[nn.Module, str, dict[str, Any]]
         raise WeightsError(f"CLIP weights folder {folder} has no {CONFIG_FILE}", hint=_hint("this model"))
     json.loads(config.read_text())  # a broken JSON is a ValueError -> WeightsError
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
-        raise WeightsError(f"CLIP weights folder {folder} holds none of {list(WEIGHT_FILES)}",
-                           hint=_hint("this model"))
+        raise WeightsError(f"CLIP weights folder {folder} holds none of {list(WEIGHT_FILES)}", hint=_hint("this model"))
     name = f"local-dir:{folder}"
     net = oc.create_model(name, require_pretrained=True, weights_only=True)
     return net.eval(), name, net.visual.preprocess_cfg
@@ -197,15 +217,28 @@ def _load_file(oc: Any, path: Path, model: str) -> tuple[nn.Module, str, dict[st
     """Architecture ``NAME`` from open_clip's configs, weights from one state-dict file."""
     arch, tag = split_model_name(model)
     if oc.get_model_config(arch) is None:
-        raise ConfigError(f"--clip-model {arch!r} is not an open_clip architecture",
-                          hint="see open_clip.list_models(), e.g. ViT-B-32")
+        raise ConfigError(
+            f"--clip-model {arch!r} is not an open_clip architecture", hint="see open_clip.list_models(), e.g. ViT-B-32"
+        )
     tag_cfg = (oc.get_pretrained_cfg(arch, tag) if tag else None) or {}
-    net = oc.create_model(arch, pretrained=str(path), require_pretrained=True, weights_only=True,
-                          force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)))
+    net = oc.create_model(
+        arch,
+        pretrained=str(path),
+        require_pretrained=True,
+        weights_only=True,
+        force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+    )
     preprocess = dict(net.visual.preprocess_cfg)
     preprocess.update({k: tag_cfg[k] for k in ("mean", "std") if k in tag_cfg})
     return net.eval(), arch, preprocess
 
 
-__all__ = ["DEFAULT_MODEL", "ENV_VAR", "ClipScorer", "clip_score", "load_clip", "resolve_clip_weights",
-           "split_model_name"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "ENV_VAR",
+    "ClipScorer",
+    "clip_score",
+    "load_clip",
+    "resolve_clip_weights",
+    "split_model_name",
+]

@@ -75,8 +75,9 @@ class Collected:
     prompts: list[str] = field(default_factory=list)  # non-empty prompts/captions seen, in order
 
 
-def collect(batches: Iterable[Batch], ex: Extractors, *, clip: bool = False,
-            on_batch: Callable[[int], None] | None = None) -> Collected:
+def collect(
+    batches: Iterable[Batch], ex: Extractors, *, clip: bool = False, on_batch: Callable[[int], None] | None = None
+) -> Collected:
     """Run every extractor of ``ex`` over ``batches``; ``clip`` also scores image-prompt pairs."""
     parts: dict[str, list[Tensor]] = {"inception": [], "classifier": [], "predicted": [], "labels": [], "clip": []}
     out = Collected()
@@ -94,8 +95,10 @@ def collect(batches: Iterable[Batch], ex: Extractors, *, clip: bool = False,
             parts["labels"].append(labels)
             if clip and ex.clip is not None:
                 if not batch.prompts or any(not p for p in batch.prompts):
-                    raise ConfigError("the CLIP score needs a prompt for every image",
-                                      hint="pass --prompt, or evaluate images that have captions")
+                    raise ConfigError(
+                        "the CLIP score needs a prompt for every image",
+                        hint="pass --prompt, or evaluate images that have captions",
+                    )
                 parts["clip"].append(ex.clip(x, batch.prompts).cpu())
             out.prompts += [p for p in (batch.prompts or []) if p]
             out.n += x.shape[0]
@@ -110,9 +113,11 @@ def collect(batches: Iterable[Batch], ex: Extractors, *, clip: bool = False,
 
 def _check_labels(labels: Tensor, classifier: FeatureClassifier | None) -> None:
     if classifier is not None and labels.numel() and int(labels.max()) >= classifier.config.num_classes:
-        raise ConfigError(f"the classifier knows {classifier.config.num_classes} classes, but an image has "
-                          f"class label {int(labels.max())}",
-                          hint="train the classifier on the data set the model was trained on")
+        raise ConfigError(
+            f"the classifier knows {classifier.config.num_classes} classes, but an image has "
+            f"class label {int(labels.max())}",
+            hint="train the classifier on the data set the model was trained on",
+        )
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -122,7 +127,7 @@ def _device(model: nn.Module) -> torch.device:
 def dataset_batches(dataset: Dataset, indices: list[int], batch_size: int = 64) -> Iterator[Batch]:
     """:class:`Batch`es of the items ``indices`` of a data set of dicts (``image``, ``label``, ``caption``)."""
     for start in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[start:start + batch_size]]
+        items = [dataset[i] for i in indices[start : start + batch_size]]
         images = default_collate([it["image"] for it in items])
         labels = torch.tensor([int(it.get("label", -1)) for it in items])
         captions = [str(it.get("caption") or "") for it in items]
@@ -149,25 +154,35 @@ def choose_metrics(spec: str, problems: dict[str, LdmctlError | None]) -> tuple[
         skipped = {m: str(err) for m, err in problems.items() if err is not None}
         if not chosen:
             reasons = "; ".join(f"{m}: {r}" for m, r in skipped.items())
-            raise ConfigError(f"no metric can be computed here ({reasons})",
-                              hint="put the FID Inception weights in place (see docs/metrics.md), or train "
-                                   "the offline feature extractor with `ldmctl train-classifier` and pass "
-                                   "--classifier CKPT")
+            raise ConfigError(
+                f"no metric can be computed here ({reasons})",
+                hint="put the FID Inception weights in place (see docs/metrics.md), or train "
+                "the offline feature extractor with `ldmctl train-classifier` and pass "
+                "--classifier CKPT",
+            )
         return chosen, skipped
     chosen = [m.strip() for m in spec.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in METRICS]
     if unknown or not chosen:
-        raise ConfigError(f"--metrics {spec!r}: unknown {unknown}; use auto or a comma-separated list of "
-                          f"{list(METRICS)}")
+        raise ConfigError(
+            f"--metrics {spec!r}: unknown {unknown}; use auto or a comma-separated list of {list(METRICS)}"
+        )
     for m in chosen:
         if problems.get(m) is not None:
             raise problems[m]  # type: ignore[misc]
     return chosen, {}
 
 
-def generative_report(samples: Collected, reference: Collected, metrics: list[str], *,
-                      class_names: list[str] | None = None, kid_subsets: int = DEFAULT_SUBSETS,
-                      kid_subset_size: int = DEFAULT_SUBSET_SIZE, seed: int = 0) -> dict[str, Any]:
+def generative_report(
+    samples: Collected,
+    reference: Collected,
+    metrics: list[str],
+    *,
+    class_names: list[str] | None = None,
+    kid_subsets: int = DEFAULT_SUBSETS,
+    kid_subset_size: int = DEFAULT_SUBSET_SIZE,
+    seed: int = 0,
+) -> dict[str, Any]:
     """``{"metrics": {...}, "per_class": [...], "n_samples", "n_reference", "descriptions"}``."""
     for name, c in (("samples", samples), ("reference", reference)):
         if c.n < 2:
@@ -178,7 +193,8 @@ def generative_report(samples: Collected, reference: Collected, metrics: list[st
     if "kid" in metrics:
         g = torch.Generator().manual_seed(seed)
         out["kid"], out["kid_std"] = kernel_inception_distance(
-            samples.inception, reference.inception, subsets=kid_subsets, subset_size=kid_subset_size, generator=g)
+            samples.inception, reference.inception, subsets=kid_subsets, subset_size=kid_subset_size, generator=g
+        )
     if "clip" in metrics:
         out["clip_score"] = float(samples.clip.mean())
     if "fd-cls" in metrics:
@@ -187,8 +203,12 @@ def generative_report(samples: Collected, reference: Collected, metrics: list[st
         out["acc"] = _accuracy(samples)
     if ("fd-cls" in metrics or "acc" in metrics) and reference.labels is not None:
         out["acc_reference"] = _accuracy(reference)
-    report: dict[str, Any] = {"metrics": out, "n_samples": samples.n, "n_reference": reference.n,
-                              "descriptions": {k: DESCRIPTIONS[k] for k in out if k in DESCRIPTIONS}}
+    report: dict[str, Any] = {
+        "metrics": out,
+        "n_samples": samples.n,
+        "n_reference": reference.n,
+        "descriptions": {k: DESCRIPTIONS[k] for k in out if k in DESCRIPTIONS},
+    }
     if samples.labels is not None and samples.classifier is not None:
         report["per_class"] = per_class(samples, reference, class_names or [])
     return report
@@ -206,8 +226,11 @@ def per_class(samples: Collected, reference: Collected, class_names: list[str]) 
     rows = []
     for label in sorted(int(v) for v in samples.labels.unique() if v >= 0):
         mine = samples.labels == label
-        row: dict[str, Any] = {"class": class_names[label] if label < len(class_names) else str(label),
-                               "label": label, "n": int(mine.sum())}
+        row: dict[str, Any] = {
+            "class": class_names[label] if label < len(class_names) else str(label),
+            "label": label,
+            "n": int(mine.sum()),
+        }
         theirs = reference.labels == label if reference.labels is not None else None
         if theirs is not None and int(mine.sum()) >= 2 and int(theirs.sum()) >= 2:
             row["fd_cls"] = frechet_distance_features(samples.classifier[mine], reference.classifier[theirs])
@@ -218,5 +241,16 @@ def per_class(samples: Collected, reference: Collected, class_names: list[str]) 
     return rows
 
 
-__all__ = ["DESCRIPTIONS", "METRICS", "Batch", "Collected", "Extractors", "choose_metrics", "collect",
-           "dataset_batches", "generative_report", "per_class", "pick_indices"]
+__all__ = [
+    "DESCRIPTIONS",
+    "METRICS",
+    "Batch",
+    "Collected",
+    "Extractors",
+    "choose_metrics",
+    "collect",
+    "dataset_batches",
+    "generative_report",
+    "per_class",
+    "pick_indices",
+]

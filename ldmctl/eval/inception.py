@@ -50,11 +50,12 @@ FEATURE_DIM = 2048
 INPUT_SIZE = 299
 NUM_CLASSES = 1008  # the TF graph's 1001 classes padded to 1008; the head is never used
 
-_HINT = (f"copy pytorch-fid's {FID_WEIGHTS_FILE} (GitHub release 'fid_weights') there, "
-         f"pass --inception-weights PATH or set {ENV_VAR}; without it, use the offline FD_cls "
-         "(ldmctl train-classifier, then ldmctl eval --classifier CKPT)")
-_LOAD_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError,
-                zipfile.BadZipFile)
+_HINT = (
+    f"copy pytorch-fid's {FID_WEIGHTS_FILE} (GitHub release 'fid_weights') there, "
+    f"pass --inception-weights PATH or set {ENV_VAR}; without it, use the offline FD_cls "
+    "(ldmctl train-classifier, then ldmctl eval --classifier CKPT)"
+)
+_LOAD_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 def default_weights_path() -> Path:
@@ -73,12 +74,15 @@ def resolve_weights_path(weights: str | Path | None = None) -> Path:
 def _mixed_a(m: nn.Module, x: Tensor) -> Tensor:
     """Mixed_5b/c/d: torchvision's InceptionA with a padding-excluding average pool."""
     pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-    return torch.cat([
-        m.branch1x1(x),
-        m.branch5x5_2(m.branch5x5_1(x)),
-        m.branch3x3dbl_3(m.branch3x3dbl_2(m.branch3x3dbl_1(x))),
-        m.branch_pool(pool),
-    ], 1)
+    return torch.cat(
+        [
+            m.branch1x1(x),
+            m.branch5x5_2(m.branch5x5_1(x)),
+            m.branch3x3dbl_3(m.branch3x3dbl_2(m.branch3x3dbl_1(x))),
+            m.branch_pool(pool),
+        ],
+        1,
+    )
 
 
 def _mixed_c(m: nn.Module, x: Tensor) -> Tensor:
@@ -99,12 +103,15 @@ def _mixed_e(m: nn.Module, x: Tensor, *, max_pool: bool) -> Tensor:
         pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
     b3 = m.branch3x3_1(x)
     d3 = m.branch3x3dbl_2(m.branch3x3dbl_1(x))
-    return torch.cat([
-        m.branch1x1(x),
-        torch.cat([m.branch3x3_2a(b3), m.branch3x3_2b(b3)], 1),
-        torch.cat([m.branch3x3dbl_3a(d3), m.branch3x3dbl_3b(d3)], 1),
-        m.branch_pool(pool),
-    ], 1)
+    return torch.cat(
+        [
+            m.branch1x1(x),
+            torch.cat([m.branch3x3_2a(b3), m.branch3x3_2b(b3)], 1),
+            torch.cat([m.branch3x3dbl_3a(d3), m.branch3x3dbl_3b(d3)], 1),
+            m.branch_pool(pool),
+        ],
+        1,
+    )
 
 
 class InceptionFeatures(nn.Module):
@@ -116,8 +123,7 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = inception_v3(weights=None, aux_logits=False, init_weights=False,
-                                num_classes=NUM_CLASSES)
+        self.net = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=NUM_CLASSES)
         self.requires_grad_(False)
         self.eval()
 
@@ -169,8 +175,11 @@ def load_inception(weights: str | Path | None = None) -> InceptionFeatures:
     path = resolve_weights_path(weights)
     state = _read_state_dict(path)
     if any(k.startswith("AuxLogits.") for k in state) or ("fc.weight" in state and state["fc.weight"].shape[0] == 1000):
-        raise WeightsError(f"{path} holds torchvision's ImageNet Inception ({TORCHVISION_WEIGHTS_FILE}), "
-                           "not the FID Inception: its features would not give FID", hint=_HINT)
+        raise WeightsError(
+            f"{path} holds torchvision's ImageNet Inception ({TORCHVISION_WEIGHTS_FILE}), "
+            "not the FID Inception: its features would not give FID",
+            hint=_HINT,
+        )
     model = InceptionFeatures()
     expected = model.net.state_dict()
     # BatchNorm's step counters are bookkeeping, absent from some exports: keep the model's own
@@ -178,11 +187,20 @@ def load_inception(weights: str | Path | None = None) -> InceptionFeatures:
     bad = sorted(k for k in expected if k not in state or state[k].shape != expected[k].shape)
     extra = sorted(k for k in state if k not in expected)
     if bad or extra:
-        raise WeightsError(f"{path} is not the FID Inception state dict: missing or mis-shaped "
-                           f"{bad[:4]}, unexpected {extra[:4]}", hint=_HINT)
+        raise WeightsError(
+            f"{path} is not the FID Inception state dict: missing or mis-shaped {bad[:4]}, unexpected {extra[:4]}",
+            hint=_HINT,
+        )
     model.net.load_state_dict(state, strict=True)
     return model
 
 
-__all__ = ["ENV_VAR", "FEATURE_DIM", "FID_WEIGHTS_FILE", "InceptionFeatures", "default_weights_path",
-           "load_inception", "resolve_weights_path"]
+__all__ = [
+    "ENV_VAR",
+    "FEATURE_DIM",
+    "FID_WEIGHTS_FILE",
+    "InceptionFeatures",
+    "default_weights_path",
+    "load_inception",
+    "resolve_weights_path",
+]

@@ -63,8 +63,12 @@ METRICS: dict[str, Metric] = {
     "fd-cls": Metric("fd_cls", "FD_cls", True, DESCRIPTIONS["fd_cls"]),
     "acc": Metric("acc", "accuracy", False, DESCRIPTIONS["acc"]),
     "fid": Metric("fid", "FID", True, DESCRIPTIONS["fid"]),
-    "shapes": Metric("shapes_match", "shapes match", False,
-                     "shapes match: share of samples the builtin:shapes checker finds as their prompt says"),
+    "shapes": Metric(
+        "shapes_match",
+        "shapes match",
+        False,
+        "shapes match: share of samples the builtin:shapes checker finds as their prompt says",
+    ),
 }
 
 
@@ -102,8 +106,10 @@ def resolve_metrics(spec: str, *, keys: set[str], classifier: bool) -> tuple[str
     names = tuple(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
-        raise ConfigError(f"--metrics {spec!r}: unknown {unknown}; use auto or a comma-separated list of "
-                          f"{list(METRICS)}", hint="KID and the CLIP score are in `ldmctl eval`")
+        raise ConfigError(
+            f"--metrics {spec!r}: unknown {unknown}; use auto or a comma-separated list of {list(METRICS)}",
+            hint="KID and the CLIP score are in `ldmctl eval`",
+        )
     return names
 
 
@@ -125,16 +131,29 @@ class Measurement:
         return self.seconds / max(self.n, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "seconds": round(self.seconds, 3), "seconds_per_image": self.seconds_per_image,
-                "values": self.values, "std": self.std, "per_class": self.per_class}
+        return {
+            "n": self.n,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_image": self.seconds_per_image,
+            "values": self.values,
+            "std": self.std,
+            "per_class": self.per_class,
+        }
 
 
 class Judge:
     """Measures sample streams against one fixed reference (see the module docstring)."""
 
-    def __init__(self, cfg: JudgeConfig, *, extractors: Extractors, reference: Collected | None = None,
-                 prompts: list[str] | None = None, class_names: list[str] | None = None,
-                 reference_info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: JudgeConfig,
+        *,
+        extractors: Extractors,
+        reference: Collected | None = None,
+        prompts: list[str] | None = None,
+        class_names: list[str] | None = None,
+        reference_info: dict[str, Any] | None = None,
+    ) -> None:
         self.cfg, self.extractors, self.reference = cfg, extractors, reference
         self.prompts, self.class_names = prompts, class_names or []
         self.reference_info = reference_info or {}
@@ -163,11 +182,11 @@ class Judge:
         if pick and "shapes" in cfg.metrics:
             prompts = shapes_prompts(n, size)
         elif pick and not prompts:
-            raise ConfigError(f"this model is text-conditional, but --ref {cfg.ref!r} has no captions to prompt "
-                              "it with", hint="use a captioned --ref (e.g. builtin:shapes), --metrics shapes, "
-                              "or --input caption=...")
-        return cls(cfg, extractors=ex, reference=reference, prompts=prompts, class_names=names,
-                   reference_info=info)
+            raise ConfigError(
+                f"this model is text-conditional, but --ref {cfg.ref!r} has no captions to prompt it with",
+                hint="use a captioned --ref (e.g. builtin:shapes), --metrics shapes, or --input caption=...",
+            )
+        return cls(cfg, extractors=ex, reference=reference, prompts=prompts, class_names=names, reference_info=info)
 
     def measure(self, stream: Iterable[tuple[Tensor, dict[str, Any]]]) -> Measurement:
         """Measure the samples of ``stream`` (``(images (B, 3, H, W) in [-1, 1], batch)`` pairs,
@@ -198,12 +217,15 @@ class Judge:
         resamples = [torch.randint(a.n, (a.n,), generator=g) for _ in range(self.cfg.bootstrap)]
         out = {}
         for m in self.cfg.metrics:
+
             def diff(idx: Tensor, m: str = m) -> float:
-                return (self._value(m, a.collected, a.verdicts, idx) - self._value(m, b.collected, b.verdicts, idx))
+                return self._value(m, a.collected, a.verdicts, idx) - self._value(m, b.collected, b.verdicts, idx)
 
             draws = torch.tensor([diff(idx) for idx in resamples], dtype=torch.float64)
-            out[METRICS[m].key] = {"difference": diff(torch.arange(a.n)),
-                                   "std": float(draws.std()) if len(resamples) > 1 else math.nan}
+            out[METRICS[m].key] = {
+                "difference": diff(torch.arange(a.n)),
+                "std": float(draws.std()) if len(resamples) > 1 else math.nan,
+            }
         return out
 
     def _value(self, metric: str, c: Collected, verdicts: Tensor | None, idx: Tensor) -> float:
@@ -239,8 +261,9 @@ class Judge:
         if self.cfg.bootstrap < 2:
             return math.nan
         g = torch.Generator().manual_seed(self.cfg.seed)
-        draws = [self._value(metric, c, verdicts, torch.randint(c.n, (c.n,), generator=g))
-                 for _ in range(self.cfg.bootstrap)]
+        draws = [
+            self._value(metric, c, verdicts, torch.randint(c.n, (c.n,), generator=g)) for _ in range(self.cfg.bootstrap)
+        ]
         return float(torch.tensor(draws, dtype=torch.float64).std())
 
 
@@ -248,21 +271,26 @@ def _check(cfg: JudgeConfig, keys: set[str]) -> None:
     """Refuse, before any long step, a metric that cannot run on this model with these options."""
     wanted = set(cfg.metrics)
     if wanted & {"fd-cls", "acc"} and not cfg.classifier:
-        raise ConfigError("FD_cls and accuracy need --classifier CKPT",
-                          hint="train one: ldmctl train-classifier --data REF --out CKPT")
+        raise ConfigError(
+            "FD_cls and accuracy need --classifier CKPT",
+            hint="train one: ldmctl train-classifier --data REF --out-file CKPT",
+        )
     if "acc" in wanted and "label" not in keys:
         raise ConfigError("accuracy needs a class-conditional model (its samples carry the class they were drawn for)")
     if wanted & {"fd-cls", "fid"} and not cfg.ref:
-        raise ConfigError("FD_cls and FID compare the samples with reference images: pass --ref "
-                          "(a folder or builtin:NAME, e.g. builtin:fashion-test)")
+        raise ConfigError(
+            "FD_cls and FID compare the samples with reference images: pass --ref "
+            "(a folder or builtin:NAME, e.g. builtin:fashion-test)"
+        )
     if "shapes" in wanted and "caption" not in keys:
         raise ConfigError("the shapes metric needs a text-conditional model trained on builtin:shapes")
     if cfg.bootstrap < 0 or cfg.ref_limit < 0 or cfg.grid_count < 0:
         raise ConfigError("--bootstrap and --ref-limit must be >= 0")
 
 
-def _reference(cfg: JudgeConfig, ex: Extractors, size: int,
-               captions: int) -> tuple[Collected, dict[str, Any], list[str], list[str]]:
+def _reference(
+    cfg: JudgeConfig, ex: Extractors, size: int, captions: int
+) -> tuple[Collected, dict[str, Any], list[str], list[str]]:
     """Features of the reference images (short side resized to ``size``, center crop) and the
     captions of its first ``captions`` items (the prompts of a text-conditional model)."""
     from ldmctl.data import open_dataset
@@ -320,5 +348,13 @@ class _Tap:
         return torch.cat(self.kept)[: self.keep] if self.kept else None
 
 
-__all__ = ["METRICS", "PROMPT_SEED", "Judge", "JudgeConfig", "Measurement", "Metric", "resolve_metrics",
-           "shapes_prompts"]
+__all__ = [
+    "METRICS",
+    "PROMPT_SEED",
+    "Judge",
+    "JudgeConfig",
+    "Measurement",
+    "Metric",
+    "resolve_metrics",
+    "shapes_prompts",
+]

@@ -35,9 +35,14 @@ def mmd2_unbiased(x: Tensor, y: Tensor) -> Tensor:
     return within - 2 * k_xy.sum() / (m * m)
 
 
-def kernel_inception_distance(a: Tensor, b: Tensor, *, subsets: int = DEFAULT_SUBSETS,
-                              subset_size: int = DEFAULT_SUBSET_SIZE,
-                              generator: torch.Generator | None = None) -> tuple[float, float]:
+def kernel_inception_distance(
+    a: Tensor,
+    b: Tensor,
+    *,
+    subsets: int = DEFAULT_SUBSETS,
+    subset_size: int = DEFAULT_SUBSET_SIZE,
+    generator: torch.Generator | None = None,
+) -> tuple[float, float]:
     """KID between feature sets ``a`` (N, D) and ``b`` (M, D): (mean, std) over ``subsets``.
 
     Each subset draws ``min(subset_size, N, M)`` rows of each set without replacement.
@@ -61,5 +66,4 @@ def kernel_inception_distance(a: Tensor, b: Tensor, *, subsets: int = DEFAULT_SU
     return float(values.mean()), float(values.std(unbiased=False))
 
 
-__all__ = ["DEFAULT_SUBSETS", "DEFAULT_SUBSET_SIZE", "kernel_inception_distance", "mmd2_unbiased",
-           "polynomial_kernel"]
+__all__ = ["DEFAULT_SUBSETS", "DEFAULT_SUBSET_SIZE", "kernel_inception_distance", "mmd2_unbiased", "polynomial_kernel"]

@@ -72,8 +72,13 @@ def lpips_distance(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 def bicubic_roundtrip(x: Tensor, factor: int) -> Tensor:
     """Downsample by ``factor`` (antialiased bicubic) and upsample back: the classic baseline."""
     h, w = x.shape[-2:]
-    small = F.interpolate(x, size=(max(1, math.ceil(h / factor)), max(1, math.ceil(w / factor))),
-                          mode="bicubic", antialias=True, align_corners=False)
+    small = F.interpolate(
+        x,
+        size=(max(1, math.ceil(h / factor)), max(1, math.ceil(w / factor))),
+        mode="bicubic",
+        antialias=True,
+        align_corners=False,
+    )
     return F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
 
 

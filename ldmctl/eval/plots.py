@@ -17,8 +17,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from ldmctl.files import atomic_write
 from ldmctl.errors import PackageError
+from ldmctl.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,10 @@ def require_matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise PackageError("the compare report's plots need matplotlib, which is not installed",
-                           hint='pip install "ldmctl[report]" (or pip install matplotlib)') from None
+        raise PackageError(
+            "the compare report's plots need matplotlib, which is not installed",
+            hint='pip install "ldmctl[report]" (or pip install matplotlib)',
+        ) from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -102,8 +104,9 @@ def _draw(ax: Any, panel: Panel) -> None:
 
 def _nice_ticks(low: float, high: float) -> list[float]:
     """1-2-5 ticks covering [low, high] (a log axis' default labels them 3x10^-2, 4x10^-2, ... and they collide)."""
-    ticks = [m * 10.0**e for e in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
-             for m in (1, 2, 5)]
+    ticks = [
+        m * 10.0**e for e in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1) for m in (1, 2, 5)
+    ]
     inside = [t for t in ticks if low / 1.5 <= t <= high * 1.5]
     return inside or [low, high]
 

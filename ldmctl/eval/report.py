@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldmctl.files import atomic_write
 from ldmctl.config import DataConfig
 from ldmctl.data import holdout_photos, iter_image_files, load_image, open_dataset, pil_to_tensor
 from ldmctl.errors import ConfigError, DataError
 from ldmctl.eval.metrics import bicubic_roundtrip, lpips_distance, psnr, quantize_8bit, ssim
+from ldmctl.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,17 @@ def center_crop(x: Tensor, size: int) -> Tensor:
     """Center-crop (C, H, W) to ``size`` x ``size``; an image too small for it is a DataError."""
     h, w = x.shape[-2:]
     if min(h, w) < size:
-        raise DataError(f"an image of {w}x{h} px is smaller than the evaluation crop {size}",
-                        hint="pass a smaller --size, or --size 0 for whole images")
+        raise DataError(
+            f"an image of {w}x{h} px is smaller than the evaluation crop {size}",
+            hint="pass a smaller --size, or --size 0 for whole images",
+        )
     top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
+    return x[..., top : top + size, left : left + size]
 
 
-def load_eval_images(source: str, *, size: int = 0, limit: int = 0, multiple: int = 1,
-                     skipped: list[tuple[str, str]] | None = None) -> list[tuple[str, Tensor]]:
+def load_eval_images(
+    source: str, *, size: int = 0, limit: int = 0, multiple: int = 1, skipped: list[tuple[str, str]] | None = None
+) -> list[tuple[str, Tensor]]:
     """Images to evaluate on, as ``(name, (3, H, W) in [0, 1])``; ``size`` > 0 center-crops, and
     the bottom/right edges are cut so that H and W are multiples of ``multiple``.
 
@@ -48,8 +51,12 @@ def load_eval_images(source: str, *, size: int = 0, limit: int = 0, multiple: in
     if limit < 0:
         raise ConfigError(f"--limit {limit}: use 0 (all images) or a positive count")
     if "," in source and not Path(source).exists():
-        items = [it for part in source.split(",") if part.strip()
-                 for it in load_eval_images(part.strip(), size=size, limit=limit, multiple=multiple, skipped=skipped)]
+        items = [
+            it
+            for part in source.split(",")
+            if part.strip()
+            for it in load_eval_images(part.strip(), size=size, limit=limit, multiple=multiple, skipped=skipped)
+        ]
         return items[:limit] if limit else items
     if source == "builtin:photos-holdout":
         items = [(name, pil_to_tensor(img)) for name, img in holdout_photos()]
@@ -63,24 +70,28 @@ def load_eval_images(source: str, *, size: int = 0, limit: int = 0, multiple: in
     items = [(name, (x + 1) / 2) for name, x in items]
     if size:
         items = [(name, center_crop(x, size)) for name, x in items]
-    items = [(name, x[..., : x.shape[-2] // multiple * multiple, : x.shape[-1] // multiple * multiple])
-             for name, x in items]
+    items = [
+        (name, x[..., : x.shape[-2] // multiple * multiple, : x.shape[-1] // multiple * multiple]) for name, x in items
+    ]
     if not items:
         first = f"first problem: {skipped[0][0]}: {skipped[0][1]}" if skipped else None
         raise DataError(f"no image to evaluate in {source!r}", hint=first)
     return items
 
 
-def _folder_images(folder: Path, min_side: int, limit: int,
-                   skipped: list[tuple[str, str]] | None) -> list[tuple[str, Tensor]]:
+def _folder_images(
+    folder: Path, min_side: int, limit: int, skipped: list[tuple[str, str]] | None
+) -> list[tuple[str, Tensor]]:
     """The first ``limit`` (0: all) usable images of ``folder`` as (path, (3, H, W) in [-1, 1])."""
     items: list[tuple[str, Tensor]] = []
     for path in iter_image_files(folder):
         try:
             x = pil_to_tensor(load_image(path))
             if min(x.shape[-2:]) < min_side:
-                raise DataError(f"image {str(path)!r}: {x.shape[-1]}x{x.shape[-2]} px is smaller than "
-                                f"the {min_side} px this evaluation needs")
+                raise DataError(
+                    f"image {str(path)!r}: {x.shape[-1]}x{x.shape[-2]} px is smaller than "
+                    f"the {min_side} px this evaluation needs"
+                )
         except DataError as err:
             log.warning("skipping %s: %s", path, err)
             if skipped is not None:
@@ -92,9 +103,14 @@ def _folder_images(folder: Path, min_side: int, limit: int,
     return items
 
 
-def evaluate_reconstructions(images: list[tuple[str, Tensor]], restore: Callable[[Tensor], Tensor], *,
-                             baseline_factor: int = 0, perceptual: nn.Module | None = None,
-                             on_output: Callable[[str, str, Tensor], None] | None = None) -> dict[str, Any]:
+def evaluate_reconstructions(
+    images: list[tuple[str, Tensor]],
+    restore: Callable[[Tensor], Tensor],
+    *,
+    baseline_factor: int = 0,
+    perceptual: nn.Module | None = None,
+    on_output: Callable[[str, str, Tensor], None] | None = None,
+) -> dict[str, Any]:
     """Score ``restore(x)`` (and bicubic x``baseline_factor`` down-up, if > 0) against each image.
 
     Outputs are rounded to 8 bits first, exactly as the PNGs ``reconstruct`` writes.

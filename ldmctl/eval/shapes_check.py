@@ -75,8 +75,9 @@ def find_objects(image: Tensor, *, min_area_frac: float = 0.004, white_dist: flo
         for pixels in _components(ink & (nearest == k)):
             if len(pixels) < max(4, min_area_frac * h * w):
                 continue
-            found.append(Found(name, _shape_of(pixels), float(pixels[:, 1].mean()), float(pixels[:, 0].mean()),
-                               len(pixels)))
+            found.append(
+                Found(name, _shape_of(pixels), float(pixels[:, 1].mean()), float(pixels[:, 0].mean()), len(pixels))
+            )
     return sorted(found, key=lambda f: -f.area)
 
 
@@ -94,8 +95,9 @@ def parse_caption(caption: str) -> tuple[list[tuple[str, str]], str | None]:
 
 
 def _relation_holds(a: Found, b: Found, relation: str) -> bool:
-    return {"to the left of": a.cx < b.cx, "to the right of": a.cx > b.cx,
-            "above": a.cy < b.cy, "below": a.cy > b.cy}[relation]
+    return {"to the left of": a.cx < b.cx, "to the right of": a.cx > b.cx, "above": a.cy < b.cy, "below": a.cy > b.cy}[
+        relation
+    ]
 
 
 def check(image: Tensor, caption: str) -> dict[str, bool]:
@@ -121,9 +123,14 @@ def score(images: Tensor, captions: list[str]) -> dict[str, float]:
     def rate(vs: list[dict[str, bool]], key: str) -> float:
         return float(np.mean([v[key] for v in vs])) if vs else float("nan")
 
-    return {"match": rate(verdicts, "match"), "two_object_match": rate(two, "match"),
-            "two_object_objects": rate(two, "objects"), "one_object_match": rate(one, "match"),
-            "n": len(verdicts), "n_two": len(two)}
+    return {
+        "match": rate(verdicts, "match"),
+        "two_object_match": rate(two, "match"),
+        "two_object_objects": rate(two, "objects"),
+        "one_object_match": rate(one, "match"),
+        "n": len(verdicts),
+        "n_two": len(two),
+    }
 
 
 __all__ = ["Found", "check", "find_objects", "parse_caption", "score"]

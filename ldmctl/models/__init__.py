@@ -27,11 +27,15 @@ class ShippedModel:
 
 
 SHIPPED: dict[str, ShippedModel] = {
-    "shapes": ShippedModel("shapes", "shapes-t2i.safetensors",
-                           "text-to-image on builtin:shapes, 32 x 32 px (cross-attention, jointly trained text encoder)",
-                           "docs/conditioning-comparison.md"),
-    "superres": ShippedModel("superres", "superres-x4.safetensors", "x4 super-resolution of photos",
-                             "docs/superres.md"),
+    "shapes": ShippedModel(
+        "shapes",
+        "shapes-t2i.safetensors",
+        "text-to-image on builtin:shapes, 32 x 32 px (cross-attention, jointly trained text encoder)",
+        "docs/conditioning-comparison.md",
+    ),
+    "superres": ShippedModel(
+        "superres", "superres-x4.safetensors", "x4 super-resolution of photos", "docs/superres.md"
+    ),
 }
 
 
@@ -39,8 +43,10 @@ def shipped_model(name: str) -> Path:
     """Path of the shipped model ``name``; a CheckpointError if this install lacks it."""
     model = SHIPPED[name]
     if not model.path.is_file():
-        raise CheckpointError(f"the built-in {name} model ({model.file}) is missing from this install",
-                              hint=f"reinstall ldmctl, or train one as {model.recipe} shows and pass its checkpoint")
+        raise CheckpointError(
+            f"the built-in {name} model ({model.file}) is missing from this install",
+            hint=f"reinstall ldmctl, or train one as {model.recipe} shows and pass its checkpoint",
+        )
     return model.path
 
 

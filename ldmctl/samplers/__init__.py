@@ -30,10 +30,10 @@ def get_sampler(name: str) -> Sampler:
     try:
         return SAMPLERS[name]
     except KeyError:
-        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}",
-                          hint="ddim is deterministic and a good default; dpmpp needs the fewest "
-                               "steps") from None
+        raise ConfigError(
+            f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}",
+            hint="ddim is deterministic and a good default; dpmpp needs the fewest steps",
+        ) from None
 
 
-__all__ = ["SAMPLERS", "ModelFn", "Sampler", "StepCallback", "ddim", "ddpm", "dpmpp", "get_sampler",
-           "plms", "spacing"]
+__all__ = ["SAMPLERS", "ModelFn", "Sampler", "StepCallback", "ddim", "ddpm", "dpmpp", "get_sampler", "plms", "spacing"]

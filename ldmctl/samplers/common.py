@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldmctl.schedule import Schedule
 from ldmctl.errors import ConfigError
+from ldmctl.schedule import Schedule
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 """``(x_t (B, C, H, W), t (B,) int64) -> raw network output`` in the sampler's ``prediction``."""
@@ -37,10 +37,18 @@ PREDICTIONS = ("eps", "x0", "v")
 class Sampler(Protocol):
     """The signature every sampler in :data:`ldmctl.samplers.SAMPLERS` has."""
 
-    def __call__(self, model_fn: ModelFn, schedule: Schedule, noise: Tensor, *, steps: int = 50,
-                 prediction: str = "eps", eta: float = 0.0,
-                 generator: torch.Generator | None = None,
-                 callback: StepCallback | None = None) -> Tensor: ...
+    def __call__(
+        self,
+        model_fn: ModelFn,
+        schedule: Schedule,
+        noise: Tensor,
+        *,
+        steps: int = 50,
+        prediction: str = "eps",
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+    ) -> Tensor: ...
 
 
 def spacing(num_train: int, steps: int, kind: Spacing = "leading", offset: int = 0) -> Tensor:
@@ -72,15 +80,19 @@ def spacing(num_train: int, steps: int, kind: Spacing = "leading", offset: int =
 
 def _steps_error(num_train: int, steps: int, kind: str, offset: int) -> ConfigError:
     most = num_train if kind == "leading" and offset == 0 else num_train - 1
-    return ConfigError(f"steps={steps} does not fit a schedule of {num_train} timesteps "
-                       f"({kind} spacing, offset {offset})", hint=f"choose steps between 1 and {most}")
+    return ConfigError(
+        f"steps={steps} does not fit a schedule of {num_train} timesteps ({kind} spacing, offset {offset})",
+        hint=f"choose steps between 1 and {most}",
+    )
 
 
 def check_prediction(prediction: str) -> None:
     """Raise ConfigError unless ``prediction`` is one of eps, x0 and v."""
     if prediction not in PREDICTIONS:
-        raise ConfigError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}",
-                          hint="use the parameterisation the model was trained with")
+        raise ConfigError(
+            f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}",
+            hint="use the parameterisation the model was trained with",
+        )
 
 
 def alpha_bar(schedule: Schedule, t: int) -> float:
@@ -88,8 +100,7 @@ def alpha_bar(schedule: Schedule, t: int) -> float:
     return float(schedule.alphas_cumprod[t])
 
 
-def predict(model_fn: ModelFn, schedule: Schedule, x: Tensor, t: int,
-            prediction: str) -> tuple[Tensor, Tensor]:
+def predict(model_fn: ModelFn, schedule: Schedule, x: Tensor, t: int, prediction: str) -> tuple[Tensor, Tensor]:
     """Call the model on the whole batch at timestep ``t``; return the (eps, x0) it implies."""
     tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (B,)
     out = model_fn(x, tt).to(x.dtype)

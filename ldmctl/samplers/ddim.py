@@ -7,23 +7,24 @@ import math
 import torch
 from torch import Tensor
 
-from ldmctl.schedule import Schedule
 from ldmctl.errors import ConfigError
-from ldmctl.samplers.common import (
-    ModelFn,
-    StepCallback,
-    alpha_bar,
-    check_prediction,
-    predict,
-    randn_like,
-    spacing,
-)
+from ldmctl.samplers.common import ModelFn, StepCallback, alpha_bar, check_prediction, predict, randn_like, spacing
+from ldmctl.schedule import Schedule
 
 
 @torch.no_grad()
-def ddim(model_fn: ModelFn, schedule: Schedule, noise: Tensor, *, steps: int = 50,
-         prediction: str = "eps", eta: float = 0.0, generator: torch.Generator | None = None,
-         callback: StepCallback | None = None, start: int | None = None) -> Tensor:
+def ddim(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    noise: Tensor,
+    *,
+    steps: int = 50,
+    prediction: str = "eps",
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+    start: int | None = None,
+) -> Tensor:
     """Sample x_0 from x_T = ``noise`` with DDIM (Song et al. 2021, eq. 12 and 16).
 
     ``start``: begin at the largest timestep of the spacing that is <= ``start``, with ``noise``
@@ -39,8 +40,9 @@ def ddim(model_fn: ModelFn, schedule: Schedule, noise: Tensor, *, steps: int = 5
     """
     check_prediction(prediction)
     if not 0.0 <= eta <= 1.0:
-        raise ConfigError(f"eta={eta} is outside [0, 1]",
-                          hint="eta = 0 is deterministic DDIM, eta = 1 matches DDPM's variance")
+        raise ConfigError(
+            f"eta={eta} is outside [0, 1]", hint="eta = 0 is deterministic DDIM, eta = 1 matches DDPM's variance"
+        )
     ts = spacing(schedule.num_timesteps, steps, "leading", offset=1).tolist()
     if start is not None:
         ts = [t for t in ts if t <= start]

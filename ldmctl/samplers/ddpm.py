@@ -7,22 +7,22 @@ import math
 import torch
 from torch import Tensor
 
+from ldmctl.samplers.common import ModelFn, StepCallback, alpha_bar, check_prediction, predict, randn_like, spacing
 from ldmctl.schedule import Schedule
-from ldmctl.samplers.common import (
-    ModelFn,
-    StepCallback,
-    alpha_bar,
-    check_prediction,
-    predict,
-    randn_like,
-    spacing,
-)
 
 
 @torch.no_grad()
-def ddpm(model_fn: ModelFn, schedule: Schedule, noise: Tensor, *, steps: int = 50,
-         prediction: str = "eps", eta: float = 0.0, generator: torch.Generator | None = None,
-         callback: StepCallback | None = None) -> Tensor:
+def ddpm(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    noise: Tensor,
+    *,
+    steps: int = 50,
+    prediction: str = "eps",
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+) -> Tensor:
     """Sample x_0 from x_T = ``noise`` with the DDPM reverse process (Ho et al. 2020, Algorithm 2).
 
     ``steps`` equal to the schedule's T runs the full chain. Fewer steps visit the "leading"

@@ -8,15 +8,8 @@ import math
 import torch
 from torch import Tensor
 
+from ldmctl.samplers.common import ModelFn, StepCallback, alpha_bar, check_prediction, predict, spacing
 from ldmctl.schedule import Schedule
-from ldmctl.samplers.common import (
-    ModelFn,
-    StepCallback,
-    alpha_bar,
-    check_prediction,
-    predict,
-    spacing,
-)
 
 
 def _half_log_snr(a: float) -> float:
@@ -25,9 +18,17 @@ def _half_log_snr(a: float) -> float:
 
 
 @torch.no_grad()
-def dpmpp(model_fn: ModelFn, schedule: Schedule, noise: Tensor, *, steps: int = 50,
-          prediction: str = "eps", eta: float = 0.0, generator: torch.Generator | None = None,
-          callback: StepCallback | None = None) -> Tensor:
+def dpmpp(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    noise: Tensor,
+    *,
+    steps: int = 50,
+    prediction: str = "eps",
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+) -> Tensor:
     """Sample x_0 from x_T = ``noise`` with DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2).
 
     The solver integrates the diffusion ODE in data-prediction (x0) form over the half

@@ -26,8 +26,9 @@ def _cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return torch.cat([a, b])
 
 
-def _cat_sequences(a: Tensor | None, am: Tensor | None, b: Tensor | None, bm: Tensor | None
-                   ) -> tuple[Tensor | None, Tensor | None]:
+def _cat_sequences(
+    a: Tensor | None, am: Tensor | None, b: Tensor | None, bm: Tensor | None
+) -> tuple[Tensor | None, Tensor | None]:
     """Join two (B, L, D) sequences of possibly different lengths along the batch, padding the
     shorter with masked zeros; masks (True = real token) are created where needed."""
     if a is None and b is None:
@@ -50,8 +51,14 @@ def stack_conds(uncond: Cond, cond: Cond) -> Cond:
     """One Cond whose every field is [uncond; cond] along the batch axis."""
     context, context_mask = _cat_sequences(uncond.context, uncond.context_mask, cond.context, cond.context_mask)
     tokens, tokens_mask = _cat_sequences(uncond.tokens, uncond.tokens_mask, cond.tokens, cond.tokens_mask)
-    return Cond(concat=_cat(uncond.concat, cond.concat), add=_cat(uncond.add, cond.add), context=context,
-                context_mask=context_mask, tokens=tokens, tokens_mask=tokens_mask)
+    return Cond(
+        concat=_cat(uncond.concat, cond.concat),
+        add=_cat(uncond.add, cond.add),
+        context=context,
+        context_mask=context_mask,
+        tokens=tokens,
+        tokens_mask=tokens_mask,
+    )
 
 
 def plain_model_fn(unet: UNetCall, cond: Cond | None = None) -> Callable[[Tensor, Tensor], Tensor]:

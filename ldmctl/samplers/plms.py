@@ -9,15 +9,8 @@ import math
 import torch
 from torch import Tensor
 
+from ldmctl.samplers.common import ModelFn, StepCallback, alpha_bar, check_prediction, predict, spacing
 from ldmctl.schedule import Schedule
-from ldmctl.samplers.common import (
-    ModelFn,
-    StepCallback,
-    alpha_bar,
-    check_prediction,
-    predict,
-    spacing,
-)
 
 
 def _transfer(x: Tensor, eps: Tensor, a_t: float, a_s: float) -> Tensor:
@@ -30,10 +23,30 @@ def _transfer(x: Tensor, eps: Tensor, a_t: float, a_s: float) -> Tensor:
     return math.sqrt(a_s / a_t) * x - ((a_s - a_t) / denom) * eps
 
 
+def _multistep(eps: Tensor, history: list[Tensor]) -> Tensor:
+    """The Adams-Bashforth combination of ``eps`` and the earlier predictions ``history`` (oldest
+    first): of order 1 to 4 as the history holds 0 to 3 of them (Liu et al. 2022, eq. 12)."""
+    if not history:
+        return eps
+    if len(history) == 1:
+        return (3 * eps - history[-1]) / 2
+    if len(history) == 2:
+        return (23 * eps - 16 * history[-1] + 5 * history[-2]) / 12
+    return (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+
+
 @torch.no_grad()
-def plms(model_fn: ModelFn, schedule: Schedule, noise: Tensor, *, steps: int = 50,
-         prediction: str = "eps", eta: float = 0.0, generator: torch.Generator | None = None,
-         callback: StepCallback | None = None) -> Tensor:
+def plms(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    noise: Tensor,
+    *,
+    steps: int = 50,
+    prediction: str = "eps",
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+) -> Tensor:
     """Sample x_0 from x_T = ``noise`` with PLMS (Liu et al. 2022, eq. 12-13), using ``steps + 1``
     model calls.
 
@@ -61,14 +74,8 @@ def plms(model_fn: ModelFn, schedule: Schedule, noise: Tensor, *, steps: int = 5
         if not history and n > 1:  # warm-up: Heun through the next timestep
             eps_next, _ = predict(model_fn, schedule, _transfer(x, eps, a_t, a_s), ts[i + 1], prediction)
             eps_step = (eps + eps_next) / 2
-        elif not history:
-            eps_step = eps
-        elif len(history) == 1:
-            eps_step = (3 * eps - history[-1]) / 2
-        elif len(history) == 2:
-            eps_step = (23 * eps - 16 * history[-1] + 5 * history[-2]) / 12
         else:
-            eps_step = (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+            eps_step = _multistep(eps, history)
         history = [*history[-2:], eps]
         x = _transfer(x, eps_step, a_t, a_s)
         if callback is not None:

@@ -40,8 +40,10 @@ JPEG_MAX_QUALITY = 95
 def check_degradation(cfg: DegradationConfig) -> None:
     """Raise ConfigError if ``cfg`` holds a value :func:`degrade` cannot use."""
     if isinstance(cfg.scale, bool) or not isinstance(cfg.scale, int) or cfg.scale < 1:
-        raise ConfigError(f"superres.scale must be an integer >= 1, got {cfg.scale!r}",
-                          hint="the usual value is 4 (x4 super-resolution)")
+        raise ConfigError(
+            f"superres.scale must be an integer >= 1, got {cfg.scale!r}",
+            hint="the usual value is 4 (x4 super-resolution)",
+        )
     if not cfg.blur >= 0 or math.isinf(cfg.blur):
         raise ConfigError(f"superres.blur must be a finite number >= 0 (max sigma), got {cfg.blur!r}")
     if not cfg.noise >= 0 or math.isinf(cfg.noise):
@@ -63,8 +65,10 @@ def degrade(hr: Tensor, cfg: DegradationConfig, rng: random.Random) -> Tensor:
     s = cfg.scale
     h, w = hr.shape[-2:]
     if h % s or w % s:
-        raise DataError(f"image size {h}x{w} (HxW) is not a multiple of superres.scale={s}",
-                        hint=f"use crops whose side is a multiple of {s}")
+        raise DataError(
+            f"image size {h}x{w} (HxW) is not a multiple of superres.scale={s}",
+            hint=f"use crops whose side is a multiple of {s}",
+        )
     x = hr
     if cfg.blur > 0:
         x = gaussian_blur(x, rng.uniform(0.0, cfg.blur))
@@ -186,5 +190,7 @@ def _check_size(image: Tensor, scale: int) -> None:
     """Raise ConfigError unless the item size ``image`` (C, H, W) is divisible by ``scale``."""
     h, w = image.shape[-2:]
     if h % scale or w % scale:
-        raise ConfigError(f"data items are {h}x{w} px, not a multiple of superres.scale={scale}",
-                          hint=f"set data.size to a multiple of {scale} (e.g. {max(1, h // scale) * scale})")
+        raise ConfigError(
+            f"data items are {h}x{w} px, not a multiple of superres.scale={scale}",
+            hint=f"set data.size to a multiple of {scale} (e.g. {max(1, h // scale) * scale})",
+        )

@@ -88,7 +88,7 @@ def with_task(cfg: LDMTrainingConfig) -> LDMTrainingConfig:
     the low-res image (a ``concat`` one, without condition dropout, is added when none does)."""
     if cfg.task != "superres":
         if cfg.model.residual:
-            raise ConfigError("model.residual = true is for super-resolution models", hint="set task = \"superres\"")
+            raise ConfigError("model.residual = true is for super-resolution models", hint='set task = "superres"')
         return cfg
     scale = cfg.superres.scale
     if scale < 1 or cfg.data.size % scale:
@@ -114,10 +114,19 @@ def measure_residual_scale(cfg: LDMTrainingConfig, ae: nn.Module, dataset: Any, 
     diff = (ae.encode(x).float() - ae.encode(upscale_image(lr, tuple(x.shape[-2:]))).float()) * sf
     std = float(diff.std())
     if not math.isfinite(std) or std <= 0:
-        raise ConfigError(f"cannot scale the super-resolution residuals (std {std}): "
-                          "are the low-res inputs identical to the targets?")
+        raise ConfigError(
+            f"cannot scale the super-resolution residuals (std {std}): are the low-res inputs identical to the targets?"
+        )
     return replace(cfg, model=replace(cfg.model, residual_scale=1.0 / std))
 
 
-__all__ = ["LATENT_KEY", "LOW_RES_KEY", "READS_LOW_RES", "SuperresTask", "measure_residual_scale", "task_for",
-           "upscale_image", "with_task"]
+__all__ = [
+    "LATENT_KEY",
+    "LOW_RES_KEY",
+    "READS_LOW_RES",
+    "SuperresTask",
+    "measure_residual_scale",
+    "task_for",
+    "upscale_image",
+    "with_task",
+]

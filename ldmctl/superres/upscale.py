@@ -42,12 +42,12 @@ from ldmctl.tiling import Progress, count_tiles, tiled_apply
 from ldmctl.unet import downsample_factor
 
 
-
 def sr_scale(model: Any) -> int:
     """The model's upscaling factor; a CheckpointError if it is not a super-resolution model."""
     if model.config.sr_scale <= 0 or not READS_LOW_RES & {c.input_key for c in model.conditioners.items}:
-        raise CheckpointError("this checkpoint is not a super-resolution model (train one with "
-                              "`ldmctl train-ldm --task superres`)")
+        raise CheckpointError(
+            "this checkpoint is not a super-resolution model (train one with `ldmctl train-ldm --task superres`)"
+        )
     return model.config.sr_scale
 
 
@@ -73,7 +73,7 @@ def tiled_model_fn(model: Any, cond: Cond, *, tile: int, overlap: int) -> Callab
         def one(zt: Tensor, at: tuple[int, int]) -> Tensor:
             y0, x0 = at
             h, w = zt.shape[-2:]
-            c = replace(cond, concat=cond.concat[..., y0:y0 + h, x0:x0 + w]) if cond.concat is not None else cond
+            c = replace(cond, concat=cond.concat[..., y0 : y0 + h, x0 : x0 + w]) if cond.concat is not None else cond
             return model.unet(zt, t, c)
 
         return tiled_apply(one, z_t, tile=tile, overlap=overlap)
@@ -81,8 +81,7 @@ def tiled_model_fn(model: Any, cond: Cond, *, tile: int, overlap: int) -> Callab
     return model_fn
 
 
-def _inputs(model: Any, lr: Tensor, hw: tuple[int, int], *, tile: int, overlap: int,
-            latent: bool = False) -> dict:
+def _inputs(model: Any, lr: Tensor, hw: tuple[int, int], *, tile: int, overlap: int, latent: bool = False) -> dict:
     """The conditioners' batch for the whole image; a ``cond_latent`` (the latent of the bicubic
     upscale) is encoded tile by tile, so memory stays bounded as for sampling."""
     batch = {LOW_RES_KEY: lr, "latent_hw": hw}
@@ -92,7 +91,7 @@ def _inputs(model: Any, lr: Tensor, hw: tuple[int, int], *, tile: int, overlap: 
 
         def encode(t: Tensor, at: tuple[int, int]) -> Tensor:
             y, x = at[0] * f, at[1] * f
-            return model.encode(up[..., y:y + t.shape[-2] * f, x:x + t.shape[-1] * f])
+            return model.encode(up[..., y : y + t.shape[-2] * f, x : x + t.shape[-1] * f])
 
         batch[LATENT_KEY] = tiled_apply(encode, torch.zeros(1, 1, *hw), tile=tile, overlap=overlap)
     return batch
@@ -100,8 +99,16 @@ def _inputs(model: Any, lr: Tensor, hw: tuple[int, int], *, tile: int, overlap: 
 
 # the dihedral group of the square: (transposed?, flipped rows?, flipped columns?); each is its own inverse
 # when applied as transpose-then-flip forward and flip-then-transpose back
-_DIHEDRAL = [(False, False, False), (False, False, True), (False, True, False), (False, True, True),
-             (True, False, False), (True, False, True), (True, True, False), (True, True, True)]
+_DIHEDRAL = [
+    (False, False, False),
+    (False, False, True),
+    (False, True, False),
+    (False, True, True),
+    (True, False, False),
+    (True, False, True),
+    (True, True, False),
+    (True, True, True),
+]
 
 
 def _forward(x: Tensor, t: tuple[bool, bool, bool]) -> Tensor:
@@ -118,9 +125,21 @@ def _inverse(x: Tensor, t: tuple[bool, bool, bool]) -> Tensor:
 
 
 @torch.no_grad()
-def upscale(model: Any, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-            seed: int = 0, tile: int = 64, overlap: int = 16, strength: float = 1.0,
-            detail_transfer: bool = True, ensemble: int = 1, progress: Progress | None = None) -> Tensor:
+def upscale(
+    model: Any,
+    lr: Tensor,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    seed: int = 0,
+    tile: int = 64,
+    overlap: int = 16,
+    strength: float = 1.0,
+    detail_transfer: bool = True,
+    ensemble: int = 1,
+    progress: Progress | None = None,
+) -> Tensor:
     """:func:`upscale_once`, or with ``ensemble`` = 2, 4 or 8 the mean of that many runs on flipped
     and transposed copies of the input, each mapped back (geometric self-ensemble: averages out
     what the model invents differently per orientation; ``ensemble`` times the cost)."""
@@ -129,9 +148,22 @@ def upscale(model: Any, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, e
     out = None
     for k, t in enumerate(_DIHEDRAL[:ensemble]):
         report = (lambda done, total, k=k: progress(k * total + done, ensemble * total)) if progress else None
-        y = _inverse(upscale_once(model, _forward(lr, t), sampler=sampler, steps=steps, eta=eta, seed=seed, tile=tile,
-                                  overlap=overlap, strength=strength, detail_transfer=detail_transfer,
-                                  progress=report), t)
+        y = _inverse(
+            upscale_once(
+                model,
+                _forward(lr, t),
+                sampler=sampler,
+                steps=steps,
+                eta=eta,
+                seed=seed,
+                tile=tile,
+                overlap=overlap,
+                strength=strength,
+                detail_transfer=detail_transfer,
+                progress=report,
+            ),
+            t,
+        )
         out = y if out is None else out + y
     return out / ensemble
 
@@ -162,9 +194,20 @@ def _start(model: Any, inputs: dict, noise: Tensor, strength: float, steps: int)
 
 
 @torch.no_grad()
-def upscale_once(model: Any, lr: Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-                 seed: int = 0, tile: int = 64, overlap: int = 16, strength: float = 1.0,
-                 detail_transfer: bool = True, progress: Progress | None = None) -> Tensor:
+def upscale_once(
+    model: Any,
+    lr: Tensor,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    seed: int = 0,
+    tile: int = 64,
+    overlap: int = 16,
+    strength: float = 1.0,
+    detail_transfer: bool = True,
+    progress: Progress | None = None,
+) -> Tensor:
     """Super-resolve ``lr`` (3, h, w) in [-1, 1] to (3, s*h, s*w) in [-1, 1] (see the module doc).
 
     ``tile`` and ``overlap`` are in latent cells (one cell is f output pixels). ``strength`` < 1
@@ -180,35 +223,76 @@ def upscale_once(model: Any, lr: Tensor, *, sampler: str = "ddim", steps: int = 
     fn = get_sampler(sampler)
     padded, (h, w) = pad_to_multiple(lr.float(), input_multiple(model))
     lh, lw = padded.shape[-2] * s // f, padded.shape[-1] * s // f
-    inputs = _inputs(model, padded[None], (lh, lw), tile=tile, overlap=overlap,
-                     latent=strength < 1.0 or model.config.residual)
-    cond = model.cond(inputs)
+    latent = strength < 1.0 or model.config.residual
+    inputs = _inputs(model, padded[None], (lh, lw), tile=tile, overlap=overlap, latent=latent)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, model.latent_shape[0], lh, lw), generator=g)
     noise, extra, runs = _start(model, inputs, noise, strength, steps)
-    per_step = count_tiles(lh, lw, tile, overlap)
+    per_pass = count_tiles(lh, lw, tile, overlap)  # tiles of one UNet step, or of one decode
     transfer = detail_transfer and model.config.residual
-    decodes = 2 if transfer else 1
-    total = runs * per_step + decodes * count_tiles(lh, lw, tile, overlap)
-    model_fn = tiled_model_fn(model, cond, tile=tile, overlap=overlap)
-    on_step = (lambda i, _n, _z: progress((i + 1) * per_step, total)) if progress else None
-    z = fn(model_fn, model.schedule, noise, steps=steps,
-           prediction=model.config.diffusion.prediction, eta=eta, generator=g, callback=on_step, **extra)
-    z = model.from_target(z, inputs)
-    done = runs * per_step
-
-    def decode(latent: Tensor) -> Tensor:
-        nonlocal done
-        base = done
-        out = tiled_apply(lambda zt, _at: model.decode(zt), latent, tile=tile, overlap=overlap, scale=f,
-                          progress=(lambda i, _n: progress(base + i, total)) if progress else None)
-        done += count_tiles(lh, lw, tile, overlap)
-        return out
-
+    total = (runs + (2 if transfer else 1)) * per_pass
+    on_step = (lambda i, _n, _z: progress((i + 1) * per_pass, total)) if progress else None
+    z = _sample(
+        model, fn, inputs, noise, g, steps=steps, eta=eta, tile=tile, overlap=overlap, extra=extra, on_step=on_step
+    )
+    decode = _tiled_decoder(model, tile, overlap, progress, done=runs * per_pass, total=total)
     image = decode(z)
     if transfer:
         image = upscale_image(padded[None], (lh * f, lw * f)) + image - decode(inputs[LATENT_KEY])
     return crop_to(image[0], h * s, w * s).clamp(-1, 1)
+
+
+def _sample(
+    model: Any,
+    fn: Callable[..., Tensor],
+    inputs: dict,
+    z_T: Tensor,
+    generator: torch.Generator,
+    *,
+    steps: int,
+    eta: float,
+    tile: int,
+    overlap: int,
+    extra: dict,
+    on_step: Callable[[int, int, Tensor], None] | None,
+) -> Tensor:
+    """The sampler ``fn`` run from ``z_T`` on the whole latent, the UNet evaluated in overlapping,
+    blended tiles (steps 2 to 4 of the module doc); the latent to decode."""
+    model_fn = tiled_model_fn(model, model.cond(inputs), tile=tile, overlap=overlap)
+    prediction = model.config.diffusion.prediction
+    z = fn(
+        model_fn,
+        model.schedule,
+        z_T,
+        steps=steps,
+        prediction=prediction,
+        eta=eta,
+        generator=generator,
+        callback=on_step,
+        **extra,
+    )
+    return model.from_target(z, inputs)
+
+
+def _tiled_decoder(
+    model: Any, tile: int, overlap: int, progress: Progress | None, *, done: int, total: int
+) -> Callable[[Tensor], Tensor]:
+    """``decode(z)``: the autoencoder's decoder applied in overlapping, blended tiles of ``tile``
+    latent cells; each call goes on with ``progress(done, total)`` by one count per tile."""
+    f = model.autoencoder.config.downsample_factor
+    counted = done
+
+    def decode(latent: Tensor) -> Tensor:
+        nonlocal counted
+        base = counted
+        report = (lambda i, _n: progress(base + i, total)) if progress else None
+        out = tiled_apply(
+            lambda zt, _at: model.decode(zt), latent, tile=tile, overlap=overlap, scale=f, progress=report
+        )
+        counted += count_tiles(latent.shape[-2], latent.shape[-1], tile, overlap)
+        return out
+
+    return decode
 
 
 __all__ = ["input_multiple", "sr_scale", "tiled_model_fn", "upscale", "upscale_once"]

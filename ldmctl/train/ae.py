@@ -75,8 +75,10 @@ class AERun:
         return reconstruct_grid(self.ae, self.grid_images)
 
     def summary_extra(self) -> dict[str, Any]:
-        return {"scale_factor": float(self.ae.scale_factor),
-                "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped]}
+        return {
+            "scale_factor": float(self.ae.scale_factor),
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
 
 
 def build_run(cfg: AETrainingConfig, perceptual: nn.Module | None, dist: Dist | None = None) -> AERun:
@@ -109,8 +111,9 @@ def train_step(run: AERun, x: Tensor) -> dict[str, float]:
     each rank's own batch statistics.
     """
     cfg, step, t, d = run.cfg, run.step, run.cfg.train, run.dist
-    lr = lr_at(step, base=t.lr, warmup=t.warmup_steps, total=t.max_steps, schedule=t.lr_schedule,
-               min_ratio=t.lr_min_ratio)
+    lr = lr_at(
+        step, base=t.lr, warmup=t.warmup_steps, total=t.max_steps, schedule=t.lr_schedule, min_ratio=t.lr_min_ratio
+    )
     set_lr(run.opt_g, lr)
     set_lr(run.opt_d, lr)
     run.ae.train()
@@ -170,8 +173,10 @@ def init_weights(ae: nn.Module, path: str | Path) -> None:
     ours = to_dict(ae.config)
     diff = sorted(k for k in ours if k not in _TRAINING_ONLY and ckpt.config.get(k) != ours[k])
     if diff:
-        raise ConfigError(f"--init {str(path)!r}: its architecture differs from this run's in {diff}",
-                          hint="use the same --preset/--config model settings as the run that made it")
+        raise ConfigError(
+            f"--init {str(path)!r}: its architecture differs from this run's in {diff}",
+            hint="use the same --preset/--config model settings as the run that made it",
+        )
     load_state(ae, ckpt.tensors, str(path))
 
 
@@ -179,9 +184,16 @@ def init_weights(ae: nn.Module, path: str | Path) -> None:
 _TRAINING_ONLY = {"vq_restart_dead", "vq_restart_every", "dropout", "posterior_logvar_init"}
 
 
-def train_ae(cfg: AETrainingConfig, out_dir: str | Path, *, resume: bool = False,
-             perceptual: nn.Module | None = None, lpips_weights: str | Path | None = None,
-             init_from: str | Path | None = None, callbacks: Callbacks | None = None) -> dict[str, Any]:
+def train_ae(
+    cfg: AETrainingConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    perceptual: nn.Module | None = None,
+    lpips_weights: str | Path | None = None,
+    init_from: str | Path | None = None,
+    callbacks: Callbacks | None = None,
+) -> dict[str, Any]:
     """Train an autoencoder into ``out_dir`` and return the run summary.
 
     ``perceptual`` injects the LPIPS network (tests pass a random-backbone one); when it is
@@ -203,8 +215,15 @@ def train_ae(cfg: AETrainingConfig, out_dir: str | Path, *, resume: bool = False
         teardown(d)
 
 
-def _train(cfg: AETrainingConfig, out: Path, resume: bool, perceptual: nn.Module | None,
-           init_from: str | Path | None, cb: Callbacks, d: Dist) -> dict[str, Any]:
+def _train(
+    cfg: AETrainingConfig,
+    out: Path,
+    resume: bool,
+    perceptual: nn.Module | None,
+    init_from: str | Path | None,
+    cb: Callbacks,
+    d: Dist,
+) -> dict[str, Any]:
     cb = cb if d.main else Callbacks()
     dataset = open_dataset(cfg.data, seed=cfg.train.seed)
     if not resume:
@@ -224,8 +243,9 @@ def _train(cfg: AETrainingConfig, out: Path, resume: bool, perceptual: nn.Module
         run.ae.init_linear_shortcut(run.scale_images)
         cb.message(f"linear shortcut initialised by a PCA of {len(run.scale_images)} training images")
     t = cfg.train
-    batches = batch_stream(dataset, t.batch_size, seed=t.seed, start_step=run.step,
-                           num_workers=t.num_workers, rank=d.rank, world=d.world)
+    batches = batch_stream(
+        dataset, t.batch_size, seed=t.seed, start_step=run.step, num_workers=t.num_workers, rank=d.rank, world=d.world
+    )
     return engine.run(run, batches, engine.Plan.of(t), out=out, dist=d, callbacks=cb)
 
 

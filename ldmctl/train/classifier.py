@@ -28,14 +28,16 @@ def random_translate(x: Tensor, max_shift: int, generator: torch.Generator) -> T
     n, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, mode="replicate")
     offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
 def _check_labels(labels: Tensor, num_classes: int) -> None:
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.numel():
-        raise ConfigError(f"classifier.num_classes is {num_classes}, but the data set has label "
-                          f"{int(bad[0])}", hint="set num_classes to the number of classes in the data set")
+        raise ConfigError(
+            f"classifier.num_classes is {num_classes}, but the data set has label {int(bad[0])}",
+            hint="set num_classes to the number of classes in the data set",
+        )
 
 
 @dataclass
@@ -56,8 +58,10 @@ class ClassifierRun:
             raise DataError("the classifier needs a labelled data set (items with a 'label')")
         x, labels = batch["image"].float(), torch.as_tensor(batch["label"]).long()
         _check_labels(labels, self.model.config.num_classes)
-        set_lr(self.opt, lr_at(self.step, base=self.lr, warmup=self.steps // 20, total=self.steps,
-                               schedule="cosine", min_ratio=0.0))
+        set_lr(
+            self.opt,
+            lr_at(self.step, base=self.lr, warmup=self.steps // 20, total=self.steps, schedule="cosine", min_ratio=0.0),
+        )
         logits = self.model(random_translate(x, self.max_shift, self.augment))
         loss = F.cross_entropy(logits, labels)
         self.opt.zero_grad(set_to_none=True)
@@ -73,9 +77,18 @@ class ClassifierRun:
         return {}
 
 
-def train_classifier(dataset: Dataset, cfg: ClassifierConfig, *, steps: int, batch_size: int = 64,
-                     lr: float = 2e-3, seed: int = 0, callbacks: Callbacks | None = None,
-                     max_shift: int = 2, weight_decay: float = 0.05) -> FeatureClassifier:
+def train_classifier(
+    dataset: Dataset,
+    cfg: ClassifierConfig,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    callbacks: Callbacks | None = None,
+    max_shift: int = 2,
+    weight_decay: float = 0.05,
+) -> FeatureClassifier:
     """Train a :class:`FeatureClassifier` on the items ("image", "label") of ``dataset``.
 
     The result depends only on ``seed``: the global RNG (init, dropout) is seeded inside a forked
@@ -88,15 +101,22 @@ def train_classifier(dataset: Dataset, cfg: ClassifierConfig, *, steps: int, bat
         raise DataError("cannot train a classifier on an empty data set")
     n_names = len(getattr(dataset, "class_names", None) or [])
     if n_names > cfg.num_classes:
-        raise ConfigError(f"classifier.num_classes is {cfg.num_classes}, but the data set has "
-                          f"{n_names} classes", hint=f"set num_classes to {n_names}")
+        raise ConfigError(
+            f"classifier.num_classes is {cfg.num_classes}, but the data set has {n_names} classes",
+            hint=f"set num_classes to {n_names}",
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = FeatureClassifier(cfg).train()
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         run = ClassifierRun(model, opt, torch.Generator().manual_seed(seed + 1), steps, lr, max_shift)
-        engine.run(run, batch_stream(dataset, batch_size, seed=seed), engine.Plan(max_steps=steps), out=None,
-                   callbacks=callbacks)
+        engine.run(
+            run,
+            batch_stream(dataset, batch_size, seed=seed),
+            engine.Plan(max_steps=steps),
+            out=None,
+            callbacks=callbacks,
+        )
     return model.eval()
 
 

@@ -57,8 +57,9 @@ def ae_config(preset_name: str, config_file: Path | None, flags: Flags, assignme
     return layered(preset(preset_name), config_file, flags, assignments)
 
 
-def ldm_config(preset_name: str, config_file: Path | None, flags: Flags, assignments: list[str], *,
-               text_encoder: str | None = None) -> LDMTrainingConfig:
+def ldm_config(
+    preset_name: str, config_file: Path | None, flags: Flags, assignments: list[str], *, text_encoder: str | None = None
+) -> LDMTrainingConfig:
     """The train-ldm config (see :func:`layered`); ``text_encoder`` then sets the ``encoder`` option of
     every text conditioner (``--text-encoder``)."""
     cfg = layered(ldm_preset(preset_name), config_file, flags, assignments)
@@ -103,8 +104,10 @@ def with_text_encoder(cfg: LDMTrainingConfig, encoder: str) -> LDMTrainingConfig
             spec, hit = replace(spec, options={**spec.options, "encoder": encoder}), True
         specs.append(spec)
     if not hit:
-        raise ConfigError("--text-encoder needs a text conditioner: add --cond text-crossattn, --cond text-pooled "
-                          "or --cond text-tokens")
+        raise ConfigError(
+            "--text-encoder needs a text conditioner: add --cond text-crossattn, --cond text-pooled "
+            "or --cond text-tokens"
+        )
     return replace(cfg, model=replace(cfg.model, conditioners=tuple(specs)))
 
 
@@ -120,8 +123,9 @@ def resolve_ae(cfg: AETrainingConfig) -> AETrainingConfig:
     return cfg
 
 
-def resolve_ldm(cfg: LDMTrainingConfig, ae: nn.Module, dataset: Any, *,
-                measure: bool = True) -> tuple[LDMTrainingConfig, ConditionerSet]:
+def resolve_ldm(
+    cfg: LDMTrainingConfig, ae: nn.Module, dataset: Any, *, measure: bool = True
+) -> tuple[LDMTrainingConfig, ConditionerSet]:
     """Derive what the autoencoder, the data and the conditioners fix; validate; return the config
     and the conditioners, built once (seeded by ``train.seed``, so every rank builds the same).
 
@@ -141,9 +145,11 @@ def resolve_ldm(cfg: LDMTrainingConfig, ae: nn.Module, dataset: Any, *,
     unet = replace(cfg.model.unet, in_channels=c, **conditioners.unet_widths())
     check_unet_config(unet)
     if latent % downsample_factor(unet):
-        raise ConfigError(f"latent side {latent} (= {cfg.data.size} px / f {f}) is not a multiple of the UNet's "
-                          f"{downsample_factor(unet)} (one 2x downsampling per unet.channel_mult level)",
-                          hint="use a larger --size or fewer unet.channel_mult levels")
+        raise ConfigError(
+            f"latent side {latent} (= {cfg.data.size} px / f {f}) is not a multiple of the UNet's "
+            f"{downsample_factor(unet)} (one 2x downsampling per unet.channel_mult level)",
+            hint="use a larger --size or fewer unet.channel_mult levels",
+        )
     model = replace(cfg.model, unet=unet, latent_size=latent, scale_factor=float(ae.scale_factor), conditioners=specs)
     cfg = replace(cfg, model=model)
     if measure:
@@ -157,8 +163,9 @@ def configure_spec(spec: ConditionerSpec, dataset: Any) -> ConditionerSpec:
     try:
         options = from_dict(cls.Config, dict(spec.options))
     except ConfigError as err:
-        raise ConfigError(f"conditioner {spec.name!r}: {err}",
-                          hint=f"its options: {[f.name for f in fields(cls.Config)]}") from None
+        raise ConfigError(
+            f"conditioner {spec.name!r}: {err}", hint=f"its options: {[f.name for f in fields(cls.Config)]}"
+        ) from None
     return replace(spec, options=to_dict(cls.configure(options, dataset)))
 
 

@@ -49,14 +49,16 @@ class Dist:
 
     def rows(self, x: Tensor) -> Tensor:
         """This rank's rows of a tensor drawn for the global batch."""
-        return x[self.rank::self.world] if self.world > 1 else x
+        return x[self.rank :: self.world] if self.world > 1 else x
 
     def local_batch(self, batch_size: int, accum: int = 1) -> int:
         """Items per rank per step; the global batch must split evenly into ranks x micro-batches."""
         if batch_size % (self.world * accum):
-            raise ConfigError(f"train.batch_size={batch_size} does not split into {self.world} processes x "
-                              f"{accum} accumulation micro-batches",
-                              hint="make the batch size a multiple of (processes x train.grad_accum)")
+            raise ConfigError(
+                f"train.batch_size={batch_size} does not split into {self.world} processes x "
+                f"{accum} accumulation micro-batches",
+                hint="make the batch size a multiple of (processes x train.grad_accum)",
+            )
         return batch_size // self.world
 
     def all_true(self, flag: bool) -> bool:
@@ -121,7 +123,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("train.device = \"cuda\" but no CUDA GPU is visible", hint="use --device cpu")
+            raise ConfigError('train.device = "cuda" but no CUDA GPU is visible', hint="use --device cpu")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     raise ConfigError(f"unknown train.device {name!r}", hint="use auto, cpu or cuda")
 

@@ -42,14 +42,7 @@ from ldmctl.checkpoint import load_train_state, save_train_state
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.files import atomic_write
 from ldmctl.train.dist import Dist
-from ldmctl.train.loop import (
-    Callbacks,
-    StepLogs,
-    StopSignals,
-    Throughput,
-    rng_state,
-    set_rng_state,
-)
+from ldmctl.train.loop import Callbacks, StepLogs, StopSignals, Throughput, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +110,18 @@ def prepare_run_dir(cfg: Any, out: Path, *, resume: bool) -> Any:
     stored = out / "config.json"
     if resume:
         if not stored.is_file():
-            raise CheckpointError(f"--resume: {str(out)!r} holds no run (no config.json)",
-                                  hint="drop --resume to start a new run")
+            raise CheckpointError(
+                f"--resume: {str(out)!r} holds no run (no config.json)", hint="drop --resume to start a new run"
+            )
         old = from_dict(type(cfg), json.loads(stored.read_text()))
         merged = replace(old, train=replace(old.train, max_steps=cfg.train.max_steps))
         if _without_steps(cfg) != _without_steps(merged):
             log.warning("--resume: using the run's stored config; other options were ignored")
         return merged
     if stored.exists():
-        raise ConfigError(f"{str(out)!r} already holds a run",
-                          hint="pass --resume to continue it, or choose another --out")
+        raise ConfigError(
+            f"{str(out)!r} already holds a run", hint="pass --resume to continue it, or choose another --out-dir"
+        )
     try:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -160,8 +155,10 @@ def resume(trainer: Trainer, out: Path) -> None:
     """Load the newest complete checkpoint of ``out``: the trainer's state, the RNGs and the step."""
     ckpts = complete_checkpoints(out)
     if not ckpts:
-        raise CheckpointError(f"--resume: {str(out)!r} has no complete checkpoint yet",
-                              hint="drop --resume and start again, or use a new --out")
+        raise CheckpointError(
+            f"--resume: {str(out)!r} has no complete checkpoint yet",
+            hint="drop --resume and start again, or use a new --out-dir",
+        )
     state = load_train_state(ckpts[-1].with_suffix(".state.pt"))
     trainer.restore(ckpts[-1], state)
     set_rng_state(state["rng"], trainer.generator)
@@ -174,8 +171,9 @@ def write_checkpoint(trainer: Trainer, out: Path, keep_last: int) -> Path:
     ckpt_dir = out / "checkpoints"
     ckpt = ckpt_dir / f"step_{trainer.step:07d}.safetensors"
     state = trainer.save(ckpt)
-    save_train_state(ckpt.with_suffix(".state.pt"),
-                     {"step": trainer.step, **state, "rng": rng_state(trainer.generator)})
+    save_train_state(
+        ckpt.with_suffix(".state.pt"), {"step": trainer.step, **state, "rng": rng_state(trainer.generator)}
+    )
     atomic_write(out / trainer.latest, lambda tmp: shutil.copyfile(ckpt, tmp))
     for old in sorted(ckpt_dir.glob("step_*.safetensors"))[:-keep_last]:
         old.unlink(missing_ok=True)
@@ -222,8 +220,15 @@ class RunLog:
             self.file.close()
 
 
-def run(trainer: Stepper, batches: Iterator[Any], plan: Plan, *, out: Path | None, dist: Dist | None = None,
-        callbacks: Callbacks | None = None) -> dict[str, Any]:
+def run(
+    trainer: Stepper,
+    batches: Iterator[Any],
+    plan: Plan,
+    *,
+    out: Path | None,
+    dist: Dist | None = None,
+    callbacks: Callbacks | None = None,
+) -> dict[str, Any]:
     """Step ``trainer`` from its current step to ``plan.max_steps`` on ``batches`` and return the
     run summary (also written to ``out/summary.json``). With a run folder ``out`` the trainer must
     be a :class:`Trainer`: it is checkpointed every ``save_every`` steps, at the end, and when a
@@ -254,8 +259,16 @@ def run(trainer: Stepper, batches: Iterator[Any], plan: Plan, *, out: Path | Non
     return summary
 
 
-def _after_step(trainer: Any, logs: StepLogs, plan: Plan, out: Path | None, d: Dist, cb: Callbacks,
-                runlog: RunLog, stop: StopSignals) -> bool:
+def _after_step(
+    trainer: Any,
+    logs: StepLogs,
+    plan: Plan,
+    out: Path | None,
+    d: Dist,
+    cb: Callbacks,
+    runlog: RunLog,
+    stop: StopSignals,
+) -> bool:
     """Call back, log, preview and checkpoint after a step; True when the run must stop now."""
     step = trainer.step
     cb.step(step, logs)
@@ -275,5 +288,17 @@ def _after_step(trainer: Any, logs: StepLogs, plan: Plan, out: Path | None, d: D
     return stopping
 
 
-__all__ = ["Plan", "RunLog", "Stepper", "Trainer", "complete_checkpoints", "create_run", "due",
-           "prepare_run_dir", "resume", "run", "tensorboard_writer", "write_checkpoint"]
+__all__ = [
+    "Plan",
+    "RunLog",
+    "Stepper",
+    "Trainer",
+    "complete_checkpoints",
+    "create_run",
+    "due",
+    "prepare_run_dir",
+    "resume",
+    "run",
+    "tensorboard_writer",
+    "write_checkpoint",
+]

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldmctl.files import atomic_write
 from ldmctl.errors import ConfigError
+from ldmctl.files import atomic_write
 from ldmctl.train.loop import index_batches
 
 Progress = Callable[[int, int], None]
@@ -58,8 +58,16 @@ def _values(items: list[dict[str, Any]], key: str, where: str) -> list[Any]:
     return [it[key] for it in items]
 
 
-def build_cache(encode: Callable[[Tensor], Tensor], dataset: Any, folder: Path, *, keys: tuple[str, ...],
-                stamp: dict[str, Any], batch_size: int = 64, progress: Progress | None = None) -> LatentCache:
+def build_cache(
+    encode: Callable[[Tensor], Tensor],
+    dataset: Any,
+    folder: Path,
+    *,
+    keys: tuple[str, ...],
+    stamp: dict[str, Any],
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> LatentCache:
     """Encode epoch 0 of ``dataset`` into ``folder`` chunk by chunk (memory: one chunk)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.json").unlink(missing_ok=True)
@@ -80,8 +88,10 @@ def build_cache(encode: Callable[[Tensor], Tensor], dataset: Any, folder: Path, 
         for k, v in chunk.items():
             a = v.numpy()
             if k not in arrays:
-                arrays[k] = np.lib.format.open_memmap(folder / f"{k}.npy", mode="w+", dtype=a.dtype, shape=(n, *a.shape[1:]))
-            arrays[k][start:start + len(items)] = a
+                arrays[k] = np.lib.format.open_memmap(
+                    folder / f"{k}.npy", mode="w+", dtype=a.dtype, shape=(n, *a.shape[1:])
+                )
+            arrays[k][start : start + len(items)] = a
         if progress:
             progress(min(start + batch_size, n), n)
     for a in arrays.values():
@@ -106,8 +116,9 @@ def open_cache(folder: Path, stamp: dict[str, Any] | None = None) -> LatentCache
     return LatentCache(arrays)
 
 
-def latent_batches(cache: LatentCache, batch_size: int, *, seed: int, start_step: int, rank: int = 0,
-                   world: int = 1) -> Iterator[dict[str, Any]]:
+def latent_batches(
+    cache: LatentCache, batch_size: int, *, seed: int, start_step: int, rank: int = 0, world: int = 1
+) -> Iterator[dict[str, Any]]:
     """Batches of a cache forever, in the order of :func:`~ldmctl.train.loop.index_batches`."""
     for idx in index_batches(len(cache), batch_size, seed=seed, start_step=start_step, rank=rank, world=world):
         yield cache.take(idx)

@@ -79,8 +79,7 @@ class LDMRun:
 
     def save(self, ckpt: Path) -> dict[str, Any]:
         """Write the model (raw and EMA weights); return the optimizer's and EMA's state."""
-        meta = {"step": self.step, "train_config": to_dict(self.cfg), **self.meta,
-                "skipped_files": len(self.skipped)}
+        meta = {"step": self.step, "train_config": to_dict(self.cfg), **self.meta, "skipped_files": len(self.skipped)}
         save_ldm(self.model, self.ema, ckpt, extra=meta, cond_ema=self.cond_ema)
         state = {"opt": self.opt.state_dict(), "ema_updates": self.ema.updates}
         if self.scaler is not None and self.scaler.is_enabled():
@@ -115,14 +114,25 @@ def build_run(cfg: LDMTrainingConfig, ae: nn.Module, conditioners: ConditionerSe
     ema = EMA(model.unet, cfg.ema.decay, warmup=cfg.ema.warmup)
     trainable = [p for p in model.conditioners.parameters() if p.requires_grad]
     cond_ema = EMA(model.conditioners, cfg.ema.decay, warmup=cfg.ema.warmup) if trainable else None
-    opt = torch.optim.AdamW(list(model.unet.parameters()) + trainable, lr=cfg.train.lr, betas=cfg.train.adam_betas,
-                            weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        list(model.unet.parameters()) + trainable, lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=0.0
+    )
     net = d.wrap(model.unet)
     if cfg.train.compile:
         net = torch.compile(net)
     scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.train.precision == "fp16")
-    return LDMRun(cfg, model, ema, opt, torch.Generator().manual_seed(cfg.train.seed), cond_ema=cond_ema,
-                  guard=NonFiniteGuard(cfg.train.max_nonfinite), dist=d, net=net, scaler=scaler)
+    return LDMRun(
+        cfg,
+        model,
+        ema,
+        opt,
+        torch.Generator().manual_seed(cfg.train.seed),
+        cond_ema=cond_ema,
+        guard=NonFiniteGuard(cfg.train.max_nonfinite),
+        dist=d,
+        net=net,
+        scaler=scaler,
+    )
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -134,15 +144,22 @@ def train_step(run: LDMRun, batch: dict[str, Any]) -> dict[str, float]:
     micro-batches sharing one draw over the global batch (:meth:`LatentDiffusion.training_loss`,
     :mod:`ldmctl.train.dist`)."""
     t, d, model = run.cfg.train, run.dist, run.model
-    lr = lr_at(run.step, base=t.lr, warmup=t.warmup_steps, total=t.max_steps, schedule=t.lr_schedule,
-               min_ratio=t.lr_min_ratio)
+    lr = lr_at(
+        run.step, base=t.lr, warmup=t.warmup_steps, total=t.max_steps, schedule=t.lr_schedule, min_ratio=t.lr_min_ratio
+    )
     set_lr(run.opt, lr)
     model.unet.train()
     model.conditioners.train()
     run.opt.zero_grad(set_to_none=True)
-    loss, logs = model.training_loss(_to(batch, d.device), generator=run.generator, net=run.net, shard=d.shard,
-                                     micro_batches=t.grad_accum, amp=lambda: autocast(t.precision, d.device),
-                                     backward=lambda part: run.scaler.scale(part).backward())
+    loss, logs = model.training_loss(
+        _to(batch, d.device),
+        generator=run.generator,
+        net=run.net,
+        shard=d.shard,
+        micro_batches=t.grad_accum,
+        amp=lambda: autocast(t.precision, d.device),
+        backward=lambda part: run.scaler.scale(part).backward(),
+    )
     finite = bool(torch.isfinite(loss).all())
     if not run.guard.ok(torch.tensor(logs["loss"] if d.all_true(finite) else float("nan")), run.step):
         run.opt.zero_grad(set_to_none=True)
@@ -173,13 +190,20 @@ def preview(run: LDMRun, ema_unet: UNet, ema_conds: ConditionerSet, batch: dict[
     inputs = run.model.derived_inputs(_to({k: v[:n] for k, v in batch.items()}, run.dist.device))
     cond = ema_conds.eval()(inputs) if len(ema_conds) else None
     g = torch.Generator().manual_seed(run.cfg.train.seed + 1)
-    z = run.model.sample_latents(ddim, n, steps=run.cfg.sample_steps, generator=g,
-                                 model_fn=run.model.model_fn(cond, unet=ema_unet.eval()))
+    z = run.model.sample_latents(
+        ddim, n, steps=run.cfg.sample_steps, generator=g, model_fn=run.model.model_fn(cond, unet=ema_unet.eval())
+    )
     return run.model.decode(run.model.from_target(z, inputs))
 
 
-def train_ldm(cfg: LDMTrainingConfig, ae_path: str | Path | None, out_dir: str | Path, *, resume: bool = False,
-              callbacks: Callbacks | None = None) -> dict[str, Any]:
+def train_ldm(
+    cfg: LDMTrainingConfig,
+    ae_path: str | Path | None,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    callbacks: Callbacks | None = None,
+) -> dict[str, Any]:
     """Train an LDM on the latents of autoencoder ``ae_path``; return the run summary.
 
     On ``resume`` the autoencoder defaults to the one the run started with, and must be unchanged
@@ -193,16 +217,19 @@ def train_ldm(cfg: LDMTrainingConfig, ae_path: str | Path | None, out_dir: str |
         teardown(d)
 
 
-def _train(cfg: LDMTrainingConfig, ae_path: str | Path | None, out: Path, resume: bool, cb: Callbacks,
-           d: Dist) -> dict[str, Any]:
+def _train(
+    cfg: LDMTrainingConfig, ae_path: str | Path | None, out: Path, resume: bool, cb: Callbacks, d: Dist
+) -> dict[str, Any]:
     cb = cb if d.main else Callbacks()
     if resume:
         cfg = engine.prepare_run_dir(cfg, out, resume=True)
         source = json.loads((out / "ae_source.json").read_text())
         ae_path = ae_path or source["path"]
         if file_sha256(ae_path) != source["sha256"]:
-            raise CheckpointError(f"--resume: autoencoder {str(ae_path)!r} is not the one this run started with",
-                                  hint=f"pass --ae with the original file ({source['path']})")
+            raise CheckpointError(
+                f"--resume: autoencoder {str(ae_path)!r} is not the one this run started with",
+                hint=f"pass --ae with the original file ({source['path']})",
+            )
     elif ae_path is None:
         raise ConfigError("train-ldm needs --ae: an autoencoder checkpoint from train-ae")
     ae = load_autoencoder(ae_path)
@@ -213,21 +240,23 @@ def _train(cfg: LDMTrainingConfig, ae_path: str | Path | None, out: Path, resume
         dataset = SuperresDataset(dataset, cfg.superres, seed=cfg.train.seed)
     cfg, conditioners = resolve_ldm(cfg, ae, dataset, measure=not resume)
     if not resume:
-        cfg = engine.create_run(cfg, out, d, {"ae_source.json": {"path": str(ae_path),
-                                                                 "sha256": file_sha256(ae_path)}})
+        cfg = engine.create_run(cfg, out, d, {"ae_source.json": {"path": str(ae_path), "sha256": file_sha256(ae_path)}})
     run = build_run(cfg, ae, conditioners, d)
     if resume:
         engine.resume(run, out)
         cb.message(f"resumed at step {run.step}")
     batches, run.preview_batch = _batches(run, dataset, out, ae_path, cb)
     run.meta, run.skipped = {"autoencoder": str(ae_path)}, dataset.skipped
-    run.ema_modules = (copy.deepcopy(run.model.unet).requires_grad_(False),
-                       copy.deepcopy(run.model.conditioners).requires_grad_(False))
+    run.ema_modules = (
+        copy.deepcopy(run.model.unet).requires_grad_(False),
+        copy.deepcopy(run.model.conditioners).requires_grad_(False),
+    )
     return engine.run(run, batches, engine.Plan.of(cfg.train), out=out, dist=d, callbacks=cb)
 
 
-def _batches(run: LDMRun, dataset: Any, out: Path, ae_path: str | Path,
-             cb: Callbacks) -> tuple[Iterator[dict[str, Any]], dict[str, Any]]:
+def _batches(
+    run: LDMRun, dataset: Any, out: Path, ae_path: str | Path, cb: Callbacks
+) -> tuple[Iterator[dict[str, Any]], dict[str, Any]]:
     """This rank's training batches (``z0`` latents and the conditioners' inputs) from the run's
     step on, and the first items of the data set, whose conditions the preview grids use."""
     cfg, d, t = run.cfg, run.dist, run.cfg.train
@@ -236,29 +265,38 @@ def _batches(run: LDMRun, dataset: Any, out: Path, ae_path: str | Path,
         cache = _latent_cache(run, dataset, out, keys, ae_path, cb)
         batches = latent_batches(cache, t.batch_size, seed=t.seed, start_step=run.step, rank=d.rank, world=d.world)
         return batches, cache.take(list(range(min(cfg.sample_count, len(cache)))))
-    images = batch_stream(dataset, t.batch_size, seed=t.seed, start_step=run.step, num_workers=t.num_workers,
-                          rank=d.rank, world=d.world)
+    images = batch_stream(
+        dataset, t.batch_size, seed=t.seed, start_step=run.step, num_workers=t.num_workers, rank=d.rank, world=d.world
+    )
     batches = ({"z0": run.model.encode(b["image"].to(d.device)), **{k: b[k] for k in keys}} for b in images)
     first = default_collate([dataset[i] for i in range(min(cfg.sample_count, len(dataset)))])
     return batches, {"z0": run.model.encode(first["image"].to(d.device)), **{k: first[k] for k in keys}}
 
 
-def _latent_cache(run: LDMRun, dataset: Any, out: Path, keys: tuple[str, ...], ae_path: str | Path,
-                  cb: Callbacks) -> LatentCache:
+def _latent_cache(
+    run: LDMRun, dataset: Any, out: Path, keys: tuple[str, ...], ae_path: str | Path, cb: Callbacks
+) -> LatentCache:
     """Open the run's latent cache, or encode it (rank 0 encodes while the others wait)."""
     from ldmctl.config import to_dict
 
-    stamp = {"autoencoder": file_sha256(ae_path), "data": to_dict(run.cfg.data), "keys": list(keys),
-             "seed": run.cfg.train.seed}
+    stamp = {
+        "autoencoder": file_sha256(ae_path),
+        "data": to_dict(run.cfg.data),
+        "keys": list(keys),
+        "seed": run.cfg.train.seed,
+    }
     folder = out / "latents"
     cache = open_cache(folder, stamp)
     if cache is None:
         if run.dist.main:
             started = time.time()
-            cache = build_cache(lambda x: run.model.encode(x.to(run.dist.device)).cpu(), dataset, folder,
-                                keys=keys, stamp=stamp)
-            cb.message(f"cached {len(cache)} latents of shape {cache.latent_shape} in {time.time() - started:.1f} s "
-                       f"({folder}, memory-mapped)")
+            cache = build_cache(
+                lambda x: run.model.encode(x.to(run.dist.device)).cpu(), dataset, folder, keys=keys, stamp=stamp
+            )
+            cb.message(
+                f"cached {len(cache)} latents of shape {cache.latent_shape} in {time.time() - started:.1f} s "
+                f"({folder}, memory-mapped)"
+            )
         run.dist.barrier()
         cache = cache or open_cache(folder, stamp)
     if cache is None:

@@ -69,8 +69,9 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=g)
 
 
-def index_batches(n: int, batch_size: int, *, seed: int, start_step: int = 0, rank: int = 0,
-                  world: int = 1) -> Iterator[list[int]]:
+def index_batches(
+    n: int, batch_size: int, *, seed: int, start_step: int = 0, rank: int = 0, world: int = 1
+) -> Iterator[list[int]]:
     """Yield this rank's item indices of each global batch of ``batch_size``, forever.
 
     The order of an epoch is ``DistributedSampler``'s (shuffled by ``seed`` and the epoch, the
@@ -85,14 +86,17 @@ def index_batches(n: int, batch_size: int, *, seed: int, start_step: int = 0, ra
     epoch, offset = divmod(start_step, per_epoch)
     while True:
         if n >= batch_size:
-            sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True,
-                                         seed=(seed * 1_000_003) % (2**63), drop_last=True)
+            sampler = DistributedSampler(
+                range(n), num_replicas=world, rank=rank, shuffle=True, seed=(seed * 1_000_003) % (2**63), drop_last=True
+            )
             sampler.set_epoch(epoch)
             order = list(sampler)
         else:
-            order = epoch_permutation(n, seed, epoch).repeat(math.ceil(batch_size / n))[:batch_size][rank::world].tolist()
+            order = (
+                epoch_permutation(n, seed, epoch).repeat(math.ceil(batch_size / n))[:batch_size][rank::world].tolist()
+            )
         for b in range(offset, per_epoch):
-            yield order[b * local:(b + 1) * local]
+            yield order[b * local : (b + 1) * local]
         epoch, offset = epoch + 1, 0
 
 
@@ -115,8 +119,16 @@ class _EpochKeyed(Dataset):
         return self.dataset[index]
 
 
-def batch_stream(dataset: Dataset, batch_size: int, *, seed: int, start_step: int = 0,
-                 num_workers: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, Any]]:
+def batch_stream(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int,
+    start_step: int = 0,
+    num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[dict[str, Any]]:
     """Yield collated batches forever, in an order fixed by ``seed``, starting at ``start_step``.
 
     ``batch_size`` is the global batch; each of ``world`` ranks gets ``batch_size / world``
@@ -137,8 +149,12 @@ def batch_stream(dataset: Dataset, batch_size: int, *, seed: int, start_step: in
             step += 1
 
     if num_workers > 0:
-        yield from DataLoader(keyed, batch_sampler=keys(), num_workers=num_workers,  # type: ignore[arg-type]
-                              collate_fn=default_collate)
+        yield from DataLoader(
+            keyed,
+            batch_sampler=keys(),
+            num_workers=num_workers,  # type: ignore[arg-type]
+            collate_fn=default_collate,
+        )
     else:
         for key in keys():
             yield default_collate([keyed[k] for k in key])
@@ -148,11 +164,20 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """Capture every RNG a run touches (torch CPU and CUDA, NumPy, Python, the run's own generator),
     as tensors and plain values that ``torch.load(weights_only=True)`` reads back."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-             "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
-             "python_gauss": random.getstate()[2],
-             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -220,12 +245,15 @@ class NonFiniteGuard:
             return True
         self.in_a_row += 1
         self.skipped += 1
-        log.warning("step %d: %s is %s; step skipped (%d in a row)", step + 1, what, float(loss.detach().float()),
-                    self.in_a_row)
+        log.warning(
+            "step %d: %s is %s; step skipped (%d in a row)", step + 1, what, float(loss.detach().float()), self.in_a_row
+        )
         if self.in_a_row >= self.limit:
-            raise TrainingError(f"the {what} was not finite for {self.in_a_row} steps in a row (last at step "
-                                f"{step + 1}); stopped, the last checkpoint written is kept",
-                                hint="lower train.lr, set train.grad_clip, or train with --precision fp32")
+            raise TrainingError(
+                f"the {what} was not finite for {self.in_a_row} steps in a row (last at step "
+                f"{step + 1}); stopped, the last checkpoint written is kept",
+                hint="lower train.lr, set train.grad_clip, or train with --precision fp32",
+            )
         return False
 
 
@@ -247,8 +275,9 @@ class StopSignals:
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
-        log.warning("%s: saving a checkpoint at the end of this step, then stopping (SIGINT again: stop now)",
-                    self.requested)
+        log.warning(
+            "%s: saving a checkpoint at the end of this step, then stopping (SIGINT again: stop now)", self.requested
+        )
 
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._old.items():
@@ -263,6 +292,8 @@ def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.A
         return torch.autocast(kind, dtype=torch.bfloat16)
     if precision == "fp16":
         if kind != "cuda":
-            raise ConfigError("precision fp16 needs a GPU (it relies on a gradient scaler)", hint="use --precision bf16 on CPU")
+            raise ConfigError(
+                "precision fp16 needs a GPU (it relies on a gradient scaler)", hint="use --precision bf16 on CPU"
+            )
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()

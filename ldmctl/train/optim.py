@@ -35,7 +35,7 @@ def orthogonalize(g: Tensor, rel_floor: float = 1e-3) -> Tensor:
     if tall:
         x = x.transpose(-2, -1)
     e, v = torch.linalg.eigh(x @ x.transpose(-2, -1))
-    e = e.clamp_min((e[..., -1:] * rel_floor ** 2).clamp_min(1e-30))
+    e = e.clamp_min((e[..., -1:] * rel_floor**2).clamp_min(1e-30))
     o = (v * e.rsqrt().unsqueeze(-2)) @ v.transpose(-2, -1) @ x
     return o.transpose(-2, -1) if tall else o
 
@@ -54,8 +54,14 @@ def muon_eligible(name: str, p: Tensor, min_side: int = 16) -> bool:
 class MuonWithAdam(torch.optim.Optimizer):
     """Muon for the groups marked ``muon=True``, Adam (``betas``, ``eps``) for the others."""
 
-    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.99),
-                 momentum: float = 0.95, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        groups: list[dict],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.99),
+        momentum: float = 0.95,
+        eps: float = 1e-8,
+    ) -> None:
         defaults = dict(lr=lr, betas=betas, momentum=momentum, eps=eps, muon=False)
         super().__init__(groups, defaults)
 
@@ -88,7 +94,7 @@ class MuonWithAdam(torch.optim.Optimizer):
         for (rows, cols), items in by_shape.items():
             step = -group["lr"] * 0.2 * math.sqrt(max(rows, cols))
             ortho = orthogonalize(torch.stack([g for _, g in items]))
-            for (p, _), o in zip(items, ortho):
+            for (p, _), o in zip(items, ortho, strict=True):
                 p.add_(o.view_as(p).to(p.dtype), alpha=step)
 
     def _adam(self, p: Tensor, group: dict) -> None:
@@ -102,12 +108,13 @@ class MuonWithAdam(torch.optim.Optimizer):
         t = state["step"]
         state["exp_avg"].lerp_(p.grad, 1 - b1)
         state["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-        denom = (state["exp_avg_sq"] / (1 - b2 ** t)).sqrt_().add_(group["eps"])
-        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - b1 ** t))
+        denom = (state["exp_avg_sq"] / (1 - b2**t)).sqrt_().add_(group["eps"])
+        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - b1**t))
 
 
-def build_optimizer(kind: str, named: Iterable[tuple[str, nn.Parameter]], *, lr: float,
-                    betas: tuple[float, float]) -> torch.optim.Optimizer:
+def build_optimizer(
+    kind: str, named: Iterable[tuple[str, nn.Parameter]], *, lr: float, betas: tuple[float, float]
+) -> torch.optim.Optimizer:
     """``adam``: Adam over all parameters; ``muon``: :class:`MuonWithAdam`."""
     named = list(named)
     if kind == "adam":

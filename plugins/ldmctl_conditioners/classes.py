@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldmctl.conditioning import CondOutput, Conditioner, LatentSpec
+from ldmctl.conditioning import Conditioner, CondOutput, LatentSpec
 from ldmctl.errors import DataError, InputError
 
 
@@ -40,8 +40,10 @@ class _ClassEmbedding(Conditioner):
         if config.num_classes == 0:
             names = getattr(dataset, "class_names", [])
             if not names:
-                raise DataError(f"the {cls.name} conditioner needs labelled data (sub-folders or a labelled built-in)",
-                                hint="or set its num_classes option")
+                raise DataError(
+                    f"the {cls.name} conditioner needs labelled data (sub-folders or a labelled built-in)",
+                    hint="or set its num_classes option",
+                )
             return replace(config, num_classes=len(names))
         return config
 
@@ -56,8 +58,10 @@ class _ClassEmbedding(Conditioner):
         labels = torch.as_tensor(labels, device=self.embedding.weight.device).long()
         bad = (labels < 0) | (labels >= self.config.num_classes)
         if bool(bad.any()):
-            raise DataError(f"{self.name}: label {int(labels[bad][0])} is outside 0..{self.config.num_classes - 1}",
-                            hint="an unlabelled data set (label -1) cannot train a class-conditional model")
+            raise DataError(
+                f"{self.name}: label {int(labels[bad][0])} is outside 0..{self.config.num_classes - 1}",
+                hint="an unlabelled data set (label -1) cannot train a class-conditional model",
+            )
         return labels
 
     def parse_input(self, text: str) -> int:
@@ -66,8 +70,10 @@ class _ClassEmbedding(Conditioner):
         except ValueError:
             raise InputError(f"{text!r} is not a class index", hint=f"give {self.describe_input()}") from None
         if not 0 <= label < self.config.num_classes:
-            raise InputError(f"class {label} is outside 0..{self.config.num_classes - 1}",
-                             hint=f"this model has {self.config.num_classes} classes")
+            raise InputError(
+                f"class {label} is outside 0..{self.config.num_classes - 1}",
+                hint=f"this model has {self.config.num_classes} classes",
+            )
         return label
 
     def default_inputs(self, n: int) -> list[int]:

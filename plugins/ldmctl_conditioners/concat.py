@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ldmctl.conditioning import CondOutput, Conditioner, LatentSpec
+from ldmctl.conditioning import Conditioner, CondOutput, LatentSpec
 from ldmctl.data import load_image, pil_to_tensor
 from ldmctl.errors import DataError, InputError
 
@@ -18,8 +18,10 @@ from ldmctl.errors import DataError, InputError
 def read_image(path: str, channels: int, who: str) -> torch.Tensor:
     """An image file as a (channels, H, W) tensor in [-1, 1]: RGB for 3 channels, grey for 1."""
     if channels not in (1, 3):
-        raise InputError(f"{who} with {channels} channels cannot read an image file",
-                         hint="only 1- and 3-channel conditions can be given as images")
+        raise InputError(
+            f"{who} with {channels} channels cannot read an image file",
+            hint="only 1- and 3-channel conditions can be given as images",
+        )
     x = pil_to_tensor(load_image(path))  # (3, H, W); DataError names a missing or unreadable file
     return x.mean(0, keepdim=True) if channels == 1 else x
 
@@ -109,8 +111,10 @@ class LatentConcat(Conditioner):
     def forward(self, batch: Mapping[str, Any]) -> CondOutput:
         z = batch.get(self.input_key)
         if z is None:
-            raise DataError(f"the concat-latent conditioner needs batch[{self.input_key!r}] (or 'cond_image' "
-                            "for the model to derive it), which is missing")
+            raise DataError(
+                f"the concat-latent conditioner needs batch[{self.input_key!r}] (or 'cond_image' "
+                "for the model to derive it), which is missing"
+            )
         if z.ndim != 4 or z.shape[1] != self.latent.channels:
             raise DataError(f"concat-latent expects (B, {self.latent.channels}, h, w) latents, got {tuple(z.shape)}")
         hw = batch.get("latent_hw") or (self.latent.size, self.latent.size)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldmctl.conditioning import CondOutput, Conditioner, LatentSpec
+from ldmctl.conditioning import Conditioner, CondOutput, LatentSpec
 from ldmctl.errors import DataError
 from ldmctl.text import TextEncoder
 
@@ -38,9 +38,15 @@ class _Text(Conditioner):
 
     def __init__(self, config: TextConfig, latent: LatentSpec) -> None:
         super().__init__(config, latent)
-        self.text = TextEncoder(config.encoder, max_length=config.max_length, width=config.width,
-                                depth=config.depth, heads=config.heads, vocab=config.vocab,
-                                keep_tokens=config.keep_tokens)
+        self.text = TextEncoder(
+            config.encoder,
+            max_length=config.max_length,
+            width=config.width,
+            depth=config.depth,
+            heads=config.heads,
+            vocab=config.vocab,
+            keep_tokens=config.keep_tokens,
+        )
 
     @property
     def out_dim(self) -> int:
@@ -49,8 +55,10 @@ class _Text(Conditioner):
     def _prompts(self, batch: Mapping[str, Any]) -> list[str]:
         prompts = batch.get(self.input_key)
         if prompts is None:
-            raise DataError(f"the {self.name} conditioner needs captions (batch['caption'])",
-                            hint="use a data set with captions (metadata.jsonl or .txt files) or builtin:shapes")
+            raise DataError(
+                f"the {self.name} conditioner needs captions (batch['caption'])",
+                hint="use a data set with captions (metadata.jsonl or .txt files) or builtin:shapes",
+            )
         return [prompts] if isinstance(prompts, str) else list(prompts)
 
     def encode(self, prompts: list[str]) -> CondOutput:
@@ -58,7 +66,7 @@ class _Text(Conditioner):
         return CondOutput(h, mask)
 
     def describe_input(self) -> str:
-        return "a prompt (--prompt \"...\")"
+        return 'a prompt (--prompt "...")'
 
     def forward(self, batch: Mapping[str, Any]) -> CondOutput:
         return self.encode(self._prompts(batch))

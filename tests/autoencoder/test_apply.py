@@ -14,8 +14,7 @@ from ldmctl.errors import ConfigError
 @pytest.fixture(scope="module")
 def ae():
     torch.manual_seed(0)
-    cfg = AutoencoderConfig(kind="kl", base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
-                            norm_groups=4)
+    cfg = AutoencoderConfig(kind="kl", base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=4)
     model = build_autoencoder(cfg).eval()
     with torch.no_grad():  # a visible output: the zero-initialised parts would hide tiling errors
         for p in model.parameters():

@@ -14,8 +14,9 @@ KINDS = ["kl", "vq"]
 
 
 def _cfg(kind: str, channel_mult: tuple[int, ...] = (1, 2, 2), **kw) -> AutoencoderConfig:
-    return AutoencoderConfig(kind=kind, base_channels=8, channel_mult=channel_mult, num_res_blocks=1,
-                             norm_groups=4, n_embed=32, **kw)
+    return AutoencoderConfig(
+        kind=kind, base_channels=8, channel_mult=channel_mult, num_res_blocks=1, norm_groups=4, n_embed=32, **kw
+    )
 
 
 def _build(cfg: AutoencoderConfig, seed: int = 0):

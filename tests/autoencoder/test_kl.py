@@ -18,8 +18,14 @@ DIMS = (1, 2, 3)
 
 
 def _tiny(**kw) -> AutoencoderConfig:
-    base = {"kind": "kl", "base_channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1,
-            "norm_groups": 4, "n_embed": 32}
+    base = {
+        "kind": "kl",
+        "base_channels": 8,
+        "channel_mult": (1, 2, 2),
+        "num_res_blocks": 1,
+        "norm_groups": 4,
+        "n_embed": 32,
+    }
     return AutoencoderConfig(**{**base, **kw})
 
 
@@ -62,8 +68,7 @@ def test_logvar_is_clamped_and_mode_is_mean():
 
 def test_sample_is_seeded_and_has_the_right_moments():
     mean, std = 1.5, 0.5
-    params = torch.cat([torch.full((1, 2, 64, 64), mean),
-                        torch.full((1, 2, 64, 64), 2 * math.log(std))], dim=1)
+    params = torch.cat([torch.full((1, 2, 64, 64), mean), torch.full((1, 2, 64, 64), 2 * math.log(std))], dim=1)
     d = DiagonalGaussianDistribution(params)
     a = d.sample(torch.Generator().manual_seed(7))
     b = d.sample(torch.Generator().manual_seed(7))
@@ -105,12 +110,15 @@ def test_attention_levels_are_level_indices():
     assert not any(isinstance(m, AttnBlock) for m in ae.encoder.mid.modules())
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"attn_resolutions": (3,)}, "level indices"),
-    ({"norm_groups": 3}, "norm_groups"),
-    ({"channel_mult": ()}, "channel_mult"),
-    ({"kind": "vq", "linear_shortcut": True}, "linear_shortcut"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"attn_resolutions": (3,)}, "level indices"),
+        ({"norm_groups": 3}, "norm_groups"),
+        ({"channel_mult": ()}, "channel_mult"),
+        ({"kind": "vq", "linear_shortcut": True}, "linear_shortcut"),
+    ],
+)
 def test_bad_configs_are_config_errors(changes, match):
     with pytest.raises(ConfigError, match=match):
         check_config(_tiny(**changes))

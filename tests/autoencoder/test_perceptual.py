@@ -24,8 +24,11 @@ def alexnet_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
 
 def test_default_paths_are_torchvision_cache_names():
     names = {net: default_backbone_path(net).name for net in ("alex", "vgg", "squeeze")}
-    assert names == {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth",
-                     "squeeze": "squeezenet1_1-b8a52dc0.pth"}
+    assert names == {
+        "alex": "alexnet-owt-7be5be79.pth",
+        "vgg": "vgg16-397923af.pth",
+        "squeeze": "squeezenet1_1-b8a52dc0.pth",
+    }
     assert default_backbone_path().parent == Path(torch.hub.get_dir()) / "checkpoints"
 
 

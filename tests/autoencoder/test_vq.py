@@ -11,8 +11,14 @@ from ldmctl.config import AutoencoderConfig
 
 
 def _tiny(**kw) -> AutoencoderConfig:
-    base = {"kind": "vq", "base_channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1,
-            "norm_groups": 4, "n_embed": 32}
+    base = {
+        "kind": "vq",
+        "base_channels": 8,
+        "channel_mult": (1, 2, 2),
+        "num_res_blocks": 1,
+        "norm_groups": 4,
+        "n_embed": 32,
+    }
     return AutoencoderConfig(**{**base, **kw})
 
 
@@ -93,8 +99,9 @@ def test_dead_code_restart_revives_unused_codes():
     assert dead > 0 and n == dead
     flat = rearrange(z, "b d h w -> (b h w) d")
     # every re-seeded code is one of the encoder vectors
-    dists = torch.cdist(model.quantize.embedding.weight, flat,
-                         compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+    dists = (
+        torch.cdist(model.quantize.embedding.weight, flat, compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+    )
     assert (dists < 1e-6).sum() >= n
     assert after > before
 

@@ -28,15 +28,43 @@ def tiny(class_ldm):
 
 
 def _judge_args(tiny) -> list[str]:
-    return ["--ref", "builtin:synthetic", "--ref-limit", "8", "--classifier", str(tiny / "cls.safetensors"),
-            "--n", "4", "--bootstrap", "3", "--batch-size", "2"]
+    return [
+        "--ref",
+        "builtin:synthetic",
+        "--ref-limit",
+        "8",
+        "--classifier",
+        str(tiny / "cls.safetensors"),
+        "--n",
+        "4",
+        "--bootstrap",
+        "3",
+        "--batch-size",
+        "2",
+    ]
 
 
 def test_compare_samplers_end_to_end(tiny, tmp_path):
     out = tmp_path / "report"
-    r = CliRunner().invoke(app, ["compare", "samplers", str(tiny / "ldm" / "ldm.safetensors"), "--samplers",
-                                 "ddim,dpmpp", "--steps", "1,2", "--reference", "ddim-2", *_judge_args(tiny),
-                                 "--out-dir", str(out), "--json", str(tmp_path / "r.json")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "samplers",
+            str(tiny / "ldm" / "ldm.safetensors"),
+            "--samplers",
+            "ddim,dpmpp",
+            "--steps",
+            "1,2",
+            "--reference",
+            "ddim-2",
+            *_judge_args(tiny),
+            "--out-dir",
+            str(out),
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
     assert json.loads((tmp_path / "r.json").read_text()) == results and str(tmp_path / "r.json") in r.stdout
@@ -54,32 +82,64 @@ def test_compare_train_end_to_end(tiny, tmp_path):
     for name, lr in (("a", "1e-3"), ("b", "1e-4")):
         (tmp_path / f"{name}.toml").write_text(CLASS_TOML + f"[train]\nlr = {lr}\n")
     out = tmp_path / "cmp"
-    r = CliRunner().invoke(app, ["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors"),
-                                 "--config", str(tmp_path / "a.toml"), "--config", str(tmp_path / "b.toml"),
-                                 "--max-steps", "2", "--eval-every", "1", "--sample-steps", "1", *_judge_args(tiny),
-                                 "--metrics", "fd-cls", "--metrics", "acc", "--out-dir", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "train",
+            "--preset",
+            "tiny",
+            "--ae",
+            str(tiny / "ae" / "ae.safetensors"),
+            "--config",
+            str(tmp_path / "a.toml"),
+            "--config",
+            str(tmp_path / "b.toml"),
+            "--max-steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--sample-steps",
+            "1",
+            *_judge_args(tiny),
+            "--metrics",
+            "fd-cls",
+            "--metrics",
+            "acc",
+            "--out-dir",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
     assert [v["name"] for v in results["variants"]] == ["a", "b"] and results["metrics"] == ["fd-cls", "acc"]
     for v in results["variants"]:
         assert [p["step"] for p in v["points"]] == [1, 2] and (out / v["name"] / "ldm.safetensors").is_file()
         assert v["points"][0]["train_seconds"] <= v["points"][1]["train_seconds"]
-    for png in ("quality-vs-train-steps.png", "quality-vs-wall-time.png", "grids/overview.png", "grids/b-step0000002.png"):
+    for png in (
+        "quality-vs-train-steps.png",
+        "quality-vs-wall-time.png",
+        "grids/overview.png",
+        "grids/b-step0000002.png",
+    ):
         assert (out / png).is_file(), png
     report = (out / "report.md").read_text()
     assert "--config" in report.splitlines()[3] and "| a | 2 |" in report
     assert "--metrics fd-cls --metrics acc" in report.splitlines()[3]
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--samplers", "ddim,euler"], "unknown sampler 'euler'"),
-    (["--metrics", "fd-cls,inception-score"], "unknown ['inception-score']"),
-    (["--metric", "fd-cls", "--classifier", None], "--classifier"),  # the old spelling still works
-    (["--steps", "10,x"], "comma-separated whole numbers"),
-    (["--reference", "ddim"], "SAMPLER-STEPS"),
-    (["--input", "caption=a cat"], "no conditioner of this model reads 'caption'; it reads: label (class:"),
-    (["--input", "label=7"], "the class conditioner cannot read --input label='7': class 7 is outside 0..3"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--samplers", "ddim,euler"], "unknown sampler 'euler'"),
+        (["--metrics", "fd-cls,inception-score"], "unknown ['inception-score']"),
+        (["--metric", "fd-cls", "--classifier", None], "--classifier"),  # the old spelling still works
+        (["--steps", "10,x"], "comma-separated whole numbers"),
+        (["--reference", "ddim"], "SAMPLER-STEPS"),
+        (["--input", "caption=a cat"], "no conditioner of this model reads 'caption'; it reads: label (class:"),
+        (["--input", "label=7"], "the class conditioner cannot read --input label='7': class 7 is outside 0..3"),
+    ],
+)
 def test_compare_samplers_user_errors(tiny, tmp_path, capsys, args, match):
     base = dict(zip(_judge_args(tiny)[::2], _judge_args(tiny)[1::2], strict=True))
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
@@ -92,9 +152,25 @@ def test_compare_samplers_user_errors(tiny, tmp_path, capsys, args, match):
 
 def test_compare_samplers_feeds_input_to_every_setting(tiny, tmp_path):
     out = tmp_path / "report"
-    r = CliRunner().invoke(app, ["compare", "samplers", str(tiny / "ldm" / "ldm.safetensors"), "--samplers", "ddim",
-                                 "--steps", "1", "--reference", "ddim-1", *_judge_args(tiny), "--input", "label=1",
-                                 "--out-dir", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "samplers",
+            str(tiny / "ldm" / "ldm.safetensors"),
+            "--samplers",
+            "ddim",
+            "--steps",
+            "1",
+            "--reference",
+            "ddim-1",
+            *_judge_args(tiny),
+            "--input",
+            "label=1",
+            "--out-dir",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads((out / "results.json").read_text())["settings"][0]["per_class"]
     assert [(row["class"], row["n"]) for row in rows] == [("square", 4)]  # every sample drawn for class 1
@@ -103,8 +179,23 @@ def test_compare_samplers_feeds_input_to_every_setting(tiny, tmp_path):
 def test_compare_train_refuses_an_input_its_variants_do_not_read(tiny, tmp_path, capsys):
     (tmp_path / "a.toml").write_text(CLASS_TOML)
     with pytest.raises(SystemExit) as exc:
-        main(["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors"), "--config",
-              str(tmp_path / "a.toml"), *_judge_args(tiny), "--input", "palette=warm", "--out-dir", str(tmp_path / "o")])
+        main(
+            [
+                "compare",
+                "train",
+                "--preset",
+                "tiny",
+                "--ae",
+                str(tiny / "ae" / "ae.safetensors"),
+                "--config",
+                str(tmp_path / "a.toml"),
+                *_judge_args(tiny),
+                "--input",
+                "palette=warm",
+                "--out-dir",
+                str(tmp_path / "o"),
+            ]
+        )
     err = " ".join(capsys.readouterr().err.split())
     assert exc.value.code == 1 and "no conditioner of this model reads 'palette'; it reads: label (class)" in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()  # refused before anything is written
@@ -115,8 +206,22 @@ def test_compare_train_refuses_variants_with_one_name(tiny, tmp_path, capsys):
     for folder in (tmp_path, tmp_path / "x"):
         (folder / "same.toml").write_text(CLASS_TOML)
     with pytest.raises(SystemExit) as exc:
-        main(["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors"), "--config",
-              str(tmp_path / "same.toml"), "--config", str(tmp_path / "x" / "same.toml"), "--out-dir", str(tmp_path / "o")])
+        main(
+            [
+                "compare",
+                "train",
+                "--preset",
+                "tiny",
+                "--ae",
+                str(tiny / "ae" / "ae.safetensors"),
+                "--config",
+                str(tmp_path / "same.toml"),
+                "--config",
+                str(tmp_path / "x" / "same.toml"),
+                "--out-dir",
+                str(tmp_path / "o"),
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "names repeat" in err and "Traceback" not in err
 
@@ -126,12 +231,34 @@ def test_compare_train_conditioners_with_the_shapes_checker(tiny, tmp_path):
     for name in ("crossattn",):
         (tmp_path / f"t-{name}.toml").write_text(
             f'[[model.conditioners]]\nname = "{name}"\n[model.conditioners.options]\nwidth = 16\ndepth = 1\n'
-            'heads = 2\nmax_length = 16\n[data]\nsource = "builtin:shapes"\n')
+            'heads = 2\nmax_length = 16\n[data]\nsource = "builtin:shapes"\n'
+        )
     out = tmp_path / "cmp"
-    r = CliRunner().invoke(app, ["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors"),
-                                 "--config", str(tmp_path / "t-crossattn.toml"),
-                                 "--max-steps", "1", "--set", "cache_latents=false", "--n", "4", "--sample-steps", "1",
-                                 "--bootstrap", "3", "--out-dir", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "train",
+            "--preset",
+            "tiny",
+            "--ae",
+            str(tiny / "ae" / "ae.safetensors"),
+            "--config",
+            str(tmp_path / "t-crossattn.toml"),
+            "--max-steps",
+            "1",
+            "--set",
+            "cache_latents=false",
+            "--n",
+            "4",
+            "--sample-steps",
+            "1",
+            "--bootstrap",
+            "3",
+            "--out-dir",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"] == ["shapes"]  # auto for text-conditional variants
@@ -144,7 +271,20 @@ def test_compare_train_refuses_an_out_folder_that_holds_a_run(tiny, tmp_path, ca
     (tmp_path / "o" / "a").mkdir(parents=True)
     (tmp_path / "o" / "a" / "config.json").write_text("{}")
     with pytest.raises(SystemExit) as exc:
-        main(["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors"), "--config",
-              str(tmp_path / "a.toml"), *_judge_args(tiny), "--out-dir", str(tmp_path / "o")])
+        main(
+            [
+                "compare",
+                "train",
+                "--preset",
+                "tiny",
+                "--ae",
+                str(tiny / "ae" / "ae.safetensors"),
+                "--config",
+                str(tmp_path / "a.toml"),
+                *_judge_args(tiny),
+                "--out-dir",
+                str(tmp_path / "o"),
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "already holds a run" in err and "Traceback" not in err

@@ -20,17 +20,29 @@ def test_demo_end_to_end_on_tiny_recipes(tmp_path, monkeypatch, capsys):
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     (recipes / "demo-ae.toml").write_text(
-        '[model]\nbase_channels = 8\nchannel_mult = [1, 2, 2]\nnum_res_blocks = 1\nnorm_groups = 4\n'
+        "[model]\nbase_channels = 8\nchannel_mult = [1, 2, 2]\nnum_res_blocks = 1\nnorm_groups = 4\n"
         '[loss]\nperceptual = "none"\ndisc_start = 1000000\n[data]\nsource = "builtin:shapes"\nsize = 16\n'
-        '[train]\nbatch_size = 2\nmax_steps = 2\nsample_every = 2\nsave_every = 2\nscale_samples = 4\n')
+        "[train]\nbatch_size = 2\nmax_steps = 2\nsample_every = 2\nsave_every = 2\nscale_samples = 4\n"
+    )
     (recipes / "demo-ldm.toml").write_text(
         'cache_latents = false\n[[model.conditioners]]\nname = "crossattn"\n[model.conditioners.options]\nwidth = 16\ndepth = 1\n'
-        'heads = 2\n[model.unet]\nmodel_channels = 16\nchannel_mult = [1, 2]\nattention_levels = [1]\n'
+        "heads = 2\n[model.unet]\nmodel_channels = 16\nchannel_mult = [1, 2]\nattention_levels = [1]\n"
         'num_res_blocks = 1\nhead_channels = 8\nnorm_groups = 4\n[data]\nsource = "builtin:shapes"\nsize = 16\n'
-        '[train]\nbatch_size = 2\nmax_steps = 2\nsample_every = 100\nsave_every = 2\n')
+        "[train]\nbatch_size = 2\nmax_steps = 2\nsample_every = 100\nsave_every = 2\n"
+    )
     monkeypatch.setattr(demo, "RECIPES", recipes)
     try:
-        main(["demo", "--out-dir", str(tmp_path / "run"), "--samples-per-prompt", "2", "--json", str(tmp_path / "d.json")])
+        main(
+            [
+                "demo",
+                "--out-dir",
+                str(tmp_path / "run"),
+                "--samples-per-prompt",
+                "2",
+                "--json",
+                str(tmp_path / "d.json"),
+            ]
+        )
     except SystemExit as exc:
         assert exc.code == 0
     out = capsys.readouterr()

@@ -39,8 +39,21 @@ def classifier(tmp_path_factory):
 
 def test_folder_offline_metrics_with_per_class_figures(images, classifier, tmp_path, isolated_torch_hub):
     out = tmp_path / "report.json"
-    r = CliRunner().invoke(app, ["eval", str(images), "--ref", "builtin:synthetic", "--ref-limit", "12",
-                                 "--classifier", str(classifier), "--json", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(images),
+            "--ref",
+            "builtin:synthetic",
+            "--ref-limit",
+            "12",
+            "--classifier",
+            str(classifier),
+            "--json",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "fid skipped" in r.output and "pt_inception-2015-12-05-6726825d.pth" in r.output
     report = json.loads(out.read_text())
@@ -54,9 +67,23 @@ def test_folder_offline_metrics_with_per_class_figures(images, classifier, tmp_p
 def test_fid_and_kid_of_a_folder_against_itself(fid_inception_weights, tmp_path):
     folder = _write_images(tmp_path / "few", ["x"], 3, seed=1)
     out = tmp_path / "fid.json"
-    r = CliRunner().invoke(app, ["eval", str(folder), "--ref", str(folder), "--metrics", "fid,kid",
-                                 "--inception-weights", str(fid_inception_weights), "--kid-subsets", "4",
-                                 "--json", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(folder),
+            "--ref",
+            str(folder),
+            "--metrics",
+            "fid,kid",
+            "--inception-weights",
+            str(fid_inception_weights),
+            "--kid-subsets",
+            "4",
+            "--json",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["fid"] == pytest.approx(0.0, abs=1e-6)
@@ -65,9 +92,29 @@ def test_fid_and_kid_of_a_folder_against_itself(fid_inception_weights, tmp_path)
 
 def test_class_conditional_checkpoint(class_ldm, classifier, tmp_path, isolated_torch_hub):
     out = tmp_path / "report.json"
-    r = CliRunner().invoke(app, ["eval", str(class_ldm), "--ref", "builtin:synthetic", "--ref-limit", "16",
-                                 "--classifier", str(classifier), "--n", "8", "--steps", "2", "--sampler", "dpmpp",
-                                 "--out-dir", str(tmp_path / "samples"), "--json", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(class_ldm),
+            "--ref",
+            "builtin:synthetic",
+            "--ref-limit",
+            "16",
+            "--classifier",
+            str(classifier),
+            "--n",
+            "8",
+            "--steps",
+            "2",
+            "--sampler",
+            "dpmpp",
+            "--out-dir",
+            str(tmp_path / "samples"),
+            "--json",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["n_samples"] == 8 and report["sampler"] == "dpmpp" and report["guidance"] == 3.0
@@ -79,20 +126,44 @@ def test_class_conditional_checkpoint(class_ldm, classifier, tmp_path, isolated_
 def test_checkpoint_samples_fed_with_input(class_ldm, classifier, tmp_path, isolated_torch_hub):
     """--input feeds the conditioners as in `ldmctl sample`: every sample is drawn for class 2."""
     out = tmp_path / "report.json"
-    r = CliRunner().invoke(app, ["eval", str(class_ldm), "--ref", "builtin:synthetic", "--ref-limit", "8",
-                                 "--classifier", str(classifier), "--n", "3", "--steps", "1", "--input", "label=2",
-                                 "--json", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(class_ldm),
+            "--ref",
+            "builtin:synthetic",
+            "--ref-limit",
+            "8",
+            "--classifier",
+            str(classifier),
+            "--n",
+            "3",
+            "--steps",
+            "1",
+            "--input",
+            "label=2",
+            "--json",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["inputs"] == {"label": ["2"]}
     assert [(row["class"], row["n"]) for row in report["per_class"]] == [("triangle", 3)]
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--input", "caption=a cat"], "no conditioner of this model reads 'caption'; it reads: label (class: a class index 0..3)"),
-    (["--input", "label=9"], "the class conditioner cannot read --input label='9': class 9 is outside 0..3"),
-    (["--input", "label"], "write KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (
+            ["--input", "caption=a cat"],
+            "no conditioner of this model reads 'caption'; it reads: label (class: a class index 0..3)",
+        ),
+        (["--input", "label=9"], "the class conditioner cannot read --input label='9': class 9 is outside 0..3"),
+        (["--input", "label"], "write KEY=VALUE"),
+    ],
+)
 def test_checkpoint_input_errors(class_ldm, tmp_path, capsys, args, match):
     with pytest.raises(SystemExit) as exc:
         main(["eval", str(class_ldm), "--ref", "builtin:synthetic", "--metrics", "fd-cls", *args])
@@ -111,8 +182,9 @@ def test_clip_score_of_captioned_images(tiny_clip_folder, tmp_path, isolated_tor
     for png in folder.glob("*.png"):
         png.with_suffix(".txt").write_text("a red circle")  # captions beside the images
     out = tmp_path / "clip.json"
-    r = CliRunner().invoke(app, ["eval", str(folder), "--ref", str(folder), "--clip-weights", str(tiny_clip_folder),
-                                 "--json", str(out)])
+    r = CliRunner().invoke(
+        app, ["eval", str(folder), "--ref", str(folder), "--clip-weights", str(tiny_clip_folder), "--json", str(out)]
+    )
     assert r.exit_code == 0, r.output
     metrics = json.loads(out.read_text())["metrics"]
     assert set(metrics) == {"clip_score"} and 0.0 <= metrics["clip_score"] <= 100.0
@@ -120,23 +192,93 @@ def test_clip_score_of_captioned_images(tiny_clip_folder, tmp_path, isolated_tor
 
 def test_text_conditional_checkpoint_samples_the_reference_captions(tiny_clip_folder, tmp_path):
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle",
-                                "square", "to", "the", "left", "of"]) + "\n")
+    vocab.write_text(
+        "\n".join(
+            [
+                "[PAD]",
+                "[UNK]",
+                "[CLS]",
+                "[SEP]",
+                "[MASK]",
+                "a",
+                "red",
+                "blue",
+                "circle",
+                "square",
+                "to",
+                "the",
+                "left",
+                "of",
+            ]
+        )
+        + "\n"
+    )
     cfg = tmp_path / "text.toml"
-    cfg.write_text(f'[[model.conditioners]]\nname = "tokens"\n[model.conditioners.options]\nwidth = 16\n'
-                   f'depth = 1\nheads = 2\nvocab = "{vocab}"\n')
+    cfg.write_text(
+        f'[[model.conditioners]]\nname = "tokens"\n[model.conditioners.options]\nwidth = 16\n'
+        f'depth = 1\nheads = 2\nvocab = "{vocab}"\n'
+    )
     runner = CliRunner()
-    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:shapes", "--perceptual", "none",
-                            "--max-steps", "1", "--out-dir", str(tmp_path / "ae")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ae",
+            "--preset",
+            "tiny",
+            "--data",
+            "builtin:shapes",
+            "--perceptual",
+            "none",
+            "--max-steps",
+            "1",
+            "--out-dir",
+            str(tmp_path / "ae"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
-                            "--data", "builtin:shapes", "--config", str(cfg), "--max-steps", "1",
-                            "--set", "cache_latents=false", "--out-dir", str(tmp_path / "ldm")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--ae",
+            str(tmp_path / "ae" / "ae.safetensors"),
+            "--data",
+            "builtin:shapes",
+            "--config",
+            str(cfg),
+            "--max-steps",
+            "1",
+            "--set",
+            "cache_latents=false",
+            "--out-dir",
+            str(tmp_path / "ldm"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = tmp_path / "r.json"
-    r = runner.invoke(app, ["eval", str(tmp_path / "ldm" / "ldm.safetensors"), "--ref", "builtin:shapes",
-                            "--ref-limit", "3", "--n", "3", "--steps", "1", "--metrics", "clip",
-                            "--clip-weights", str(tiny_clip_folder), "--json", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            str(tmp_path / "ldm" / "ldm.safetensors"),
+            "--ref",
+            "builtin:shapes",
+            "--ref-limit",
+            "3",
+            "--n",
+            "3",
+            "--steps",
+            "1",
+            "--metrics",
+            "clip",
+            "--clip-weights",
+            str(tiny_clip_folder),
+            "--json",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["n_samples"] == 3 and 0.0 <= report["metrics"]["clip_score"] <= 100.0
@@ -155,13 +297,16 @@ def test_missing_clip_weights_name_the_file(tmp_path, capsys, monkeypatch):
     assert "open_clip_model.safetensors" in err and "--clip-weights" in err
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--metrics", "fid"], "pt_inception-2015-12-05-6726825d.pth"),
-    ([], "no metric can be computed"),
-    (["--metrics", "fid,inception-score"], "unknown"),
-    (["--metrics", "acc", "--classifier", "{classifier}"], "class-labelled"),
-    (["--metrics", "clip"], "prompts"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--metrics", "fid"], "pt_inception-2015-12-05-6726825d.pth"),
+        ([], "no metric can be computed"),
+        (["--metrics", "fid,inception-score"], "unknown"),
+        (["--metrics", "acc", "--classifier", "{classifier}"], "class-labelled"),
+        (["--metrics", "clip"], "prompts"),
+    ],
+)
 def test_user_errors(tmp_path, classifier, capsys, isolated_torch_hub, monkeypatch, args, match):
     monkeypatch.delenv("LDMCTL_INCEPTION", raising=False)
     flat = _write_images(tmp_path / "flat", ["."], 2)
@@ -182,9 +327,28 @@ def test_source_must_exist(tmp_path, capsys):
 def test_train_classifier_reports_held_out_accuracy(tmp_path):
     data = _write_images(tmp_path / "data", ["cats", "dogs"], 5)
     out = tmp_path / "cls.safetensors"
-    r = CliRunner().invoke(app, ["train-classifier", "--data", str(data), "--out-file", str(out), "--steps", "2",
-                                 "--batch-size", "4", "--size", "16", "--width", "8", "--feature-dim", "8",
-                                 "--json", str(tmp_path / "cls.json")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train-classifier",
+            "--data",
+            str(data),
+            "--out-file",
+            str(out),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--size",
+            "16",
+            "--width",
+            "8",
+            "--feature-dim",
+            "8",
+            "--json",
+            str(tmp_path / "cls.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "held-out accuracy" in r.output and "every 10th image" in r.output
     model = load_classifier(out)
@@ -197,8 +361,10 @@ def test_train_classifier_reports_held_out_accuracy(tmp_path):
 def test_train_classifier_user_errors(tmp_path, capsys):
     data = _write_images(tmp_path / "data", ["cats", "dogs"], 2)
     other = _write_images(tmp_path / "other", ["cars", "dogs"], 1)
-    for args, match in ([["--data", str(other / "cars")], "classes"],
-                        [["--data", str(data), "--holdout", str(other)], "held-out set"]):
+    for args, match in (
+        [["--data", str(other / "cars")], "classes"],
+        [["--data", str(data), "--holdout", str(other)], "held-out set"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(["train-classifier", *args, "-o", str(tmp_path / "c.safetensors"), "--steps", "1"])
         assert exc.value.code == 1

@@ -19,8 +19,9 @@ TINY = ["--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none
 def trained(tmp_path_factory):
     """One tiny run shared by the tests that only read its outputs."""
     out = tmp_path_factory.mktemp("run") / "ae"
-    result = CliRunner().invoke(app, ["train-ae", *TINY, "--max-steps", "4", "--out-dir", str(out),
-                                      "--sample-every", "2", "--save-every", "2"])
+    result = CliRunner().invoke(
+        app, ["train-ae", *TINY, "--max-steps", "4", "--out-dir", str(out), "--sample-every", "2", "--save-every", "2"]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -44,8 +45,10 @@ def test_reconstruct_any_size(trained, tmp_path):
     Image.new("RGB", (19, 13), (200, 30, 30)).save(img_path)
     gray = tmp_path / "gray.jpg"
     Image.new("L", (24, 24), 128).save(gray)
-    result = CliRunner().invoke(app, ["reconstruct", str(trained / "ae.safetensors"), str(img_path),
-                                      str(gray), "--out-dir", str(tmp_path / "rec")])
+    result = CliRunner().invoke(
+        app,
+        ["reconstruct", str(trained / "ae.safetensors"), str(img_path), str(gray), "--out-dir", str(tmp_path / "rec")],
+    )
     assert result.exit_code == 0, result.output
     out = Image.open(tmp_path / "rec" / "odd.png")
     assert out.size == (19, 13) and out.mode == "RGB"
@@ -58,18 +61,32 @@ def test_reconstruct_large_image_in_tiles(trained, tmp_path, capsys):
     Image.fromarray(arr).save(img_path)
     ckpt = str(trained / "ae.safetensors")
     for tile in ("16", "0"):  # tiled (2 x 3 tiles of 16 px) and whole
-        result = CliRunner().invoke(app, ["reconstruct", ckpt, str(img_path), "--tile-px", tile, "--overlap-px", "4",
-                                          "--out-dir", str(tmp_path / f"rec{tile}")])
+        result = CliRunner().invoke(
+            app,
+            [
+                "reconstruct",
+                ckpt,
+                str(img_path),
+                "--tile-px",
+                tile,
+                "--overlap-px",
+                "4",
+                "--out-dir",
+                str(tmp_path / f"rec{tile}"),
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert Image.open(tmp_path / f"rec{tile}" / "wide.png").size == (41, 30)
     # the old spellings (--tile / --overlap / --out, in pixels too) give the same file
-    result = CliRunner().invoke(app, ["reconstruct", ckpt, str(img_path), "--tile", "16", "--overlap", "4",
-                                      "--out", str(tmp_path / "old")])
+    result = CliRunner().invoke(
+        app, ["reconstruct", ckpt, str(img_path), "--tile", "16", "--overlap", "4", "--out", str(tmp_path / "old")]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "old" / "wide.png").read_bytes() == (tmp_path / "rec16" / "wide.png").read_bytes()
     assert (tmp_path / "rec16" / "wide.png").read_bytes() != (tmp_path / "rec0" / "wide.png").read_bytes()
-    code, err = _run_main(["reconstruct", ckpt, str(img_path), "--tile-px", "10", "--out-dir", str(tmp_path / "bad")],
-                          capsys)
+    code, err = _run_main(
+        ["reconstruct", ckpt, str(img_path), "--tile-px", "10", "--out-dir", str(tmp_path / "bad")], capsys
+    )
     assert code == 1 and "--tile-px 10" in err and "multiple of f=" in err and "Traceback" not in err
 
 
@@ -81,8 +98,9 @@ def test_eval_ae_table_and_json(trained, tmp_path):
         arr = (torch.rand(20, 20, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(arr).save(folder / f"{i}.png")
     report = tmp_path / "r.json"
-    result = CliRunner().invoke(app, ["eval-ae", str(trained / "ae.safetensors"), "--data", str(folder),
-                                      "--size", "16", "--json", str(report)])
+    result = CliRunner().invoke(
+        app, ["eval-ae", str(trained / "ae.safetensors"), "--data", str(folder), "--size", "16", "--json", str(report)]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert data["n"] == 2 and {"model_psnr", "model_ssim", "bicubic_psnr"} <= set(data["mean"])
@@ -92,8 +110,9 @@ def test_eval_ae_table_and_json(trained, tmp_path):
 def test_eval_ae_metrics_are_chosen_comma_separated_or_repeated(trained, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    Image.fromarray((torch.rand(20, 20, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
-                    .numpy()).save(folder / "0.png")
+    Image.fromarray(
+        (torch.rand(20, 20, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy()
+    ).save(folder / "0.png")
     base = ["eval-ae", str(trained / "ae.safetensors"), "--data", str(folder), "--size", "16"]
     reports = []
     for metrics in (["--metrics", "psnr,ssim"], ["--metrics", "psnr", "--metrics", "ssim"], ["--metrics", "psnr"]):
@@ -127,8 +146,9 @@ def _run_main(argv, capsys):
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
-    code, err = _run_main(["train-ae", *TINY, "--data", str(tmp_path / "nowhere"), "--out-dir",
-                           str(tmp_path / "o")], capsys)
+    code, err = _run_main(
+        ["train-ae", *TINY, "--data", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "o")], capsys
+    )
     assert code == 1 and "error:" in err and "Traceback" not in err
     code, err = _run_main(["reconstruct", str(tmp_path / "missing.safetensors"), "x.png"], capsys)
     assert code == 1 and "does not exist" in err and "Traceback" not in err
@@ -178,8 +198,22 @@ def test_bad_image_in_folder_is_skipped_and_counted(tmp_path):
     (folder / "empty.png").write_bytes(b"")
     (folder / "fake.jpg").write_text("not an image")
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train-ae", "--preset", "tiny", "--perceptual", "none", "--data",
-                                      str(folder), "--max-steps", "2", "--out-dir", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-ae",
+            "--preset",
+            "tiny",
+            "--perceptual",
+            "none",
+            "--data",
+            str(folder),
+            "--max-steps",
+            "2",
+            "--out-dir",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["skipped_files"]) == 2

@@ -14,12 +14,43 @@ from ldmctl.cli import app, main
 def ldm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ldm")
     runner = CliRunner()
-    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
-                            "--max-steps", "2", "--out-dir", str(root / "ae")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ae",
+            "--preset",
+            "tiny",
+            "--data",
+            "builtin:synthetic",
+            "--perceptual",
+            "none",
+            "--max-steps",
+            "2",
+            "--out-dir",
+            str(root / "ae"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(root / "ae" / "ae.safetensors"),
-                            "--data", "builtin:synthetic", "--max-steps", "4", "--sample-every", "2",
-                            "--prediction", "v", "--out-dir", str(root / "ldm")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--ae",
+            str(root / "ae" / "ae.safetensors"),
+            "--data",
+            "builtin:synthetic",
+            "--max-steps",
+            "4",
+            "--sample-every",
+            "2",
+            "--prediction",
+            "v",
+            "--out-dir",
+            str(root / "ldm"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return root
 
@@ -35,8 +66,18 @@ def test_sample_every_sampler_is_seeded(ldm_run, tmp_path, sampler):
     args = ["sample", ckpt, "--n", "3", "--steps", "3", "--sampler", sampler, "--seed", "7"]
     r = CliRunner().invoke(app, [*args, "--out-file", str(tmp_path / "a.png"), "--save-tensor", str(tmp_path / "a.pt")])
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b.png"), "--out-dir", str(tmp_path / "each"),
-                                 "--save-tensor", str(tmp_path / "b.pt")])
+    r = CliRunner().invoke(
+        app,
+        [
+            *args,
+            "-o",
+            str(tmp_path / "b.png"),
+            "--out-dir",
+            str(tmp_path / "each"),
+            "--save-tensor",
+            str(tmp_path / "b.pt"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     a = torch.load(tmp_path / "a.pt", weights_only=True)
     assert a.shape == (3, 3, 16, 16) and torch.equal(a, torch.load(tmp_path / "b.pt", weights_only=True))
@@ -44,11 +85,14 @@ def test_sample_every_sampler_is_seeded(ldm_run, tmp_path, sampler):
     assert Image.open(tmp_path / "a.png").size[0] > 16
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--steps", "0"], "must be positive"),
-    (["--eta", "nan"], "eta"),
-    (["--out-file", "/nonexistent/dir/x.png"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--steps", "0"], "must be positive"),
+        (["--eta", "nan"], "eta"),
+        (["--out-file", "/nonexistent/dir/x.png"], "does not exist"),
+    ],
+)
 def test_sample_user_errors(ldm_run, capsys, args, match):
     with pytest.raises(SystemExit) as exc:
         main(["sample", str(ldm_run / "ldm" / "ldm.safetensors"), "--n", "1", "--steps", "2", *args])
@@ -77,20 +121,63 @@ def test_train_ae_config_file_data_source_is_not_overridden(tmp_path):
     """Regression: --data's default must not replace [data] source from --config."""
     cfg = tmp_path / "c.toml"
     cfg.write_text('[data]\nsource = "builtin:synthetic"\nsize = 16\n')
-    r = CliRunner().invoke(app, ["train-ae", "--preset", "tiny", "--config", str(cfg), "--perceptual", "none",
-                                 "--max-steps", "1", "--out-dir", str(tmp_path / "ae")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train-ae",
+            "--preset",
+            "tiny",
+            "--config",
+            str(cfg),
+            "--perceptual",
+            "none",
+            "--max-steps",
+            "1",
+            "--out-dir",
+            str(tmp_path / "ae"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert '"source": "builtin:synthetic"' in (tmp_path / "ae" / "config.json").read_text()
 
 
 def test_class_conditional_train_and_sample_with_guidance(tmp_path, monkeypatch, capsys):
     runner = CliRunner()
-    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
-                            "--max-steps", "1", "--out-dir", str(tmp_path / "ae")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ae",
+            "--preset",
+            "tiny",
+            "--data",
+            "builtin:synthetic",
+            "--perceptual",
+            "none",
+            "--max-steps",
+            "1",
+            "--out-dir",
+            str(tmp_path / "ae"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
-                            "--data", "builtin:synthetic", "--max-steps", "2", "--cond", "class",
-                            "--out-dir", str(tmp_path / "ldm")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--ae",
+            str(tmp_path / "ae" / "ae.safetensors"),
+            "--data",
+            "builtin:synthetic",
+            "--max-steps",
+            "2",
+            "--cond",
+            "class",
+            "--out-dir",
+            str(tmp_path / "ldm"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     ckpt = tmp_path / "ldm" / "ldm.safetensors"
     from ldmctl.checkpoint import read_checkpoint
@@ -99,8 +186,22 @@ def test_class_conditional_train_and_sample_with_guidance(tmp_path, monkeypatch,
     assert meta["plugins"]["class"]["package"] == "ldmctl"
     assert meta["ldm"]["unet"]["add_dim"] > 0 and meta["ldm"]["conditioners"][0]["options"]["num_classes"] >= 2
     for extra in (["--label", "1", "--guidance", "2"], []):
-        r = runner.invoke(app, ["sample", str(ckpt), "--n", "2", "--steps", "2", *extra,
-                                "--out-file", str(tmp_path / "s.png"), "--save-tensor", str(tmp_path / "s.pt")])
+        r = runner.invoke(
+            app,
+            [
+                "sample",
+                str(ckpt),
+                "--n",
+                "2",
+                "--steps",
+                "2",
+                *extra,
+                "--out-file",
+                str(tmp_path / "s.png"),
+                "--save-tensor",
+                str(tmp_path / "s.pt"),
+            ],
+        )
         assert r.exit_code == 0, r.output
     # the same checkpoint where its plugin is not installed: a clear error naming the package
     from ldmctl.conditioning import registry
@@ -114,23 +215,99 @@ def test_class_conditional_train_and_sample_with_guidance(tmp_path, monkeypatch,
 
 def test_text_conditional_on_shapes_with_prompt_and_negative_prompt(tmp_path):
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "green", "yellow",
-                                "purple", "cyan", "circle", "square", "triangle", "to", "the", "left", "right", "of",
-                                "above", "below"]) + "\n")
+    vocab.write_text(
+        "\n".join(
+            [
+                "[PAD]",
+                "[UNK]",
+                "[CLS]",
+                "[SEP]",
+                "[MASK]",
+                "a",
+                "red",
+                "blue",
+                "green",
+                "yellow",
+                "purple",
+                "cyan",
+                "circle",
+                "square",
+                "triangle",
+                "to",
+                "the",
+                "left",
+                "right",
+                "of",
+                "above",
+                "below",
+            ]
+        )
+        + "\n"
+    )
     cfg = tmp_path / "text.toml"
-    cfg.write_text(f'[[model.conditioners]]\nname = "tokens"\n[model.conditioners.options]\nwidth = 16\ndepth = 1\n'
-                   f'heads = 2\nvocab = "{vocab}"\n')
+    cfg.write_text(
+        f'[[model.conditioners]]\nname = "tokens"\n[model.conditioners.options]\nwidth = 16\ndepth = 1\n'
+        f'heads = 2\nvocab = "{vocab}"\n'
+    )
     runner = CliRunner()
-    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:shapes", "--perceptual", "none",
-                            "--max-steps", "1", "--out-dir", str(tmp_path / "ae")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ae",
+            "--preset",
+            "tiny",
+            "--data",
+            "builtin:shapes",
+            "--perceptual",
+            "none",
+            "--max-steps",
+            "1",
+            "--out-dir",
+            str(tmp_path / "ae"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
-                            "--data", "builtin:shapes", "--config", str(cfg), "--max-steps", "2",
-                            "--set", "cache_latents=false", "--out-dir", str(tmp_path / "ldm")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--ae",
+            str(tmp_path / "ae" / "ae.safetensors"),
+            "--data",
+            "builtin:shapes",
+            "--config",
+            str(cfg),
+            "--max-steps",
+            "2",
+            "--set",
+            "cache_latents=false",
+            "--out-dir",
+            str(tmp_path / "ldm"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     ckpt = str(tmp_path / "ldm" / "ldm.safetensors")
-    r = runner.invoke(app, ["sample", ckpt, "--n", "2", "--steps", "2", "--prompt", "a red circle",
-                            "--negative-prompt", "a blue square", "--guidance", "3", "--out-file", str(tmp_path / "p.png")])
+    r = runner.invoke(
+        app,
+        [
+            "sample",
+            ckpt,
+            "--n",
+            "2",
+            "--steps",
+            "2",
+            "--prompt",
+            "a red circle",
+            "--negative-prompt",
+            "a blue square",
+            "--guidance",
+            "3",
+            "--out-file",
+            str(tmp_path / "p.png"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["sample", ckpt, "--n", "1", "--steps", "2", "--out-file", str(tmp_path / "q.png")])
     assert r.exit_code == 1 and "--prompt" in str(r.exception)

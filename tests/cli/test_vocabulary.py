@@ -54,8 +54,11 @@ def test_shell_completion_is_on():
 
 def test_shell_completion_offers_current_spellings_and_choices():
     def complete(words: str) -> list[str]:
-        env = {"_LDMCTL_COMPLETE": "complete_bash", "COMP_WORDS": f"ldmctl {words}",
-               "COMP_CWORD": str(len(words.split()))}
+        env = {
+            "_LDMCTL_COMPLETE": "complete_bash",
+            "COMP_WORDS": f"ldmctl {words}",
+            "COMP_CWORD": str(len(words.split())),
+        }
         r = CliRunner().invoke(app, [], env=env, prog_name="ldmctl")
         assert r.exit_code == 0, r.output
         return r.output.split()
@@ -85,7 +88,9 @@ def test_outputs_are_named_by_what_they_are(name):
 
 def _old_and_new(cmd: typing.Any) -> list[tuple[str, str, str]]:
     """(parameter, old spelling, new spelling) for every option that keeps an old second name."""
-    return [(p.name, old, _vocab.shown_opts(p.opts)[0]) for p in _options(cmd) for old in p.opts if old in OLD_SPELLINGS]
+    return [
+        (p.name, old, _vocab.shown_opts(p.opts)[0]) for p in _options(cmd) for old in p.opts if old in OLD_SPELLINGS
+    ]
 
 
 OLD_NEW = [(name, *row) for name, cmd in sorted(COMMANDS.items()) for row in _old_and_new(cmd)]
@@ -95,15 +100,26 @@ OLD_NEW = [(name, *row) for name, cmd in sorted(COMMANDS.items()) for row in _ol
 def test_an_old_spelling_sets_the_same_option_as_the_new_one(name, param, old, new):
     cmd = COMMANDS[name]
     value = "fid" if "metric" in old else ("16" if old in ("--tile", "--overlap") else "somewhere.png")
-    parsed = [cmd.make_context(name, [spelling, value], resilient_parsing=True).params[param]
-              for spelling in (old, new)]
+    parsed = [
+        cmd.make_context(name, [spelling, value], resilient_parsing=True).params[param] for spelling in (old, new)
+    ]
     assert parsed[0] == parsed[1] and parsed[0] not in (None, [], ())
 
 
 def test_every_renamed_command_keeps_its_old_output_spelling():
     kept = {name for name, _, old, _ in OLD_NEW if old == "--out"}
-    assert kept == {"compare samplers", "compare train", "demo", "eval-ae", "eval-sr", "reconstruct", "sample",
-                    "train-ae", "train-classifier", "train-ldm"}
+    assert kept == {
+        "compare samplers",
+        "compare train",
+        "demo",
+        "eval-ae",
+        "eval-sr",
+        "reconstruct",
+        "sample",
+        "train-ae",
+        "train-classifier",
+        "train-ldm",
+    }
     hidden = {p.opts[0] for p in _options(COMMANDS["superres"], hidden=True) if p.hidden}
     assert hidden == {"--out", "--tile", "--overlap"}  # their old meanings differ: hidden options of their own
 
@@ -148,12 +164,18 @@ def _config_literal(cls_name: str, field: str) -> set[str]:
     return set(typing.get_args(typing.get_type_hints(getattr(config, cls_name))[field]))
 
 
-@pytest.mark.parametrize("choices,cls_name,field", [
-    (_vocab.Precision, "LDMTrainConfig", "precision"), (_vocab.AEPrecision, "AETrainConfig", "precision"),
-    (_vocab.Prediction, "DiffusionConfig", "prediction"), (_vocab.Schedule, "DiffusionConfig", "schedule"),
-    (_vocab.Task, "LDMTrainingConfig", "task"), (_vocab.AEKind, "AutoencoderConfig", "kind"),
-    (_vocab.Perceptual, "AELossConfig", "perceptual"),
-])
+@pytest.mark.parametrize(
+    "choices,cls_name,field",
+    [
+        (_vocab.Precision, "LDMTrainConfig", "precision"),
+        (_vocab.AEPrecision, "AETrainConfig", "precision"),
+        (_vocab.Prediction, "DiffusionConfig", "prediction"),
+        (_vocab.Schedule, "DiffusionConfig", "schedule"),
+        (_vocab.Task, "LDMTrainingConfig", "task"),
+        (_vocab.AEKind, "AutoencoderConfig", "kind"),
+        (_vocab.Perceptual, "AELossConfig", "perceptual"),
+    ],
+)
 def test_choices_are_the_configs_own(choices, cls_name, field):
     assert set(typing.get_args(choices)) == _config_literal(cls_name, field)
 
@@ -173,18 +195,21 @@ def test_choices_are_the_librarys_own():
         pick_device("tpu")
 
 
-@pytest.mark.parametrize("argv,bad,choice", [
-    (["train-ldm", "--precision", "fp64"], "fp64", "'fp16'"),
-    (["train-ldm", "--schedule", "quadratic"], "quadratic", "'sqrt_linear'"),
-    (["train-ldm", "--prediction", "noise"], "noise", "'eps'"),
-    (["train-ldm", "--task", "inpaint"], "inpaint", "'superres'"),
-    (["train-ae", "--kind", "ae"], "ae", "'vq'"),
-    (["train-ae", "--precision", "fp16"], "fp16", "'bf16'"),
-    (["train-ae", "--device", "tpu"], "tpu", "'cuda'"),
-    (["compare", "train", "--ae", "a", "--config", "c", "--sampler", "euler"], "euler", "'dpmpp'"),
-    (["superres", "x.png", "--sampler", "euler"], "euler", "'ddim'"),
-    (["eval", "x", "--ref", "r", "--weights", "both"], "both", "'ema'"),
-])
+@pytest.mark.parametrize(
+    "argv,bad,choice",
+    [
+        (["train-ldm", "--precision", "fp64"], "fp64", "'fp16'"),
+        (["train-ldm", "--schedule", "quadratic"], "quadratic", "'sqrt_linear'"),
+        (["train-ldm", "--prediction", "noise"], "noise", "'eps'"),
+        (["train-ldm", "--task", "inpaint"], "inpaint", "'superres'"),
+        (["train-ae", "--kind", "ae"], "ae", "'vq'"),
+        (["train-ae", "--precision", "fp16"], "fp16", "'bf16'"),
+        (["train-ae", "--device", "tpu"], "tpu", "'cuda'"),
+        (["compare", "train", "--ae", "a", "--config", "c", "--sampler", "euler"], "euler", "'dpmpp'"),
+        (["superres", "x.png", "--sampler", "euler"], "euler", "'ddim'"),
+        (["eval", "x", "--ref", "r", "--weights", "both"], "both", "'ema'"),
+    ],
+)
 def test_a_value_off_the_list_is_a_usage_error_naming_the_choices(argv, bad, choice, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)

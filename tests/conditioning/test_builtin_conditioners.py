@@ -6,6 +6,7 @@ import types
 
 import pytest
 import torch
+from ldmctl_conditioners import ClassAdd, ClassToken, ImageConcat, LatentConcat
 
 from ldmctl import hookimpl
 from ldmctl.conditioning import Cond, Conditioner, LatentSpec, collate_items
@@ -14,7 +15,6 @@ from ldmctl.conditioning.registry import check_conditioner_class, conditioners, 
 from ldmctl.config import ConditionerSpec
 from ldmctl.errors import ConfigError, DataError, InputError, PluginError
 from ldmctl.testing import check_conditioner
-from ldmctl_conditioners import ClassAdd, ClassToken, ImageConcat, LatentConcat
 
 LATENT = LatentSpec(channels=4, size=8, factor=4)
 
@@ -50,12 +50,15 @@ def image_files(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("cls,config,make,inputs,bad", [
-    (ImageConcat, ImageConcat.Config(), images, "files", "/nonexistent/x.png"),
-    (LatentConcat, LatentConcat.Config(), latents, None, "x.png"),
-    (ClassAdd, ClassAdd.Config(num_classes=5, dim=16), labels, ["0", "4", "2"], "5"),
-    (ClassToken, ClassToken.Config(num_classes=5, dim=16), labels, ["1", "3"], "cat"),
-])
+@pytest.mark.parametrize(
+    "cls,config,make,inputs,bad",
+    [
+        (ImageConcat, ImageConcat.Config(), images, "files", "/nonexistent/x.png"),
+        (LatentConcat, LatentConcat.Config(), latents, None, "x.png"),
+        (ClassAdd, ClassAdd.Config(num_classes=5, dim=16), labels, ["0", "4", "2"], "5"),
+        (ClassToken, ClassToken.Config(num_classes=5, dim=16), labels, ["1", "3"], "cat"),
+    ],
+)
 def test_builtins_pass_the_contract_kit(cls, config, make, inputs, bad, image_files):
     check_conditioner(cls, config, make, LATENT, inputs=image_files if inputs == "files" else inputs, bad_input=bad)
 
@@ -111,8 +114,11 @@ def test_malformed_classes_are_rejected():
 
 
 def test_set_joins_outputs_and_derives_unet_widths():
-    specs = (ConditionerSpec("class", {"num_classes": 5, "dim": 16}), ConditionerSpec("concat"),
-             ConditionerSpec("class-token", {"num_classes": 5, "dim": 12}))
+    specs = (
+        ConditionerSpec("class", {"num_classes": 5, "dim": 16}),
+        ConditionerSpec("concat"),
+        ConditionerSpec("class-token", {"num_classes": 5, "dim": 12}),
+    )
     s = ConditionerSet(specs, LATENT)
     assert s.unet_widths() == {"concat_channels": 3, "add_dim": 16, "context_dim": 12, "token_dim": 0}
     cond = s({**labels(2, 0), **images(2, 0)})

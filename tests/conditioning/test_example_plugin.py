@@ -17,8 +17,22 @@ PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "ldmctl-cond-example"
 def installed(tmp_path_factory):
     """pip-install the plugin into a temporary target folder and put it on sys.path (no network)."""
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(PLUGIN)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(PLUGIN),
+        ],
+        check=True,
+    )
     sys.path.insert(0, str(target))
     from ldmctl.conditioning import registry
 
@@ -45,8 +59,12 @@ def test_example_plugin_passes_the_contract_kit(installed):
     from ldmctl.testing import check_conditioner
 
     captions = ["a red circle", "a blue square above a green triangle", "a yellow square"]
-    check_conditioner(ColourWords, ColourWords.Config(dim=8),
-                      lambda b, seed: {"caption": [captions[(i + seed) % 3] for i in range(b)]}, inputs=captions)
+    check_conditioner(
+        ColourWords,
+        ColourWords.Config(dim=8),
+        lambda b, seed: {"caption": [captions[(i + seed) % 3] for i in range(b)]},
+        inputs=captions,
+    )
 
 
 def test_example_brightness_passes_the_sample_time_contract(installed):
@@ -55,9 +73,13 @@ def test_example_brightness_passes_the_sample_time_contract(installed):
     from ldmctl.errors import InputError
     from ldmctl.testing import check_conditioner
 
-    c = check_conditioner(Brightness, Brightness.Config(dim=8),
-                          lambda b, seed: {"brightness": (torch.arange(b) + seed) / (b + 1)},
-                          inputs=["0.1", "0.9", "0.5"], bad_input="2")
+    c = check_conditioner(
+        Brightness,
+        Brightness.Config(dim=8),
+        lambda b, seed: {"brightness": (torch.arange(b) + seed) / (b + 1)},
+        inputs=["0.1", "0.9", "0.5"],
+        bad_input="2",
+    )
     assert c.default_inputs(3) == [0.0, 0.5, 1.0]
     assert torch.equal(c.collate_inputs([c.parse_input("0.25"), c.parse_input("1")]), torch.tensor([0.25, 1.0]))
     with pytest.raises(InputError, match="not a number"):
@@ -74,9 +96,12 @@ def test_train_a_tiny_model_with_the_plugin(installed, tmp_path):
     torch.manual_seed(0)
     ae = save_autoencoder(build_autoencoder(PRESETS["tiny"].model), tmp_path / "ae.safetensors")
     cfg = ldm_preset("tiny")
-    cfg = replace(cfg, data=DataConfig(source="builtin:shapes", size=16),
-                  model=replace(cfg.model, conditioners=(ConditionerSpec("colour", {"dim": 8}),)),
-                  train=replace(cfg.train, max_steps=3, sample_every=3, save_every=3))
+    cfg = replace(
+        cfg,
+        data=DataConfig(source="builtin:shapes", size=16),
+        model=replace(cfg.model, conditioners=(ConditionerSpec("colour", {"dim": 8}),)),
+        train=replace(cfg.train, max_steps=3, sample_every=3, save_every=3),
+    )
     summary = train_ldm(cfg, ae, tmp_path / "run")
     meta = read_checkpoint(summary["checkpoint"]).config
     assert meta["plugins"]["colour"] == {"package": "ldmctl-cond-example", "version": "0.2.0"}

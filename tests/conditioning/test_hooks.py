@@ -27,6 +27,7 @@ def _arguments(f) -> list[str]:
 
 def test_hook_ldmctl_register_conditioners():
     """A plugin object's hook registers its classes, under their names and aliases."""
+
     class Renamed(ClassAdd):
         name, aliases = "class-test", ("class-test-old",)
 

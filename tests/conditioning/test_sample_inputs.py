@@ -99,27 +99,74 @@ def ckpt(palette_plugin, folder, tmp_path_factory):
     """The conditioner trained 2 steps with train-ldm --preset tiny --cond palette on that folder."""
     tmp_path = tmp_path_factory.mktemp("palette-run")
     runner = CliRunner()
-    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", str(folder), "--perceptual", "none",
-                            "--max-steps", "1", "--out-dir", str(tmp_path / "ae")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ae",
+            "--preset",
+            "tiny",
+            "--data",
+            str(folder),
+            "--perceptual",
+            "none",
+            "--max-steps",
+            "1",
+            "--out-dir",
+            str(tmp_path / "ae"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
-                            "--data", str(folder), "--cond", "palette", "--max-steps", "2",
-                            "--out-dir", str(tmp_path / "ldm")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--ae",
+            str(tmp_path / "ae" / "ae.safetensors"),
+            "--data",
+            str(folder),
+            "--cond",
+            "palette",
+            "--max-steps",
+            "2",
+            "--out-dir",
+            str(tmp_path / "ldm"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return tmp_path / "ldm" / "ldm.safetensors"
 
 
 def _sample(ckpt, out, *args) -> torch.Tensor:
-    r = CliRunner().invoke(app, ["sample", str(ckpt), "--n", "2", "--steps", "2", *args,
-                                 "--out-file", str(out.with_suffix(".png")), "--save-tensor", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            str(ckpt),
+            "--n",
+            "2",
+            "--steps",
+            "2",
+            *args,
+            "--out-file",
+            str(out.with_suffix(".png")),
+            "--save-tensor",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return torch.load(out, weights_only=True)
 
 
 def test_the_throwaway_conditioner_passes_the_contract_kit():
-    check_conditioner(Palette, Palette.Config(dim=8), lambda b, seed: {"palette": [PALETTES[(i + seed) % 3]
-                                                                                  for i in range(b)]},
-                      inputs=["warm", "grey"], bad_input="purple")
+    check_conditioner(
+        Palette,
+        Palette.Config(dim=8),
+        lambda b, seed: {"palette": [PALETTES[(i + seed) % 3] for i in range(b)]},
+        inputs=["warm", "grey"],
+        bad_input="purple",
+    )
 
 
 def test_a_new_input_key_is_trained_from_metadata_and_sampled_with_input(ckpt, tmp_path):
@@ -136,13 +183,19 @@ def test_a_new_input_key_is_trained_from_metadata_and_sampled_with_input(ckpt, t
     assert torch.equal(both[0], warm[0]) and not torch.equal(both[1], warm[1])  # values cycle over the samples
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--input", "palette=purple"], "palette conditioner cannot read --input palette='purple': unknown palette"),
-    (["--input", "mood=happy"], "no conditioner of this model reads 'mood'; it reads: palette (palette: one of warm"),
-    (["--label", "1"], "--label (--input label=...) was given, but no conditioner of this model reads 'label'"),
-    (["--input", "palette"], "write KEY=VALUE"),
-    ([], "reads 'palette' and has no default: give --input palette=VALUE"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--input", "palette=purple"], "palette conditioner cannot read --input palette='purple': unknown palette"),
+        (
+            ["--input", "mood=happy"],
+            "no conditioner of this model reads 'mood'; it reads: palette (palette: one of warm",
+        ),
+        (["--label", "1"], "--label (--input label=...) was given, but no conditioner of this model reads 'label'"),
+        (["--input", "palette"], "write KEY=VALUE"),
+        ([], "reads 'palette' and has no default: give --input palette=VALUE"),
+    ],
+)
 def test_bad_inputs_are_clear_errors(ckpt, tmp_path, capsys, args, match):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:

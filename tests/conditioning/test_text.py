@@ -6,15 +6,30 @@ import logging
 
 import pytest
 import torch
+from ldmctl_conditioners import TextCrossAttn, TextPooled, TextTokens
 
 from ldmctl.conditioning import LatentSpec
 from ldmctl.errors import WeightsError
 from ldmctl.testing import check_conditioner
 from ldmctl.text import TextEncoder
-from ldmctl_conditioners import TextCrossAttn, TextPooled, TextTokens
 
 LATENT = LatentSpec(channels=4, size=8, factor=4)
-WORDS = ["a", "red", "green", "blue", "circle", "square", "triangle", "to", "the", "left", "right", "of", "above", "below"]
+WORDS = [
+    "a",
+    "red",
+    "green",
+    "blue",
+    "circle",
+    "square",
+    "triangle",
+    "to",
+    "the",
+    "left",
+    "right",
+    "of",
+    "above",
+    "below",
+]
 PROMPTS = ["a red circle", "a blue square to the left of a green triangle", "a green triangle above a red square"]
 
 
@@ -59,8 +74,11 @@ def test_frozen_pretrained_encoder_from_a_local_folder(tmp_path, vocab):
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(WORDS) + 5, hidden_size=16, num_hidden_layers=1,
-                                 num_attention_heads=2, intermediate_size=32))
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(WORDS) + 5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    )
     model.save_pretrained(tmp_path)
     BertTokenizerFast(vocab_file=vocab).save_pretrained(tmp_path)
     enc = TextEncoder(str(tmp_path))

@@ -12,14 +12,7 @@ import torch
 from PIL import Image
 
 from ldmctl.config import DataConfig
-from ldmctl.data import (
-    ImageFolderDataset,
-    iter_image_files,
-    load_image,
-    open_dataset,
-    pil_to_tensor,
-    tensor_to_pil,
-)
+from ldmctl.data import ImageFolderDataset, iter_image_files, load_image, open_dataset, pil_to_tensor, tensor_to_pil
 from ldmctl.data.images import resize_short_side
 from ldmctl.errors import ConfigError, DataError
 
@@ -141,8 +134,7 @@ def test_labels_from_sub_folders(tmp_path: Path) -> None:
         _save(tmp_path / name, Image.new("RGB", (8, 8)))
     ds = open_dataset(_cfg(tmp_path))
     assert ds.class_names == ["cat", "dog"]
-    by_path = {Path(ds[i]["path"]).relative_to(tmp_path).as_posix(): ds[i]["label"]
-               for i in range(len(ds))}
+    by_path = {Path(ds[i]["path"]).relative_to(tmp_path).as_posix(): ds[i]["label"] for i in range(len(ds))}
     assert by_path == {"root.png": -1, "dog/1.png": 1, "cat/x/2.png": 0, "cat/3.png": 0}
 
 
@@ -163,8 +155,13 @@ def test_captions_from_metadata_jsonl_and_txt(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("metadata wins over this")
     ds = open_dataset(_cfg(tmp_path))
     captions = {Path(ds[i]["path"]).name: ds[i]["caption"] for i in range(len(ds))}
-    assert captions == {"a.png": "from root jsonl", "b.png": "from a txt file", "c.png": "",
-                        "d.png": "deep", "e.png": "local"}
+    assert captions == {
+        "a.png": "from root jsonl",
+        "b.png": "from a txt file",
+        "c.png": "",
+        "d.png": "deep",
+        "e.png": "local",
+    }
 
 
 def test_bad_metadata_line_is_a_data_error(tmp_path: Path) -> None:
@@ -180,8 +177,10 @@ def test_bad_metadata_line_is_a_data_error(tmp_path: Path) -> None:
 
 def _bad_folder(root: Path) -> dict[str, Path]:
     """Write two good images and one of each kind of bad file; return them by role."""
-    files = {"good1": _save(root / "a_good.png", _noise(16, 16, 1)),
-             "good2": _save(root / "z_good.png", _noise(16, 16, 2))}
+    files = {
+        "good1": _save(root / "a_good.png", _noise(16, 16, 1)),
+        "good2": _save(root / "z_good.png", _noise(16, 16, 2)),
+    }
     files["empty"] = root / "b_empty.png"
     files["empty"].write_bytes(b"")
     files["text"] = root / "c_text.png"
@@ -195,8 +194,7 @@ def _bad_folder(root: Path) -> dict[str, Path]:
     return files
 
 
-def test_bad_files_are_skipped_counted_and_warned_once(tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_files_are_skipped_counted_and_warned_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     files = _bad_folder(tmp_path)
     with caplog.at_level(logging.WARNING, logger="ldmctl.data"):
         ds = open_dataset(_cfg(tmp_path, max_pixels=5000))
@@ -237,8 +235,13 @@ def test_empty_and_missing_folders_are_data_errors(tmp_path: Path) -> None:
 
 def test_load_image_errors_name_the_file(tmp_path: Path) -> None:
     files = _bad_folder(tmp_path)
-    for key, pattern in [("empty", "empty"), ("text", "not an image"), ("png", "cannot be decoded"),
-                         ("jpeg", "cannot be decoded"), ("bomb", "max_pixels")]:
+    for key, pattern in [
+        ("empty", "empty"),
+        ("text", "not an image"),
+        ("png", "cannot be decoded"),
+        ("jpeg", "cannot be decoded"),
+        ("bomb", "max_pixels"),
+    ]:
         with pytest.raises(DataError, match=pattern) as info:
             load_image(files[key], max_pixels=5000)
         assert str(files[key]) in str(info.value)

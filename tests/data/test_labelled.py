@@ -20,7 +20,7 @@ def fake_digits(tmp_path, monkeypatch):
     for row in range(50):
         for col in range(100):
             within = (row % 5) * 100 + col
-            sheet[row * 20:(row + 1) * 20, col * 20:(col + 1) * 20] = 255 if within >= 450 else 10 * (row // 5)
+            sheet[row * 20 : (row + 1) * 20, col * 20 : (col + 1) * 20] = 255 if within >= 450 else 10 * (row // 5)
     path = tmp_path / "digits.png"
     Image.fromarray(sheet).save(path)
     monkeypatch.setattr(labelled, "DIGITS_PNG", path)

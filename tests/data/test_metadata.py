@@ -28,8 +28,10 @@ def _open(root: Path):
 
 
 def test_extra_fields_are_item_keys_and_collate(tmp_path):
-    rows = [{"file_name": f"{i}.png", "text": f"image {i}", "brightness": b, "palette": p, "night": i == 0}
-            for i, (b, p) in enumerate([(0.5, "warm"), (1, "cool"), (0.25, "grey")])]
+    rows = [
+        {"file_name": f"{i}.png", "text": f"image {i}", "brightness": b, "palette": p, "night": i == 0}
+        for i, (b, p) in enumerate([(0.5, "warm"), (1, "cool"), (0.25, "grey")])
+    ]
     ds = _open(_folder(tmp_path, rows))
     assert ds.fields == ("brightness", "palette", "night")
     items = sorted((ds[i] for i in range(3)), key=lambda it: it["path"])
@@ -40,12 +42,15 @@ def test_extra_fields_are_item_keys_and_collate(tmp_path):
     assert batch["night"].tolist() == [True, False, False]
 
 
-@pytest.mark.parametrize("rows,why", [
-    ([{"file_name": "0.png", "x": 1}, {"file_name": "1.png", "x": 2}], "missing (or null) for 1 of 3 images"),
-    ([{"file_name": f"{i}.png", "x": v} for i, v in enumerate([1, "a", 2])], "all be strings or all numbers"),
-    ([{"file_name": f"{i}.png", "x": [i]} for i in range(3)], "all be strings or all numbers"),
-    ([{"file_name": f"{i}.png", "label": 7} for i in range(3)], "every item already has a 'label'"),
-])
+@pytest.mark.parametrize(
+    "rows,why",
+    [
+        ([{"file_name": "0.png", "x": 1}, {"file_name": "1.png", "x": 2}], "missing (or null) for 1 of 3 images"),
+        ([{"file_name": f"{i}.png", "x": v} for i, v in enumerate([1, "a", 2])], "all be strings or all numbers"),
+        ([{"file_name": f"{i}.png", "x": [i]} for i in range(3)], "all be strings or all numbers"),
+        ([{"file_name": f"{i}.png", "label": 7} for i in range(3)], "every item already has a 'label'"),
+    ],
+)
 def test_unusable_fields_are_left_out_with_a_warning(tmp_path, caplog, rows, why):
     with caplog.at_level(logging.WARNING, logger="ldmctl.data.metadata"):
         ds = _open(_folder(tmp_path, rows))

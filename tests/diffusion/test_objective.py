@@ -14,11 +14,16 @@ from ldmctl.schedule import Schedule, make_betas
 
 
 def test_beta_schedules_against_their_definitions():
-    torch.testing.assert_close(make_betas("linear", 5, 0.1, 0.5), torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(
+        make_betas("linear", 5, 0.1, 0.5), torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64)
+    )
     sl = make_betas("sqrt_linear", 3, 0.01, 0.09)
     torch.testing.assert_close(sl, torch.tensor([0.01, 0.04, 0.09], dtype=torch.float64))
     cos = Schedule(make_betas("cosine", 1000))
-    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    def f(t: int) -> float:  # the cosine schedule's alpha-bar before normalisation
+        return math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+
     assert float(cos.alphas_cumprod[499]) == pytest.approx(f(500) / f(0), rel=1e-9)
     with pytest.raises(ValueError):
         make_betas("quadratic", 10)
@@ -28,7 +33,10 @@ def test_posterior_matches_bayes_rule(generator):
     """q(x_{t-1}|x_t,x_0) mean/variance equal the product-of-Gaussians closed form."""
     s = Schedule.make("linear", 100, 1e-4, 2e-2)
     t = torch.tensor([1, 50, 99])
-    x0, xt = torch.randn(3, 2, generator=generator, dtype=torch.float64), torch.randn(3, 2, generator=generator, dtype=torch.float64)
+    x0, xt = (
+        torch.randn(3, 2, generator=generator, dtype=torch.float64),
+        torch.randn(3, 2, generator=generator, dtype=torch.float64),
+    )
     mean, var, _ = s.q_posterior(x0, xt, t)
     for i, ti in enumerate(t.tolist()):
         a_prev, beta = float(s.alphas_cumprod[ti - 1]), float(s.betas[ti])
@@ -65,8 +73,14 @@ def test_vlb_weights_turn_eps_error_into_the_kl_term():
     mu_hat, _, _ = s.q_posterior(x0_hat, xt, t)
     kl = ((mu - mu_hat) ** 2).sum(1) / (2 * var[:, 0])
     for pred in ("eps", "x0", "v"):
-        err = ((s.target(x0, eps, t, pred) - s.to_v(xt, t, eps_hat, "eps") if pred == "v" else
-                s.target(x0, eps, t, pred) - (eps_hat if pred == "eps" else x0_hat)) ** 2).sum(1)
+        err = (
+            (
+                s.target(x0, eps, t, pred) - s.to_v(xt, t, eps_hat, "eps")
+                if pred == "v"
+                else s.target(x0, eps, t, pred) - (eps_hat if pred == "eps" else x0_hat)
+            )
+            ** 2
+        ).sum(1)
         torch.testing.assert_close(vlb_weights(s, pred)[t] * err, kl)
 
 
@@ -86,8 +100,9 @@ def test_loss_falls_to_zero_for_the_true_target(generator):
 
     def oracle(z_t, t):
         captured["t"] = t
-        return (z_t - obj.schedule.sqrt_alphas_cumprod[t].float()[:, None, None, None] * z0) / \
-            obj.schedule.sqrt_one_minus_alphas_cumprod[t].float()[:, None, None, None]
+        return (
+            z_t - obj.schedule.sqrt_alphas_cumprod[t].float()[:, None, None, None] * z0
+        ) / obj.schedule.sqrt_one_minus_alphas_cumprod[t].float()[:, None, None, None]
 
     loss, logs = obj(oracle, z0, generator)
     assert float(loss) < 1e-8 and set(logs) == {"loss", "simple", "vlb"}

@@ -35,14 +35,18 @@ class SquaresDataset(Dataset):
         for i in range(n):
             top = int(torch.randint(0, 11, (), generator=g))
             left = int(torch.randint(0, 3, (), generator=g)) + (10 if self.labels[i] else 0)
-            self.images[i, :, top:top + 5, left:left + 4] = 0.5 + 0.5 * torch.rand((), generator=g)
+            self.images[i, :, top : top + 5, left : left + 4] = 0.5 + 0.5 * torch.rand((), generator=g)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index], "label": int(self.labels[index]),
-                "caption": self.class_names[int(self.labels[index])], "path": f"squares#{index}"}
+        return {
+            "image": self.images[index],
+            "label": int(self.labels[index]),
+            "caption": self.class_names[int(self.labels[index])],
+            "path": f"squares#{index}",
+        }
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,8 +89,7 @@ def test_save_load_round_trip(trained, tmp_path):
 
 
 def test_load_rejects_other_kinds(tmp_path):
-    path = save_checkpoint(tmp_path / "ae.safetensors", {"w": torch.zeros(1)}, kind="autoencoder",
-                           config={})
+    path = save_checkpoint(tmp_path / "ae.safetensors", {"w": torch.zeros(1)}, kind="autoencoder", config={})
     with pytest.raises(CheckpointError, match="classifier"):
         load_classifier(path)
 
@@ -123,5 +126,6 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="multiple of 8"):
         FeatureClassifier(ClassifierConfig(size=20))
     with pytest.raises(ConfigError, match="num_classes"):
-        train_classifier(SquaresDataset(n=8), ClassifierConfig(num_classes=1, size=16, width=8,
-                                                               norm_groups=4), steps=1, batch_size=4)
+        train_classifier(
+            SquaresDataset(n=8), ClassifierConfig(num_classes=1, size=16, width=8, norm_groups=4), steps=1, batch_size=4
+        )

@@ -4,11 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldmctl.eval.frechet import (
-    frechet_distance,
-    frechet_distance_features,
-    gaussian_stats,
-)
+from ldmctl.eval.frechet import frechet_distance, frechet_distance_features, gaussian_stats
 
 
 def _random_spd(d: int, generator: torch.Generator) -> torch.Tensor:
@@ -72,8 +68,7 @@ def test_matches_scipy_sqrtm(generator):
         mu2 = torch.randn(d, generator=generator, dtype=torch.float64)
         covmean = linalg.sqrtm(s1.numpy() @ s2.numpy())
         covmean = np.real(covmean)
-        ref = (float(((mu1 - mu2) ** 2).sum()) + np.trace(s1.numpy()) + np.trace(s2.numpy())
-               - 2 * np.trace(covmean))
+        ref = float(((mu1 - mu2) ** 2).sum()) + np.trace(s1.numpy()) + np.trace(s2.numpy()) - 2 * np.trace(covmean)
         assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-7, abs=1e-9)
 
 

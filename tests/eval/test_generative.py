@@ -64,21 +64,24 @@ def test_collect_and_report(generator):
     reference = collect(_batches(generator), ex)
     assert samples.n == 16 and samples.inception.shape == (16, 6) and samples.classifier.shape == (16, 8)
     assert samples.labels.tolist() == (torch.arange(8) % 3).tolist() * 2 and samples.clip is None
-    report = generative_report(samples, reference, ["fid", "kid", "fd-cls", "acc"], class_names=["a", "b", "c"],
-                               kid_subsets=3, seed=5)
+    report = generative_report(
+        samples, reference, ["fid", "kid", "fd-cls", "acc"], class_names=["a", "b", "c"], kid_subsets=3, seed=5
+    )
     m = report["metrics"]
     assert m["fid"] == pytest.approx(frechet_distance_features(samples.inception, reference.inception))
     assert m["fd_cls"] == pytest.approx(frechet_distance_features(samples.classifier, reference.classifier))
     g = torch.Generator().manual_seed(5)
-    assert (m["kid"], m["kid_std"]) == kernel_inception_distance(samples.inception, reference.inception,
-                                                                  subsets=3, generator=g)
+    assert (m["kid"], m["kid_std"]) == kernel_inception_distance(
+        samples.inception, reference.inception, subsets=3, generator=g
+    )
     assert m["acc"] == pytest.approx(float((samples.predicted == samples.labels).double().mean()))
     assert "acc_reference" in m and "not FID" in report["descriptions"]["fd_cls"]
     rows = report["per_class"]
     assert [r["class"] for r in rows] == ["a", "b", "c"] and [r["n"] for r in rows] == [6, 6, 4]
     mine, theirs = samples.labels == 1, reference.labels == 1
-    assert rows[1]["fd_cls"] == pytest.approx(frechet_distance_features(samples.classifier[mine],
-                                                                        reference.classifier[theirs]))
+    assert rows[1]["fd_cls"] == pytest.approx(
+        frechet_distance_features(samples.classifier[mine], reference.classifier[theirs])
+    )
     assert rows[1]["acc"] == pytest.approx(float((samples.predicted[mine] == 1).double().mean()))
 
 
@@ -93,8 +96,12 @@ def test_unlabelled_sets_and_tiny_classes(generator):
     assert unlabelled.labels is None
     report = generative_report(unlabelled, unlabelled, ["fd-cls"])
     assert "per_class" not in report and report["metrics"]["fd_cls"] == pytest.approx(0.0, abs=1e-9)
-    one_each = Collected(n=3, classifier=torch.randn(3, 8, generator=generator), predicted=torch.tensor([0, 1, 2]),
-                         labels=torch.tensor([0, 1, 2]))
+    one_each = Collected(
+        n=3,
+        classifier=torch.randn(3, 8, generator=generator),
+        predicted=torch.tensor([0, 1, 2]),
+        labels=torch.tensor([0, 1, 2]),
+    )
     rows = generative_report(one_each, unlabelled, ["fd-cls", "acc"])["per_class"]
     assert all(math.isnan(r["fd_cls"]) for r in rows) and all(r["acc"] == 1.0 for r in rows)
 

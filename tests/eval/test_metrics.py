@@ -36,9 +36,14 @@ def test_ssim_matches_skimage(generator):
     ours = ssim(x, y)
     for i in range(2):
         ref = metrics.structural_similarity(
-            x[i].permute(1, 2, 0).double().numpy(), y[i].permute(1, 2, 0).double().numpy(),
-            gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
-            channel_axis=2)
+            x[i].permute(1, 2, 0).double().numpy(),
+            y[i].permute(1, 2, 0).double().numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            channel_axis=2,
+        )
         assert ours[i].item() == pytest.approx(ref, abs=1e-5)
 
 

@@ -29,12 +29,17 @@ def test_checker_rejects_swapped_relations_and_wrong_colours():
         swapped = it["caption"].replace(rel, SWAP[rel])
         wrong_rel += check(it["image"], swapped)["match"]
         recoloured = it["caption"].replace(objs[0][0], "cyan" if objs[0][0] != "cyan" else "red", 1)
-        wrong_col += check(it["image"], recoloured)["match"] and objs[1][0] != ("cyan" if objs[0][0] != "cyan" else "red")
+        wrong_col += check(it["image"], recoloured)["match"] and objs[1][0] != (
+            "cyan" if objs[0][0] != "cyan" else "red"
+        )
     assert wrong_rel <= 0.05 * len(two) and wrong_col <= 0.1 * len(two)
 
 
 def test_parse_caption():
     assert parse_caption("a red circle") == ([("red", "circle")], None)
-    assert parse_caption("a blue square above a green triangle") == ([("blue", "square"), ("green", "triangle")], "above")
+    assert parse_caption("a blue square above a green triangle") == (
+        [("blue", "square"), ("green", "triangle")],
+        "above",
+    )
     with pytest.raises(ValueError):
         parse_caption("a pink hexagon")

@@ -33,8 +33,20 @@ from ldmctl.config import DataConfig
 from ldmctl.data import open_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_AE = ["--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none", "--max-steps", "1",
-           "--set", "model.channel_mult=[1,2]", "--set", "model.mid_attention=false"]
+TINY_AE = [
+    "--preset",
+    "tiny",
+    "--data",
+    "builtin:synthetic",
+    "--perceptual",
+    "none",
+    "--max-steps",
+    "1",
+    "--set",
+    "model.channel_mult=[1,2]",
+    "--set",
+    "model.mid_attention=false",
+]
 
 
 class Models(NamedTuple):
@@ -47,14 +59,31 @@ class Models(NamedTuple):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Models:
     root = tmp_path_factory.mktemp("models")
-    ldm = ["train-ldm", "--preset", "tiny", "--ae", root / "ae" / "ae.safetensors", "--data", "builtin:synthetic",
-           "--max-steps", "1", "--set", "model.unet.attention_levels=[]", "--set", "model.unet.mid_attention=false"]
-    for args in (["train-ae", *TINY_AE, "--out-dir", root / "ae"], [*ldm, "--out-dir", root / "ldm"],
-                 [*ldm, "--task", "superres", "--size", "32", "--out-dir", root / "sr"]):
+    ldm = [
+        "train-ldm",
+        "--preset",
+        "tiny",
+        "--ae",
+        root / "ae" / "ae.safetensors",
+        "--data",
+        "builtin:synthetic",
+        "--max-steps",
+        "1",
+        "--set",
+        "model.unet.attention_levels=[]",
+        "--set",
+        "model.unet.mid_attention=false",
+    ]
+    for args in (
+        ["train-ae", *TINY_AE, "--out-dir", root / "ae"],
+        [*ldm, "--out-dir", root / "ldm"],
+        [*ldm, "--task", "superres", "--size", "32", "--out-dir", root / "sr"],
+    ):
         result = CliRunner().invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, result.output
-    return Models(root / "ae", root / "ae" / "ae.safetensors", root / "ldm" / "ldm.safetensors",
-                  root / "sr" / "ldm.safetensors")
+    return Models(
+        root / "ae", root / "ae" / "ae.safetensors", root / "ldm" / "ldm.safetensors", root / "sr" / "ldm.safetensors"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,11 +131,16 @@ def _noise(w: int, h: int) -> Image.Image:
 
 def _png_claiming(w: int, h: int) -> bytes:
     """A 65-byte PNG whose header claims ``w`` x ``h`` pixels: a decompression bomb."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _animated(fmt: str) -> bytes:
@@ -154,6 +188,7 @@ def readonly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     folder.mkdir()
     folder.chmod(0o555)
     if os.geteuid() == 0:
+
         def inside(p: object) -> bool:
             p = Path(str(p)).resolve()
             return p == folder or folder in p.parents
@@ -235,10 +270,14 @@ def test_data_set_with_nothing_usable_is_a_clear_error(command, models, tmp_path
     for kind in ("zero-byte", "text-named-png", "truncated-png"):
         _write_image(tmp_path / "data", kind)
     args, match = {
-        "train-ae": (["train-ae", *TINY_AE, "--size", "8", "--data", tmp_path / "data", "--out-dir", tmp_path / "run"],
-                     "none of the images"),
-        "eval-ae": (["eval-ae", models.ae, "--data", tmp_path / "data", "--size", "0", "--json", tmp_path / "r.json"],
-                    "no image to evaluate"),
+        "train-ae": (
+            ["train-ae", *TINY_AE, "--size", "8", "--data", tmp_path / "data", "--out-dir", tmp_path / "run"],
+            "none of the images",
+        ),
+        "eval-ae": (
+            ["eval-ae", models.ae, "--data", tmp_path / "data", "--size", "0", "--json", tmp_path / "r.json"],
+            "no image to evaluate",
+        ),
     }[command]
     _fails_cleanly(capsys, args, match, tmp_path)
 
@@ -268,8 +307,9 @@ def _folder_with_metadata(root: Path, lines: list[bytes]) -> Path:
 def test_broken_metadata_is_a_clear_error(case, tmp_path, capsys):
     lines, match = BROKEN_METADATA[case]
     data = _folder_with_metadata(tmp_path / "data", lines)
-    _fails_cleanly(capsys, ["train-ae", *TINY_AE, "--size", "8", "--data", data, "--out-dir", tmp_path / "run"],
-                   match, tmp_path)
+    _fails_cleanly(
+        capsys, ["train-ae", *TINY_AE, "--size", "8", "--data", data, "--out-dir", tmp_path / "run"], match, tmp_path
+    )
 
 
 def test_metadata_row_of_a_missing_file_is_skipped_and_counted(tmp_path):
@@ -297,22 +337,26 @@ class _Payload:
 
 def _header_edit(edit: Callable[[dict], None]) -> Callable[[bytes, Path], bytes]:
     """A tamperer that rewrites the JSON header of a .safetensors file (8-byte length + JSON + data)."""
+
     def tamper(raw: bytes, _marker: Path) -> bytes:
         n = struct.unpack("<Q", raw[:8])[0]
-        header = json.loads(raw[8:8 + n])
+        header = json.loads(raw[8 : 8 + n])
         edit(header)
         text = json.dumps(header).encode()
         text += b" " * (-len(text) % 8)
-        return struct.pack("<Q", len(text)) + text + raw[8 + n:]
+        return struct.pack("<Q", len(text)) + text + raw[8 + n :]
+
     return tamper
 
 
 def _config_edit(edit: Callable[[dict], None]) -> Callable[[bytes, Path], bytes]:
     """A tamperer of the ``ldmctl.config`` JSON stored in the header's metadata."""
+
     def on_header(header: dict) -> None:
         config = json.loads(header["__metadata__"]["ldmctl.config"])
         edit(config)
         header["__metadata__"]["ldmctl.config"] = json.dumps(config)
+
     return _header_edit(on_header)
 
 
@@ -343,26 +387,67 @@ def _as_is(raw: bytes, _marker: Path) -> bytes:
 # case -> (command, source model, tamperer, message phrase, file name)
 CHECKPOINTS = {
     "truncated": ("sample", "ldm", lambda raw, _: raw[: len(raw) // 2], "not a readable", "m.safetensors"),
-    "truncated-named-like-rich-markup": ("sample", "ldm", lambda raw, _: raw[:100], "[red]/[/x]", "[red]/[/x].safetensors"),
+    "truncated-named-like-rich-markup": (
+        "sample",
+        "ldm",
+        lambda raw, _: raw[:100],
+        "[red]/[/x]",
+        "[red]/[/x].safetensors",
+    ),
     "zero-byte": ("sample", "ldm", lambda raw, _: b"", "not a readable", "m.safetensors"),
-    "header-length-past-the-end": ("sample", "ldm", lambda raw, _: struct.pack("<Q", 1 << 40) + raw[8:],
-                                   "not a readable", "m.safetensors"),
-    "header-not-json": ("sample", "ldm", lambda raw, _: raw[:8] + b"\x00" * 64 + raw[72:], "not a readable",
-                        "m.safetensors"),
-    "tensor-offsets-past-the-end": ("sample", "ldm", _header_edit(_offsets_past_the_end), "not a readable",
-                                    "m.safetensors"),
+    "header-length-past-the-end": (
+        "sample",
+        "ldm",
+        lambda raw, _: struct.pack("<Q", 1 << 40) + raw[8:],
+        "not a readable",
+        "m.safetensors",
+    ),
+    "header-not-json": (
+        "sample",
+        "ldm",
+        lambda raw, _: raw[:8] + b"\x00" * 64 + raw[72:],
+        "not a readable",
+        "m.safetensors",
+    ),
+    "tensor-offsets-past-the-end": (
+        "sample",
+        "ldm",
+        _header_edit(_offsets_past_the_end),
+        "not a readable",
+        "m.safetensors",
+    ),
     "tensor-shape-swapped": ("sample", "ldm", _header_edit(_swap_first_matrix), "do not match", "m.safetensors"),
-    "config-not-json": ("sample", "ldm", _header_edit(lambda h: h["__metadata__"].update({"ldmctl.config": "{x"})),
-                        "corrupt metadata", "m.safetensors"),
-    "config-unknown-key": ("sample", "ldm", _config_edit(lambda c: c["ldm"]["unet"].update(heads_typo=3)),
-                           "stored config is invalid", "m.safetensors"),
-    "schema-from-the-future": ("sample", "ldm", _header_edit(lambda h: h["__metadata__"].update({"ldmctl.schema": "99"})),
-                               "upgrade ldmctl", "m.safetensors"),
+    "config-not-json": (
+        "sample",
+        "ldm",
+        _header_edit(lambda h: h["__metadata__"].update({"ldmctl.config": "{x"})),
+        "corrupt metadata",
+        "m.safetensors",
+    ),
+    "config-unknown-key": (
+        "sample",
+        "ldm",
+        _config_edit(lambda c: c["ldm"]["unet"].update(heads_typo=3)),
+        "stored config is invalid",
+        "m.safetensors",
+    ),
+    "schema-from-the-future": (
+        "sample",
+        "ldm",
+        _header_edit(lambda h: h["__metadata__"].update({"ldmctl.schema": "99"})),
+        "upgrade ldmctl",
+        "m.safetensors",
+    ),
     "autoencoder-given-to-sample": ("sample", "ae", _as_is, "autoencoder checkpoint", "m.safetensors"),
     "autoencoder-given-to-superres": ("superres", "ae", _as_is, "autoencoder checkpoint", "m.safetensors"),
     "ldm-given-to-reconstruct": ("reconstruct", "ldm", _as_is, "is a ldm checkpoint", "m.safetensors"),
-    "conditioner-plugin-not-installed": ("sample", "ldm", _config_edit(_missing_plugin), "pip install ldmctl-depth",
-                                         "m.safetensors"),
+    "conditioner-plugin-not-installed": (
+        "sample",
+        "ldm",
+        _config_edit(_missing_plugin),
+        "pip install ldmctl-depth",
+        "m.safetensors",
+    ),
     "pickle-named-safetensors": ("sample", "ldm", _pickle, "not a readable", "m.safetensors"),
     "pickle-named-pt": ("superres", "sr", _pickle, "not a readable", "m.pt"),
     "pickle-as-lpips-weights": ("eval-ae", "ae", _pickle, "could not be read", "alexnet.pth"),
@@ -385,8 +470,20 @@ def _checkpoint_args(command: str, ckpt: Path, models: Models, tmp: Path) -> lis
         "sample": ["sample", ckpt, "--n", "1", "--steps", "1", "--out-file", out / "s.png"],
         "superres": ["superres", image, "--model", ckpt, "--steps", "1", "-o", out / "s.png"],
         "reconstruct": ["reconstruct", ckpt, image, "--out-dir", out],
-        "eval-ae": ["eval-ae", models.ae, "--data", image.parent, "--size", "0", "--lpips-weights", ckpt,
-                    "--out-dir", out, "--json", out / "r.json"],
+        "eval-ae": [
+            "eval-ae",
+            models.ae,
+            "--data",
+            image.parent,
+            "--size",
+            "0",
+            "--lpips-weights",
+            ckpt,
+            "--out-dir",
+            out,
+            "--json",
+            out / "r.json",
+        ],
     }[command]
 
 
@@ -410,8 +507,11 @@ def test_only_safe_loaders_in_the_package():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.ImportFrom) and node.module in ("torch", "pickle", "_pickle"):
-                bad += [f"{where}: from {node.module} import {a.name}" for a in node.names
-                        if a.name in ("load", "loads", "Unpickler")]
+                bad += [
+                    f"{where}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if a.name in ("load", "loads", "Unpickler")
+                ]
             if not isinstance(node, ast.Call):
                 continue
             name = ast.unparse(node.func)
@@ -419,8 +519,10 @@ def test_only_safe_loaders_in_the_package():
                 bad.append(f"{where}: {name}(...)")
             if name == "torch.load":
                 loads += 1
-                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                           for k in node.keywords)
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if not safe:
                     bad.append(f"{where}: torch.load without weights_only=True")
     assert loads > 0 and bad == []
@@ -436,12 +538,34 @@ def _values_args(command: str, models: Models, tmp: Path) -> list[object]:
     return {
         "sample": ["sample", models.ldm, "--n", "1", "--steps", "1", "--out-file", tmp / "s.png"],
         "superres": ["superres", image, "--model", models.sr, "--steps", "1", "-o", tmp / "s.png"],
-        "eval-sr": ["eval-sr", "--model", models.sr, "--data", tmp, "--size", "16", "--steps", "1",
-                    "--json", tmp / "r.json"],
+        "eval-sr": [
+            "eval-sr",
+            "--model",
+            models.sr,
+            "--data",
+            tmp,
+            "--size",
+            "16",
+            "--steps",
+            "1",
+            "--json",
+            tmp / "r.json",
+        ],
         "eval-ae": ["eval-ae", models.ae, "--data", tmp, "--size", "16", "--json", tmp / "r.json"],
         "train-ae": ["train-ae", *TINY_AE, "--out-dir", tmp / "run"],
-        "train-ldm": ["train-ldm", "--preset", "tiny", "--ae", models.ae, "--data", "builtin:synthetic",
-                      "--max-steps", "1", "--out-dir", tmp / "run"],
+        "train-ldm": [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--ae",
+            models.ae,
+            "--data",
+            "builtin:synthetic",
+            "--max-steps",
+            "1",
+            "--out-dir",
+            tmp / "run",
+        ],
     }[command]
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldmctl.schedule import Schedule, extract
 from ldmctl.samplers import SAMPLERS, spacing
+from ldmctl.schedule import Schedule, extract
 
 FIRST_T = {"ddim": ("leading", 1), "plms": ("leading", 1), "ddpm": ("leading", 0), "dpmpp": ("linspace", 0)}
 
@@ -27,14 +27,16 @@ def optimal_denoiser(schedule: Schedule, prediction: str):
         x0 = MU + a.sqrt() * STD**2 / (a * STD**2 + 1 - a) * (x - a.sqrt() * MU)
         eps = schedule.to_eps(x, t, x0, "x0")
         return {"x0": x0, "eps": eps, "v": schedule.to_v(x, t, x0, "x0")}[prediction]
+
     return model_fn
 
 
 # Step counts are high enough for the discretisation error to vanish: at few steps every sampler
 # ends on E[x0 | x_t_last], whose variance s^2 * a s^2 / (a s^2 + 1 - a) is below s^2 when t_last is
 # far from 0 (DPM-Solver++ at 20 steps ends from t = 50: std 0.459 for s = 0.5; the same in diffusers).
-@pytest.mark.parametrize("name,steps,prediction", [("ddim", 200, "eps"), ("dpmpp", 100, "v"), ("plms", 50, "eps"),
-                                                   ("ddpm", 1000, "x0")])
+@pytest.mark.parametrize(
+    "name,steps,prediction", [("ddim", 200, "eps"), ("dpmpp", 100, "v"), ("plms", 50, "eps"), ("ddpm", 1000, "x0")]
+)
 def test_optimal_denoiser_recovers_data_mean_and_std(name, steps, prediction):
     schedule = Schedule.make("sqrt_linear", 1000)
     g = torch.Generator().manual_seed(0)
@@ -42,8 +44,9 @@ def test_optimal_denoiser_recovers_data_mean_and_std(name, steps, prediction):
     a = schedule.alphas_cumprod[int(spacing(1000, steps, kind, offset)[0])]
     noise = torch.randn(4000, 3, 2, 2, generator=g, dtype=torch.float64)
     noise = a.sqrt() * MU + (a * STD**2 + 1 - a).sqrt() * noise  # x_t ~ q(x_t), exactly
-    x = SAMPLERS[name](optimal_denoiser(schedule, prediction), schedule, noise, steps=steps,
-                       prediction=prediction, generator=g)
+    x = SAMPLERS[name](
+        optimal_denoiser(schedule, prediction), schedule, noise, steps=steps, prediction=prediction, generator=g
+    )
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3))
     # 16,000 values per channel: the standard error of the mean is s / 126 and of the std about s / 179;

@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from ldmctl.schedule import Schedule
 from ldmctl.errors import ConfigError
 from ldmctl.samplers import SAMPLERS, ddim, ddpm, dpmpp, get_sampler, plms, spacing
+from ldmctl.schedule import Schedule
 
 diffusers = pytest.importorskip("diffusers")
 # DPMSolverMultistepScheduler.set_timesteps calls np.array on a tensor, which numpy 2 warns about
@@ -26,8 +26,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 T = 1000
 # ours -> (diffusers beta_schedule, beta_start, beta_end)
-BETAS = {"sqrt_linear": ("scaled_linear", 0.00085, 0.012), "linear": ("linear", 1e-4, 2e-2),
-         "cosine": ("squaredcos_cap_v2", 1e-4, 2e-2)}
+BETAS = {
+    "sqrt_linear": ("scaled_linear", 0.00085, 0.012),
+    "linear": ("linear", 1e-4, 2e-2),
+    "cosine": ("squaredcos_cap_v2", 1e-4, 2e-2),
+}
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 SHAPE = (2, 3, 4, 4)
 CASES = [("sqrt_linear", 10), ("sqrt_linear", 25), ("cosine", 10), ("linear", 25)]
@@ -50,12 +53,14 @@ def toy_model(schedule: Schedule, prediction: str):
     on a bounded x0 keeps every sample O(1), so an absolute tolerance means something: a raw
     ``eps = tanh(x)`` makes x0 = (x - sigma eps) / alpha reach ~1e5 under the cosine schedule.
     """
+
     def model_fn(x: Tensor, t: Tensor) -> Tensor:
         x0 = 0.9 * torch.tanh(x) + 0.1 * x.roll(1, -1) + t.to(x.dtype)[:, None, None, None] / 1000
         ac = schedule.alphas_cumprod[t].to(x.dtype)[:, None, None, None]
         a, s = ac.sqrt(), (1 - ac).sqrt()
         eps = (x - a * x0) / s
         return {"eps": eps, "x0": x0, "v": a * eps - s * x0}[prediction]
+
     return model_fn
 
 
@@ -66,8 +71,14 @@ def x_T(dtype: torch.dtype = torch.float64) -> Tensor:
 def oracle(cls, kind: str, prediction: str, *, exact: bool = True, **config):
     """A diffusers scheduler and our Schedule built from the same betas."""
     name, start, end = BETAS[kind]
-    sched = cls(num_train_timesteps=T, beta_schedule=name, beta_start=start, beta_end=end,
-                prediction_type=DIFFUSERS_PREDICTION[prediction], **config)
+    sched = cls(
+        num_train_timesteps=T,
+        beta_schedule=name,
+        beta_start=start,
+        beta_end=end,
+        prediction_type=DIFFUSERS_PREDICTION[prediction],
+        **config,
+    )
     ours = Schedule.make(kind, T, start, end)
     assert torch.allclose(sched.alphas_cumprod.double(), ours.alphas_cumprod, rtol=0, atol=1e-6)
     if exact:  # the same alpha_bar, in float64, on both sides
@@ -86,32 +97,50 @@ def run_oracle(sched, model_fn, x: Tensor, step_kwargs=lambda i: {}) -> Tensor:
 
 
 def ddpm_oracle(kind, prediction, steps, seed, *, exact=True):
-    sched, ours = oracle(diffusers.DDPMScheduler, kind, prediction, exact=exact, clip_sample=False,
-                         variance_type="fixed_small")
+    sched, ours = oracle(
+        diffusers.DDPMScheduler, kind, prediction, exact=exact, clip_sample=False, variance_type="fixed_small"
+    )
     sched.set_timesteps(steps)
     gen = torch.Generator().manual_seed(seed)
     return sched, ours, lambda model_fn, x: run_oracle(sched, model_fn, x, lambda i: {"generator": gen})
 
 
 def ddim_scheduler(kind, prediction, steps, *, exact=True):
-    sched, ours = oracle(diffusers.DDIMScheduler, kind, prediction, exact=exact, clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+    sched, ours = oracle(
+        diffusers.DDIMScheduler,
+        kind,
+        prediction,
+        exact=exact,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
     sched.set_timesteps(steps)
     return sched, ours
 
 
 def pndm_scheduler(kind, steps, *, exact=True):
     # always in eps mode: see test_plms_matches_diffusers for v and x0
-    sched, ours = oracle(diffusers.PNDMScheduler, kind, "eps", exact=exact, skip_prk_steps=True,
-                         set_alpha_to_one=False, steps_offset=1)
+    sched, ours = oracle(
+        diffusers.PNDMScheduler, kind, "eps", exact=exact, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1
+    )
     sched.set_timesteps(steps)
     return sched, ours
 
 
 def dpm_scheduler(kind, prediction, steps, *, exact=True):
-    sched, ours = oracle(diffusers.DPMSolverMultistepScheduler, kind, prediction, exact=exact,
-                         algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace",
-                         lower_order_final=True, final_sigmas_type="zero")
+    sched, ours = oracle(
+        diffusers.DPMSolverMultistepScheduler,
+        kind,
+        prediction,
+        exact=exact,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        timestep_spacing="linspace",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
     sched.set_timesteps(steps)
     if exact:  # set_timesteps stores its sigmas in float32; recompute them from float64 alpha_bar
         ac = ours.alphas_cumprod
@@ -122,6 +151,7 @@ def dpm_scheduler(kind, prediction, steps, *, exact=True):
 
 # ---- equivalence with diffusers -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 @pytest.mark.parametrize(("kind", "steps"), CASES)
 def test_ddpm_matches_diffusers(kind, steps, prediction):
@@ -129,8 +159,7 @@ def test_ddpm_matches_diffusers(kind, steps, prediction):
     # the last excepted, exactly as DDPMScheduler.step does, so the draws coincide.
     _, ours, run = ddpm_oracle(kind, prediction, steps, seed=1)
     model_fn = toy_model(ours, prediction)
-    got = ddpm(model_fn, ours, x_T(), steps=steps, prediction=prediction,
-               generator=torch.Generator().manual_seed(1))
+    got = ddpm(model_fn, ours, x_T(), steps=steps, prediction=prediction, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(got, run(model_fn, x_T()), rtol=0, atol=EXACT)
 
 
@@ -217,13 +246,16 @@ def test_float32_against_stock_diffusers(name):
         sched, ours, run = ddpm_oracle(kind, "eps", steps, seed=4, exact=False)
         want = run(toy_model(ours, "eps"), x_T(torch.float32))
     else:
-        make = {"ddim": lambda: ddim_scheduler(kind, "eps", steps, exact=False),
-                "plms": lambda: pndm_scheduler(kind, steps, exact=False),
-                "dpmpp": lambda: dpm_scheduler(kind, "eps", steps, exact=False)}[name]
+        make = {
+            "ddim": lambda: ddim_scheduler(kind, "eps", steps, exact=False),
+            "plms": lambda: pndm_scheduler(kind, steps, exact=False),
+            "dpmpp": lambda: dpm_scheduler(kind, "eps", steps, exact=False),
+        }[name]
         sched, ours = make()
         want = run_oracle(sched, toy_model(ours, "eps"), x_T(torch.float32))
-    got = SAMPLERS[name](toy_model(ours, "eps"), ours, x_T(torch.float32), steps=steps,
-                         generator=torch.Generator().manual_seed(4))
+    got = SAMPLERS[name](
+        toy_model(ours, "eps"), ours, x_T(torch.float32), steps=steps, generator=torch.Generator().manual_seed(4)
+    )
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
 
@@ -253,8 +285,13 @@ SCHEDULE = Schedule.make("sqrt_linear", 100)
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_callback_once_per_step_in_order(name):
     calls: list[tuple[int, int, tuple[int, ...]]] = []
-    out = get_sampler(name)(toy_model(SCHEDULE, "eps"), SCHEDULE, x_T(torch.float32), steps=7,
-                            callback=lambda i, n, x: calls.append((i, n, tuple(x.shape))))
+    out = get_sampler(name)(
+        toy_model(SCHEDULE, "eps"),
+        SCHEDULE,
+        x_T(torch.float32),
+        steps=7,
+        callback=lambda i, n, x: calls.append((i, n, tuple(x.shape))),
+    )
     assert calls == [(i, 7, SHAPE) for i in range(7)]
     assert out.shape == SHAPE and out.dtype == torch.float32
 
@@ -272,8 +309,10 @@ def test_ddpm_seed_reproducibility():
 def test_deterministic_samplers_ignore_generator():
     model_fn = toy_model(SCHEDULE, "v")
     for sampler in (ddim, plms, dpmpp):
-        a, b = (sampler(model_fn, SCHEDULE, x_T(), steps=5, prediction="v",
-                        generator=torch.Generator().manual_seed(seed)) for seed in (0, 1))
+        a, b = (
+            sampler(model_fn, SCHEDULE, x_T(), steps=5, prediction="v", generator=torch.Generator().manual_seed(seed))
+            for seed in (0, 1)
+        )
         assert torch.equal(a, b)
 
 
@@ -281,8 +320,9 @@ def test_deterministic_samplers_ignore_generator():
 def test_parameterisation_does_not_change_the_sample(name):
     # One denoiser stated as eps, x0 or v must give the same deterministic sample. (diffusers'
     # PNDMScheduler in v mode misses this by 5e-2 at 10 steps: huggingface/diffusers#14816.)
-    eps, x0, v = (SAMPLERS[name](toy_model(SCHEDULE, p), SCHEDULE, x_T(), steps=10, prediction=p)
-                  for p in ("eps", "x0", "v"))
+    eps, x0, v = (
+        SAMPLERS[name](toy_model(SCHEDULE, p), SCHEDULE, x_T(), steps=10, prediction=p) for p in ("eps", "x0", "v")
+    )
     torch.testing.assert_close(x0, eps, rtol=0, atol=EXACT)
     torch.testing.assert_close(v, eps, rtol=0, atol=EXACT)
 
@@ -293,13 +333,16 @@ def test_get_sampler_unknown_name():
         get_sampler("euler")
 
 
-@pytest.mark.parametrize(("sampler", "kwargs", "match"), [
-    (ddim, {"steps": 100}, "steps=100 does not fit"),   # offset 1 would need timestep 100
-    (ddpm, {"steps": 101}, "steps=101 does not fit"),
-    (dpmpp, {"steps": 0}, "steps=0 does not fit"),
-    (plms, {"prediction": "epsilon"}, "unknown prediction 'epsilon'"),
-    (ddim, {"eta": 1.5}, "eta=1.5"),
-])
+@pytest.mark.parametrize(
+    ("sampler", "kwargs", "match"),
+    [
+        (ddim, {"steps": 100}, "steps=100 does not fit"),  # offset 1 would need timestep 100
+        (ddpm, {"steps": 101}, "steps=101 does not fit"),
+        (dpmpp, {"steps": 0}, "steps=0 does not fit"),
+        (plms, {"prediction": "epsilon"}, "unknown prediction 'epsilon'"),
+        (ddim, {"eta": 1.5}, "eta=1.5"),
+    ],
+)
 def test_user_errors_are_config_errors(sampler, kwargs, match):
     with pytest.raises(ConfigError, match=match) as err:
         sampler(toy_model(SCHEDULE, "eps"), SCHEDULE, x_T(), **{"steps": 10, **kwargs})

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ldmctl.config import DegradationConfig
-from ldmctl.superres.degrade import SuperresDataset, degrade, resize
 from ldmctl.errors import ConfigError, DataError
+from ldmctl.superres.degrade import SuperresDataset, degrade, resize
 
 
 def _image(h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
@@ -34,8 +34,12 @@ class TinyData(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": _image(self.size, self.size, seed=1000 * self.epoch + i), "label": i % 2,
-                "caption": f"item {i}", "path": f"{i}.png"}
+        return {
+            "image": _image(self.size, self.size, seed=1000 * self.epoch + i),
+            "label": i % 2,
+            "caption": f"item {i}",
+            "path": f"{i}.png",
+        }
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -98,8 +102,11 @@ def test_degrade_deterministic_given_rng_state():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("cfg", [DegradationConfig(scale=4, blur=3.0), DegradationConfig(scale=4, noise=0.1),
-                                 DegradationConfig(scale=4, jpeg=10)], ids=["blur", "noise", "jpeg"])
+@pytest.mark.parametrize(
+    "cfg",
+    [DegradationConfig(scale=4, blur=3.0), DegradationConfig(scale=4, noise=0.1), DegradationConfig(scale=4, jpeg=10)],
+    ids=["blur", "noise", "jpeg"],
+)
 def test_each_option_changes_the_output(cfg):
     hr = _image(64, 64)
     plain = degrade(hr, DegradationConfig(scale=4), random.Random(0))
@@ -112,8 +119,10 @@ def test_blur_removes_detail_before_downscaling():
     hr = _image(64, 64)
     plain = degrade(hr, DegradationConfig(scale=2), random.Random(0))
     blurred = degrade(hr, DegradationConfig(scale=2, blur=4.0), random.Random(0))
+
     def detail(t):
         return (t[:, :, 1:] - t[:, :, :-1]).abs().mean()
+
     assert detail(blurred) < detail(plain)
 
 
@@ -133,10 +142,18 @@ def test_bad_image_size_is_a_data_error():
         degrade(torch.zeros(1, 8, 8), DegradationConfig(scale=4), random.Random(0))
 
 
-@pytest.mark.parametrize("cfg", [DegradationConfig(scale=0), DegradationConfig(scale=2.5),  # type: ignore[arg-type]
-                                 DegradationConfig(blur=-1.0), DegradationConfig(noise=-0.1),
-                                 DegradationConfig(noise=float("nan")), DegradationConfig(jpeg=96),
-                                 DegradationConfig(jpeg=-1)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DegradationConfig(scale=0),
+        DegradationConfig(scale=2.5),  # type: ignore[arg-type]
+        DegradationConfig(blur=-1.0),
+        DegradationConfig(noise=-0.1),
+        DegradationConfig(noise=float("nan")),
+        DegradationConfig(jpeg=96),
+        DegradationConfig(jpeg=-1),
+    ],
+)
 def test_bad_config_is_a_config_error(cfg):
     with pytest.raises(ConfigError):
         degrade(_image(16, 16), cfg, random.Random(0))
@@ -176,8 +193,9 @@ def test_dataset_forwards_attributes():
     ds = SuperresDataset(base, ALL_ON)
     assert len(ds) == 5 and ds.name == "tiny" and ds.class_names == ["a", "b"]
     assert ds.skipped is base.skipped
-    assert ds.summary() == ("5 tiny images -> low-res x4 pairs "
-                            "(bicubic, blur sigma<=2 px, noise std<=0.05, JPEG quality 30-95)")
+    assert ds.summary() == (
+        "5 tiny images -> low-res x4 pairs (bicubic, blur sigma<=2 px, noise std<=0.05, JPEG quality 30-95)"
+    )
     plain = SuperresDataset(NamelessData(), DegradationConfig(scale=2))
     assert getattr(plain, "name", None) is None
     assert plain.skipped == [] and plain.class_names == []

@@ -4,6 +4,7 @@ folders, tiles), eval-sr, and the errors users hit."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -12,23 +13,63 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ldmctl.cli import app, main
-from ldmctl.superres.upscale import upscale
 from ldmctl.diffusion.io import load_ldm
+from ldmctl.superres.upscale import upscale
 
 
 @pytest.fixture(scope="module")
 def sr_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("sr")
     runner = CliRunner()
-    r = runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
-                            "--max-steps", "1", "--set", "model.channel_mult=[1,2]", "--set", "model.mid_attention=false",
-                            "--out-dir", str(root / "ae")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ae",
+            "--preset",
+            "tiny",
+            "--data",
+            "builtin:synthetic",
+            "--perceptual",
+            "none",
+            "--max-steps",
+            "1",
+            "--set",
+            "model.channel_mult=[1,2]",
+            "--set",
+            "model.mid_attention=false",
+            "--out-dir",
+            str(root / "ae"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train-ldm", "--preset", "tiny", "--task", "superres", "--ae",
-                            str(root / "ae" / "ae.safetensors"), "--data", "builtin:synthetic", "--size", "32",
-                            "--max-steps", "2", "--set", "model.unet.attention_levels=[]",
-                            "--set", "model.unet.mid_attention=false", "--set", "superres.blur=1.0", "--set", "superres.jpeg=50",
-                            "--out-dir", str(root / "ldm")])
+    r = runner.invoke(
+        app,
+        [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--task",
+            "superres",
+            "--ae",
+            str(root / "ae" / "ae.safetensors"),
+            "--data",
+            "builtin:synthetic",
+            "--size",
+            "32",
+            "--max-steps",
+            "2",
+            "--set",
+            "model.unet.attention_levels=[]",
+            "--set",
+            "model.unet.mid_attention=false",
+            "--set",
+            "superres.blur=1.0",
+            "--set",
+            "superres.jpeg=50",
+            "--out-dir",
+            str(root / "ldm"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return root / "ldm" / "ldm.safetensors"
 
@@ -48,8 +89,10 @@ def test_train_records_the_task(sr_model):
     assert model.config.unet.concat_channels == 3
 
 
-@pytest.mark.parametrize("mode,size", [("RGB", (37, 23)), ("L", (20, 16)), ("RGBA", (16, 24)), ("LA", (9, 9)),
-                                       ("P", (17, 12)), ("I;16", (12, 12))])
+@pytest.mark.parametrize(
+    "mode,size",
+    [("RGB", (37, 23)), ("L", (20, 16)), ("RGBA", (16, 24)), ("LA", (9, 9)), ("P", (17, 12)), ("I;16", (12, 12))],
+)
 def test_any_size_and_mode_comes_back_x4_in_its_mode(sr_model, tmp_path, mode, size):
     rgb = Image.fromarray(_photo(size[1], size[0]))
     if mode == "RGBA" or mode == "LA":
@@ -57,7 +100,7 @@ def test_any_size_and_mode_comes_back_x4_in_its_mode(sr_model, tmp_path, mode, s
         alpha = Image.fromarray(np.tile(np.linspace(0, 255, size[0], dtype=np.uint8), (size[1], 1)))
         img.putalpha(alpha)
     elif mode == "I;16":
-        img = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)).convert("I;16")
+        img = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).convert("I;16")
     else:
         img = rgb.convert(mode)
     src = tmp_path / "in.png"
@@ -80,8 +123,21 @@ def test_folder_in_folder_out_and_seeds_reproduce(sr_model, tmp_path):
     for i in range(2):
         Image.fromarray(_photo(12, 16, i)).save(src / f"p{i}.png")
     for out in ("a", "b"):
-        r = CliRunner().invoke(app, ["superres", str(src), "--out-dir", str(tmp_path / out), "--model", str(sr_model),
-                                     "--steps", "2", "--seed", "3"])
+        r = CliRunner().invoke(
+            app,
+            [
+                "superres",
+                str(src),
+                "--out-dir",
+                str(tmp_path / out),
+                "--model",
+                str(sr_model),
+                "--steps",
+                "2",
+                "--seed",
+                "3",
+            ],
+        )
         assert r.exit_code == 0, r.output
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == ["p0_x4.png", "p1_x4.png"]
@@ -108,7 +164,7 @@ def test_progress_reaches_the_end(sr_model):
     model = load_ldm(sr_model)
     seen = []
     upscale(model, torch.zeros(3, 16, 16), steps=2, tile=8, overlap=4, progress=lambda d, t: seen.append((d, t)))
-    assert seen[-1][0] == seen[-1][1] and all(b >= a for (a, _), (b, _) in zip(seen, seen[1:]))
+    assert seen[-1][0] == seen[-1][1] and all(b >= a for (a, _), (b, _) in pairwise(seen))
 
 
 def test_eval_sr_reports_model_and_bicubic(sr_model, tmp_path):
@@ -116,8 +172,22 @@ def test_eval_sr_reports_model_and_bicubic(sr_model, tmp_path):
     data.mkdir()
     for i in range(2):
         Image.fromarray(_photo(40, 48, i)).save(data / f"{i}.png")
-    r = CliRunner().invoke(app, ["eval-sr", "--model", str(sr_model), "--data", str(data), "--size", "32",
-                                 "--steps", "2", "--json", str(tmp_path / "r.json")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval-sr",
+            "--model",
+            str(sr_model),
+            "--data",
+            str(data),
+            "--size",
+            "32",
+            "--steps",
+            "2",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n"] == 2 and report["scale"] == 4
@@ -125,20 +195,33 @@ def test_eval_sr_reports_model_and_bicubic(sr_model, tmp_path):
         assert np.isfinite(report["mean"][key])
 
 
-@pytest.mark.parametrize("setup,args,match", [
-    (lambda d: None, ["missing.png"], "does not exist"),
-    (lambda d: (d / "bad.png").write_text("not an image"), ["bad.png"], "cannot be decoded"),
-    (lambda d: (d / "empty").mkdir(), ["empty"], "holds no image"),
-    (lambda d: [Image.new("RGB", (8, 8)).save(d / f"{i}.png") for i in range(2)], ["0.png", "1.png", "-o", "x.png"],
-     "need an output folder"),
-    (lambda d: Image.new("RGBA", (8, 8)).save(d / "a.png"), ["a.png", "-o", "a.jpg"], "JPEG cannot store"),
-    (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "--tile", "5"], "--tile"),
-    (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "--tile-px", "6"], "--tile-px 6"),
-    (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "--tile-px", "16", "--overlap-px", "3"],
-     "--overlap-px 3"),
-    (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "-o", "folder"], "--out-dir folder"),
-    (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "--tile", "8", "--tile-px", "16"], "old spellings"),
-])
+@pytest.mark.parametrize(
+    "setup,args,match",
+    [
+        (lambda d: None, ["missing.png"], "does not exist"),
+        (lambda d: (d / "bad.png").write_text("not an image"), ["bad.png"], "cannot be decoded"),
+        (lambda d: (d / "empty").mkdir(), ["empty"], "holds no image"),
+        (
+            lambda d: [Image.new("RGB", (8, 8)).save(d / f"{i}.png") for i in range(2)],
+            ["0.png", "1.png", "-o", "x.png"],
+            "need an output folder",
+        ),
+        (lambda d: Image.new("RGBA", (8, 8)).save(d / "a.png"), ["a.png", "-o", "a.jpg"], "JPEG cannot store"),
+        (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "--tile", "5"], "--tile"),
+        (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "--tile-px", "6"], "--tile-px 6"),
+        (
+            lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"),
+            ["a.png", "--tile-px", "16", "--overlap-px", "3"],
+            "--overlap-px 3",
+        ),
+        (lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"), ["a.png", "-o", "folder"], "--out-dir folder"),
+        (
+            lambda d: Image.new("RGB", (8, 8)).save(d / "a.png"),
+            ["a.png", "--tile", "8", "--tile-px", "16"],
+            "old spellings",
+        ),
+    ],
+)
 def test_bad_inputs_are_clear_errors(sr_model, tmp_path, monkeypatch, capsys, setup, args, match):
     monkeypatch.chdir(tmp_path)
     setup(tmp_path)
@@ -153,10 +236,12 @@ def test_tiles_are_pixels_and_the_old_latent_cell_spellings_keep_their_meaning(s
     counted latent cells (f = 2 px here) and still do; the old --out still takes a folder."""
     Image.fromarray(_photo(12, 16, 1)).save(tmp_path / "in.png")
     base = ["superres", str(tmp_path / "in.png"), "--model", str(sr_model), "--steps", "2"]
-    runs = {"px": ["--tile-px", "16", "--overlap-px", "8", "-o", str(tmp_path / "px.png")],
-            "cells": ["--tile", "8", "--overlap", "4", "--out", str(tmp_path / "cells.png")],
-            "whole": ["--tile-px", "64", "--overlap-px", "0", "--out-file", str(tmp_path / "whole.png")],
-            "folder": ["--tile", "8", "--overlap", "4", "--out", str(tmp_path / "folder")]}
+    runs = {
+        "px": ["--tile-px", "16", "--overlap-px", "8", "-o", str(tmp_path / "px.png")],
+        "cells": ["--tile", "8", "--overlap", "4", "--out", str(tmp_path / "cells.png")],
+        "whole": ["--tile-px", "64", "--overlap-px", "0", "--out-file", str(tmp_path / "whole.png")],
+        "folder": ["--tile", "8", "--overlap", "4", "--out", str(tmp_path / "folder")],
+    }
     for args in runs.values():
         r = CliRunner().invoke(app, [*base, *args])
         assert r.exit_code == 0, r.output
@@ -168,10 +253,44 @@ def test_tiles_are_pixels_and_the_old_latent_cell_spellings_keep_their_meaning(s
 
 def test_a_non_superres_model_is_refused(tmp_path, capsys):
     runner = CliRunner()
-    assert runner.invoke(app, ["train-ae", "--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none",
-                               "--max-steps", "1", "--out-dir", str(tmp_path / "ae")]).exit_code == 0
-    assert runner.invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(tmp_path / "ae" / "ae.safetensors"),
-                               "--data", "builtin:synthetic", "--max-steps", "1", "--out-dir", str(tmp_path / "ldm")]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "train-ae",
+                "--preset",
+                "tiny",
+                "--data",
+                "builtin:synthetic",
+                "--perceptual",
+                "none",
+                "--max-steps",
+                "1",
+                "--out-dir",
+                str(tmp_path / "ae"),
+            ],
+        ).exit_code
+        == 0
+    )
+    assert (
+        runner.invoke(
+            app,
+            [
+                "train-ldm",
+                "--preset",
+                "tiny",
+                "--ae",
+                str(tmp_path / "ae" / "ae.safetensors"),
+                "--data",
+                "builtin:synthetic",
+                "--max-steps",
+                "1",
+                "--out-dir",
+                str(tmp_path / "ldm"),
+            ],
+        ).exit_code
+        == 0
+    )
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     with pytest.raises(SystemExit):
         main(["superres", str(tmp_path / "a.png"), "--model", str(tmp_path / "ldm" / "ldm.safetensors")])
@@ -182,13 +301,37 @@ def test_concat_latent_model_trains_and_upscales_in_tiles(sr_model, tmp_path):
     """With concat-latent the model derives the latent of the bicubic upscale itself (in tiles at
     inference); tiled and whole-image results agree as for the plain concat model."""
     cfg = tmp_path / "sr.toml"
-    cfg.write_text('task = "superres"\ncache_latents = false\n[[model.conditioners]]\nname = "concat"\ndropout = 0.0\n'
-                   '[[model.conditioners]]\nname = "concat-latent"\ndropout = 0.0\n')
+    cfg.write_text(
+        'task = "superres"\ncache_latents = false\n[[model.conditioners]]\nname = "concat"\ndropout = 0.0\n'
+        '[[model.conditioners]]\nname = "concat-latent"\ndropout = 0.0\n'
+    )
     ae = sr_model.parent.parent / "ae" / "ae.safetensors"
-    r = CliRunner().invoke(app, ["train-ldm", "--preset", "tiny", "--ae", str(ae), "--config", str(cfg),
-                                 "--data", "builtin:synthetic", "--size", "32", "--max-steps", "2", "--sample-every", "2",
-                                 "--set", "model.unet.attention_levels=[]", "--set", "model.unet.mid_attention=false",
-                                 "--out-dir", str(tmp_path / "ldm")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--ae",
+            str(ae),
+            "--config",
+            str(cfg),
+            "--data",
+            "builtin:synthetic",
+            "--size",
+            "32",
+            "--max-steps",
+            "2",
+            "--sample-every",
+            "2",
+            "--set",
+            "model.unet.attention_levels=[]",
+            "--set",
+            "model.unet.mid_attention=false",
+            "--out-dir",
+            str(tmp_path / "ldm"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     model = load_ldm(tmp_path / "ldm" / "ldm.safetensors")
     assert model.config.unet.concat_channels == 3 + model.latent_shape[0]
@@ -216,11 +359,34 @@ def test_strength_starts_from_the_noised_bicubic_latent(sr_model):
 def residual_model(tmp_path_factory, sr_model):
     """A residual SR model (x0 prediction) trained briefly, reusing sr_model's autoencoder."""
     root = tmp_path_factory.mktemp("sr-res")
-    r = CliRunner().invoke(app, ["train-ldm", "--preset", "tiny", "--task", "superres", "--ae",
-                                 str(sr_model.parent.parent / "ae" / "ae.safetensors"), "--data", "builtin:synthetic",
-                                 "--size", "32", "--max-steps", "2", "--prediction", "x0",
-                                 "--set", "model.residual=true", "--set", "model.unet.attention_levels=[]",
-                                 "--set", "model.unet.mid_attention=false", "--out-dir", str(root / "ldm")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train-ldm",
+            "--preset",
+            "tiny",
+            "--task",
+            "superres",
+            "--ae",
+            str(sr_model.parent.parent / "ae" / "ae.safetensors"),
+            "--data",
+            "builtin:synthetic",
+            "--size",
+            "32",
+            "--max-steps",
+            "2",
+            "--prediction",
+            "x0",
+            "--set",
+            "model.residual=true",
+            "--set",
+            "model.unet.attention_levels=[]",
+            "--set",
+            "model.unet.mid_attention=false",
+            "--out-dir",
+            str(root / "ldm"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     return load_ldm(root / "ldm" / "ldm.safetensors")
 
@@ -249,8 +415,21 @@ def test_a_zero_residual_gives_bicubic_exactly_with_detail_transfer(residual_mod
 
 def test_residual_needs_the_superres_task(sr_model, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["train-ldm", "--preset", "tiny", "--ae", str(sr_model.parent.parent / "ae" / "ae.safetensors"),
-              "--data", "builtin:synthetic", "--max-steps", "1", "--set", "model.residual=true"])
+        main(
+            [
+                "train-ldm",
+                "--preset",
+                "tiny",
+                "--ae",
+                str(sr_model.parent.parent / "ae" / "ae.safetensors"),
+                "--data",
+                "builtin:synthetic",
+                "--max-steps",
+                "1",
+                "--set",
+                "model.residual=true",
+            ]
+        )
     assert exc.value.code == 1
     assert "superres" in capsys.readouterr().err
 

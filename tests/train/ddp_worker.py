@@ -21,16 +21,25 @@ GRADS: list[list[torch.Tensor]] = []
 
 
 def _record(optimizer, _args, _kwargs) -> None:
-    GRADS.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-                  for g in optimizer.param_groups for p in g["params"]])
+    GRADS.append(
+        [
+            p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+            for g in optimizer.param_groups
+            for p in g["params"]
+        ]
+    )
 
 
 def main(ae: str, out: str, batch: int, accum: int) -> None:
     cfg = ldm_preset("tiny")
-    cfg = replace(cfg, data=DataConfig(source="builtin:synthetic", size=16),
-                  model=replace(cfg.model, conditioners=(ConditionerSpec("class", {}, dropout=0.5),)),
-                  train=replace(cfg.train, batch_size=batch, grad_accum=accum, max_steps=3, lr=1e-3,
-                                sample_every=1000, save_every=1000))
+    cfg = replace(
+        cfg,
+        data=DataConfig(source="builtin:synthetic", size=16),
+        model=replace(cfg.model, conditioners=(ConditionerSpec("class", {}, dropout=0.5),)),
+        train=replace(
+            cfg.train, batch_size=batch, grad_accum=accum, max_steps=3, lr=1e-3, sample_every=1000, save_every=1000
+        ),
+    )
     register_optimizer_step_pre_hook(_record)
     train_ldm(cfg, ae, out)
     if int(os.environ.get("RANK", "0")) == 0:

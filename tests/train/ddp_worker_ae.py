@@ -20,15 +20,23 @@ GRADS: list[list[torch.Tensor]] = []
 
 
 def _record(optimizer, _args, _kwargs) -> None:
-    GRADS.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-                  for g in optimizer.param_groups for p in g["params"]])
+    GRADS.append(
+        [
+            p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+            for g in optimizer.param_groups
+            for p in g["params"]
+        ]
+    )
 
 
 def main(out: str, batch: int) -> None:
     cfg = PRESETS["tiny"]
-    cfg = replace(cfg, data=DataConfig(source="builtin:synthetic", size=16),
-                  loss=replace(cfg.loss, perceptual="none", disc_start=1000),
-                  train=replace(cfg.train, batch_size=batch, max_steps=3, sample_every=1000, save_every=1000))
+    cfg = replace(
+        cfg,
+        data=DataConfig(source="builtin:synthetic", size=16),
+        loss=replace(cfg.loss, perceptual="none", disc_start=1000),
+        train=replace(cfg.train, batch_size=batch, max_steps=3, sample_every=1000, save_every=1000),
+    )
     register_optimizer_step_pre_hook(_record)
     train_ae(cfg, out)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -14,9 +14,15 @@ from ldmctl.train.loop import batch_stream, epoch_permutation
 
 
 def _cfg(steps: int, kind: str = "kl"):
-    return merge(preset("tiny"), {"model": {"kind": kind}, "loss": {"perceptual": "none"},
-                                  "data": {"source": "builtin:synthetic"},
-                                  "train": {"max_steps": steps, "save_every": 2}})
+    return merge(
+        preset("tiny"),
+        {
+            "model": {"kind": kind},
+            "loss": {"perceptual": "none"},
+            "data": {"source": "builtin:synthetic"},
+            "train": {"max_steps": steps, "save_every": 2},
+        },
+    )
 
 
 def _weights(path):
@@ -113,8 +119,9 @@ def test_init_from_checkpoint_starts_a_new_run_from_its_weights(tmp_path):
     assert summary["steps"] == 2
     after = _weights(tmp_path / "b" / "ae.safetensors")
     fresh = train_ae(merge(fine, {"train": {"seed": 6}}), tmp_path / "d")
-    assert fresh["steps"] == 2 and not torch.allclose(start["decoder.conv_out.weight"],
-                                                      _weights(tmp_path / "d" / "ae.safetensors")["decoder.conv_out.weight"])
+    assert fresh["steps"] == 2 and not torch.allclose(
+        start["decoder.conv_out.weight"], _weights(tmp_path / "d" / "ae.safetensors")["decoder.conv_out.weight"]
+    )
     for key, value in start.items():
         if key != "scale_factor":  # re-estimated on the new run's data
             assert torch.allclose(value, after[key], atol=1e-6), key  # lr ~0: the loaded weights
@@ -124,8 +131,7 @@ def test_init_from_checkpoint_starts_a_new_run_from_its_weights(tmp_path):
 
 
 def test_linear_shortcut_run_starts_from_pca_and_resumes_exactly(tmp_path):
-    cfg = merge(_cfg(2), {"model": {"linear_shortcut": True, "posterior_logvar_init": -6.0},
-                          "train": {"lr": 1e-9}})
+    cfg = merge(_cfg(2), {"model": {"linear_shortcut": True, "posterior_logvar_init": -6.0}, "train": {"lr": 1e-9}})
     train_ae(cfg, tmp_path / "a")
     ae = load_autoencoder(tmp_path / "a" / "ae.safetensors")
     assert ae.config.linear_shortcut and ae.shortcut_in is not None

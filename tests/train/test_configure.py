@@ -31,9 +31,12 @@ def ae(tmp_path_factory):
 
 def _class_cfg(**train):
     cfg = ldm_preset("tiny")
-    return replace(cfg, data=DataConfig(source="builtin:synthetic", size=16),
-                   model=replace(cfg.model, conditioners=(ConditionerSpec("class", {}),)),
-                   train=replace(cfg.train, **{"sample_every": 1000, "save_every": 1000, **train}))
+    return replace(
+        cfg,
+        data=DataConfig(source="builtin:synthetic", size=16),
+        model=replace(cfg.model, conditioners=(ConditionerSpec("class", {}),)),
+        train=replace(cfg.train, **{"sample_every": 1000, "save_every": 1000, **train}),
+    )
 
 
 def test_layers_apply_in_order(tmp_path):
@@ -46,8 +49,13 @@ def test_layers_apply_in_order(tmp_path):
 
 
 def test_text_encoder_flag_reaches_every_text_conditioner():
-    cfg = ldm_config("tiny", None, {"model": {"conditioners": [{"name": "text-crossattn"}, {"name": "class"}]}}, [],
-                     text_encoder="bert")
+    cfg = ldm_config(
+        "tiny",
+        None,
+        {"model": {"conditioners": [{"name": "text-crossattn"}, {"name": "class"}]}},
+        [],
+        text_encoder="bert",
+    )
     assert cfg.model.conditioners[0].options == {"encoder": "bert"} and cfg.model.conditioners[1].options == {}
     with pytest.raises(ConfigError, match="needs a text conditioner"):
         ldm_config("tiny", None, {}, [], text_encoder="bert")
@@ -77,7 +85,7 @@ def test_resolve_derives_widths_and_returns_the_conditioners(ae):
     assert conds.specs == resolved.model.conditioners
     again, conds2 = resolve_ldm(cfg, model, dataset)  # seeded by train.seed: every rank builds the same
     assert again == resolved
-    for a, b in zip(conds.state_dict().values(), conds2.state_dict().values()):
+    for a, b in zip(conds.state_dict().values(), conds2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -50,9 +50,9 @@ def _grads(out: Path) -> list[list[torch.Tensor]]:
 
 def _assert_same_grads(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> None:
     assert len(a) == len(b) == 3
-    for step_a, step_b in zip(a, b):
+    for step_a, step_b in zip(a, b, strict=True):
         scale = max(float(g.abs().max()) for g in step_a)
-        diff = max(float((x - y).abs().max()) for x, y in zip(step_a, step_b))
+        diff = max(float((x - y).abs().max()) for x, y in zip(step_a, step_b, strict=True))
         assert scale > 0 and diff <= 1e-5 * scale, (diff, scale)
 
 
@@ -76,9 +76,30 @@ def test_autoencoder_two_processes_equal_one_process(tmp_path):
 
 
 def test_torchrun_cli_writes_once_and_resumes_identically(ae, tmp_path):
-    base = [*TORCHRUN, "-m", "ldmctl", "train-ldm", "--preset", "tiny", "--ae", ae, "--data", "builtin:synthetic",
-            "--cond", "class", "--batch-size", "4", "--sample-every", "100", "--save-every", "2",
-            "--set", "train.lr_schedule=constant", "--set", "train.warmup_steps=0"]  # lr independent of --max-steps
+    base = [
+        *TORCHRUN,
+        "-m",
+        "ldmctl",
+        "train-ldm",
+        "--preset",
+        "tiny",
+        "--ae",
+        ae,
+        "--data",
+        "builtin:synthetic",
+        "--cond",
+        "class",
+        "--batch-size",
+        "4",
+        "--sample-every",
+        "100",
+        "--save-every",
+        "2",
+        "--set",
+        "train.lr_schedule=constant",
+        "--set",
+        "train.warmup_steps=0",
+    ]  # lr independent of --max-steps
     _run([*base, "--max-steps", "4", "--out", str(tmp_path / "full")])
     _run([*base, "--max-steps", "2", "--out", str(tmp_path / "part")])
     _run([*base, "--max-steps", "4", "--out", str(tmp_path / "part"), "--resume"])
@@ -87,5 +108,3 @@ def test_torchrun_cli_writes_once_and_resumes_identically(ae, tmp_path):
     a = read_checkpoint(tmp_path / "full" / "ldm.safetensors").tensors
     b = read_checkpoint(tmp_path / "part" / "ldm.safetensors").tensors
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-

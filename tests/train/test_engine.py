@@ -63,12 +63,17 @@ def _run(toy: Toy, out: Path | None, plan: engine.Plan, callbacks: Callbacks | N
 def test_checkpoints_keep_last_latest_copy_logs_previews_and_summary(tmp_path):
     saved, images = [], []
     cb = Callbacks(on_save=lambda s, p: saved.append((s, p)), on_images=lambda s, name, t: images.append(name))
-    summary = _run(Toy(), tmp_path, engine.Plan(max_steps=7, log_every=3, sample_every=4, save_every=2,
-                                                keep_last=2), cb)
+    summary = _run(
+        Toy(), tmp_path, engine.Plan(max_steps=7, log_every=3, sample_every=4, save_every=2, keep_last=2), cb
+    )
     assert [s for s, _ in saved] == [2, 4, 6, 7]
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert kept == ["step_0000006.safetensors", "step_0000006.state.pt",
-                    "step_0000007.safetensors", "step_0000007.state.pt"]
+    assert kept == [
+        "step_0000006.safetensors",
+        "step_0000006.state.pt",
+        "step_0000007.safetensors",
+        "step_0000007.state.pt",
+    ]
     latest = tmp_path / "toy.safetensors"
     assert latest.read_bytes() == (tmp_path / "checkpoints" / "step_0000007.safetensors").read_bytes()
     state = torch.load(tmp_path / "checkpoints" / "step_0000007.state.pt", weights_only=True)
@@ -79,8 +84,16 @@ def test_checkpoints_keep_last_latest_copy_logs_previews_and_summary(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert summary["steps"] == 7 and summary["interrupted"] is None and summary["moves"] == 7
     assert summary["checkpoint"] == str(latest) and summary["processes"] == 1
-    assert list(summary) == ["interrupted", "steps", "seconds", "steps_per_s", "final", "moves", "checkpoint",
-                             "processes"]
+    assert list(summary) == [
+        "interrupted",
+        "steps",
+        "seconds",
+        "steps_per_s",
+        "final",
+        "moves",
+        "checkpoint",
+        "processes",
+    ]
 
 
 def test_resume_takes_the_newest_complete_checkpoint_and_continues_exactly(tmp_path):

@@ -11,8 +11,8 @@ import torch
 from ldmctl.autoencoder import build_autoencoder
 from ldmctl.checkpoint import read_checkpoint, save_autoencoder
 from ldmctl.config import PRESETS, DataConfig, ldm_preset, merge
-from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.diffusion.io import load_ldm
+from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.train.ldm import train_ldm
 from ldmctl.train.loop import Callbacks
 
@@ -27,8 +27,11 @@ def ae_path(tmp_path_factory):
 
 def tiny_cfg(**train):
     cfg = ldm_preset("tiny")
-    return replace(cfg, data=DataConfig(source="builtin:synthetic", size=16),
-                   train=replace(cfg.train, **{"sample_every": 1000, "save_every": 1000, **train}))
+    return replace(
+        cfg,
+        data=DataConfig(source="builtin:synthetic", size=16),
+        train=replace(cfg.train, **{"sample_every": 1000, "save_every": 1000, **train}),
+    )
 
 
 def test_loss_falls_on_a_tiny_run(ae_path, tmp_path):
@@ -47,6 +50,7 @@ def _crash_at(step: int) -> Callbacks:
     def on_save(s: int, path: str) -> None:
         if s == step:
             raise Crash
+
     return Callbacks(on_save=on_save)
 
 
@@ -74,6 +78,7 @@ def test_checkpoint_rebuilds_model_with_ema_and_autoencoder(ae_path, tmp_path):
     ema, raw = load_ldm(summary["checkpoint"]), load_ldm(summary["checkpoint"], weights="raw")
     assert not torch.equal(ema.unet.time_mlp[0].weight, raw.unet.time_mlp[0].weight)
     from ldmctl.samplers import ddim
+
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     z1 = ema.sample_latents(ddim, 2, steps=3, generator=g1)
     z2 = ema.sample_latents(ddim, 2, steps=3, generator=g2)

@@ -29,15 +29,22 @@ def test_guard_counts_only_consecutive_failures():
 def ae_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("ae")
     cfg = preset("tiny")
-    cfg = with_updates(cfg, data=DataConfig(source="builtin:synthetic", size=16),
-                       train=with_updates(cfg.train, max_steps=1), loss=with_updates(cfg.loss, perceptual="none"))
+    cfg = with_updates(
+        cfg,
+        data=DataConfig(source="builtin:synthetic", size=16),
+        train=with_updates(cfg.train, max_steps=1),
+        loss=with_updates(cfg.loss, perceptual="none"),
+    )
     return train_ae(cfg, out)["checkpoint"]
 
 
 def _ldm_cfg(steps: int) -> LDMTrainingConfig:
     cfg = ldm_preset("tiny")
-    return with_updates(cfg, data=DataConfig(source="builtin:synthetic", size=16),
-                        train=with_updates(cfg.train, max_steps=steps, save_every=2, sample_every=100, max_nonfinite=3))
+    return with_updates(
+        cfg,
+        data=DataConfig(source="builtin:synthetic", size=16),
+        train=with_updates(cfg.train, max_steps=steps, save_every=2, sample_every=100, max_nonfinite=3),
+    )
 
 
 def _poison(monkeypatch, bad_calls: set[int]):

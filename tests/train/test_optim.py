@@ -39,13 +39,13 @@ def test_adam_groups_match_torch_adam_exactly():
     b.load_state_dict(a.state_dict())
     ours = MuonWithAdam([dict(params=list(a.parameters()), muon=False)], lr=1e-2, betas=(0.9, 0.99))
     ref = torch.optim.Adam(b.parameters(), lr=1e-2, betas=(0.9, 0.99))
-    for step in range(4):
+    for _ in range(4):
         x = torch.randn(7, 5)
         for net, opt in ((a, ours), (b, ref)):
             opt.zero_grad()
             net(x).pow(2).sum().backward()
             opt.step()
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q)
 
 
@@ -55,7 +55,7 @@ def test_muon_step_has_the_size_of_an_adam_step_and_follows_the_polar_factor():
     g = torch.randn(16, 64)
     w.grad = g.clone()
     opt.step()
-    expected = -1e-3 * 0.2 * 64 ** 0.5 * orthogonalize(g[None])[0]
+    expected = -1e-3 * 0.2 * 64**0.5 * orthogonalize(g[None])[0]
     torch.testing.assert_close(w.detach(), expected)
     rms = w.detach().pow(2).mean().sqrt()
     assert abs(rms.item() - 0.2 * 1e-3) < 1e-5  # the RMS of an Adam step of lr 1e-3 is at most 1e-3

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ldmctl.config import DataConfig, ldm_preset, preset, with_updates
-from ldmctl.train.ae import train_ae
 from ldmctl.diffusion.io import load_ldm
+from ldmctl.train.ae import train_ae
 from ldmctl.train.ldm import train_ldm
 from ldmctl.train.loop import Callbacks
 
@@ -23,16 +23,23 @@ def _kill_at(step: int, sig: int) -> Callbacks:
 @pytest.fixture(scope="module")
 def ae_ckpt(tmp_path_factory):
     cfg = preset("tiny")
-    cfg = with_updates(cfg, data=DataConfig(source="builtin:synthetic", size=16),
-                       train=with_updates(cfg.train, max_steps=1), loss=with_updates(cfg.loss, perceptual="none"))
+    cfg = with_updates(
+        cfg,
+        data=DataConfig(source="builtin:synthetic", size=16),
+        train=with_updates(cfg.train, max_steps=1),
+        loss=with_updates(cfg.loss, perceptual="none"),
+    )
     return train_ae(cfg, tmp_path_factory.mktemp("ae"))["checkpoint"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_ldm_signal_saves_and_resume_is_bit_identical(ae_ckpt, tmp_path, sig):
     cfg = ldm_preset("tiny")
-    cfg = with_updates(cfg, data=DataConfig(source="builtin:synthetic", size=16),
-                       train=with_updates(cfg.train, max_steps=8, save_every=100, sample_every=100))
+    cfg = with_updates(
+        cfg,
+        data=DataConfig(source="builtin:synthetic", size=16),
+        train=with_updates(cfg.train, max_steps=8, save_every=100, sample_every=100),
+    )
     full = train_ldm(cfg, ae_ckpt, tmp_path / "full")
     cut = train_ldm(cfg, ae_ckpt, tmp_path / "cut", callbacks=_kill_at(3, sig))
     assert cut["interrupted"] == signal.Signals(sig).name and cut["steps"] == 3
@@ -48,9 +55,12 @@ def test_ldm_signal_saves_and_resume_is_bit_identical(ae_ckpt, tmp_path, sig):
 
 def test_ae_sigterm_saves_a_checkpoint(tmp_path):
     cfg = preset("tiny")
-    cfg = with_updates(cfg, data=DataConfig(source="builtin:synthetic", size=16),
-                       train=with_updates(cfg.train, max_steps=6, save_every=100, sample_every=100),
-                       loss=with_updates(cfg.loss, perceptual="none"))
+    cfg = with_updates(
+        cfg,
+        data=DataConfig(source="builtin:synthetic", size=16),
+        train=with_updates(cfg.train, max_steps=6, save_every=100, sample_every=100),
+        loss=with_updates(cfg.loss, perceptual="none"),
+    )
     out = train_ae(cfg, tmp_path / "ae", callbacks=_kill_at(2, signal.SIGTERM))
     assert out["interrupted"] == "SIGTERM" and out["steps"] == 2
     assert (tmp_path / "ae" / "checkpoints" / "step_0000002.safetensors").is_file()

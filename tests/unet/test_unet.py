@@ -10,8 +10,9 @@ from ldmctl.config import UNetConfig
 from ldmctl.errors import ConfigError
 from ldmctl.unet import Attention, UNet, position_embedding_2d, timestep_embedding
 
-TINY = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_channels=8,
-            norm_groups=4)
+TINY = dict(
+    model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_channels=8, norm_groups=4
+)
 
 
 def _randomise_output(unet: UNet) -> None:
@@ -39,8 +40,12 @@ def test_every_entry_point_changes_the_output_and_gets_gradients(generator):
         if p.ndim >= 2 and torch.count_nonzero(p) == 0:
             torch.nn.init.normal_(p, std=0.05)
     z, t = torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([10, 600])
-    fields = dict(concat=torch.randn(2, 2, 8, 8, generator=generator), add=torch.randn(2, 6, generator=generator),
-                  context=torch.randn(2, 5, 12, generator=generator), tokens=torch.randn(2, 3, 10, generator=generator))
+    fields = dict(
+        concat=torch.randn(2, 2, 8, 8, generator=generator),
+        add=torch.randn(2, 6, generator=generator),
+        context=torch.randn(2, 5, 12, generator=generator),
+        tokens=torch.randn(2, 3, 10, generator=generator),
+    )
     base = unet(z, t, Cond(**fields))
     base.square().sum().backward()
     missing = [n for n, p in unet.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -79,7 +84,7 @@ def test_attention_matches_explicit_softmax(generator):
     x, ctx = torch.randn(2, 5, 16, generator=generator), torch.randn(2, 3, 6, generator=generator)
     q = attn.to_q(x).view(2, 5, 2, 8).transpose(1, 2)
     k, v = attn.to_kv(ctx).view(2, 3, 2, 2, 8).permute(2, 0, 3, 1, 4)
-    w = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, dim=-1)
+    w = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
     ref = attn.to_out((w @ v).transpose(1, 2).reshape(2, 5, 16))
     torch.testing.assert_close(attn(x, ctx), ref)
 
@@ -102,5 +107,5 @@ def test_gradient_checkpointing_gives_the_same_gradients(generator):
     z, t = torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([3, 4])
     a(z, t).sum().backward()
     b(z, t).sum().backward()
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad, msg=name)

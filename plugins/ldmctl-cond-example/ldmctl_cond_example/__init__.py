@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ldmctl import hookimpl
-from ldmctl.conditioning import CondOutput, Conditioner, LatentSpec
+from ldmctl.conditioning import Conditioner, CondOutput, LatentSpec
 from ldmctl.errors import InputError
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "cyan", "orange", "magenta", "white", "black", "grey")
@@ -52,7 +52,7 @@ class ColourWords(Conditioner):
         return out
 
     def describe_input(self) -> str:
-        return "a prompt naming colours (--prompt \"a red circle\")"
+        return 'a prompt naming colours (--prompt "a red circle")'
 
     def forward(self, batch: Mapping[str, Any]) -> CondOutput:
         captions = batch[self.input_key]
@@ -76,8 +76,9 @@ class Brightness(Conditioner):
 
     def __init__(self, config: Config, latent: LatentSpec) -> None:
         super().__init__(config, latent)
-        self.mlp = nn.Sequential(nn.Linear(2 * config.frequencies, config.dim), nn.SiLU(),
-                                 nn.Linear(config.dim, config.dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * config.frequencies, config.dim), nn.SiLU(), nn.Linear(config.dim, config.dim)
+        )
         self.null_vector = nn.Parameter(torch.zeros(config.dim))
 
     @property

@@ -10,12 +10,19 @@ import sys
 import pytest
 import torch
 
+from ldmctl.compare.report import samplers_markdown
+from ldmctl.compare.run import (
+    SamplersConfig,
+    Setting,
+    compare_samplers,
+    matching_steps,
+    parse_setting,
+    validate_samplers,
+)
 from ldmctl.config import DataConfig
 from ldmctl.data.shapes import ShapesDataset
 from ldmctl.errors import ConfigError, PackageError
 from ldmctl.eval.classifier import ClassifierConfig, FeatureClassifier
-from ldmctl.eval.compare import SamplersConfig, Setting, compare_samplers, matching_steps, parse_setting, validate_samplers
-from ldmctl.eval.compare_report import samplers_markdown
 from ldmctl.eval.generative import Extractors, collect, dataset_batches
 from ldmctl.eval.judge import METRICS, Judge, JudgeConfig, resolve_metrics
 
@@ -27,10 +34,17 @@ def _row(sampler, steps, value, std=1.0, seed=0, key="fd_cls"):
 
 
 def test_matching_steps_lower_is_better():
-    rows = [_row("ddim", 10, 14.0), _row("ddim", 20, 11.5), _row("ddim", 50, 10.0, std=0.5),
-            _row("dpmpp", 10, 11.2), _row("dpmpp", 20, 10.4), _row("dpmpp", 50, 9.0),
-            _row("plms", 10, 30.0), _row("plms", 20, 25.0),
-            _row("dpmpp", 5, 10.1, seed=1)]  # another seed never counts
+    rows = [
+        _row("ddim", 10, 14.0),
+        _row("ddim", 20, 11.5),
+        _row("ddim", 50, 10.0, std=0.5),
+        _row("dpmpp", 10, 11.2),
+        _row("dpmpp", 20, 10.4),
+        _row("dpmpp", 50, 9.0),
+        _row("plms", 10, 30.0),
+        _row("plms", 20, 25.0),
+        _row("dpmpp", 5, 10.1, seed=1),
+    ]  # another seed never counts
     match = matching_steps(rows, Setting("ddim", 50), METRICS["fd-cls"], sigmas=2.0)
     assert match["tolerance"] == pytest.approx(1.0) and match["threshold"] == pytest.approx(11.0)
     assert match["steps"] == {"ddim": 50, "dpmpp": 20, "plms": None}
@@ -39,8 +53,12 @@ def test_matching_steps_lower_is_better():
 
 
 def test_matching_steps_higher_is_better_and_better_always_matches():
-    rows = [_row("ddim", 50, 0.80, std=0.01, key="acc"), _row("dpmpp", 5, 0.70, key="acc"),
-            _row("dpmpp", 10, 0.95, key="acc"), _row("dpmpp", 20, 0.79, key="acc")]
+    rows = [
+        _row("ddim", 50, 0.80, std=0.01, key="acc"),
+        _row("dpmpp", 5, 0.70, key="acc"),
+        _row("dpmpp", 10, 0.95, key="acc"),
+        _row("dpmpp", 20, 0.79, key="acc"),
+    ]
     match = matching_steps(rows, Setting("ddim", 50), METRICS["acc"], sigmas=2.0)
     assert match["threshold"] == pytest.approx(0.78) and match["steps"]["dpmpp"] == 10
 
@@ -58,11 +76,13 @@ def test_settings_and_their_validation():
     cfg = SamplersConfig(samplers=("dpmpp",), steps=(20, 10, 10), reference="ddim-50", seed=3)
     assert [s.name for s in cfg.settings()] == ["dpmpp-10", "dpmpp-20", "ddim-50"]
     assert {s.seed for s in cfg.settings()} == {3}
-    for bad, match in [(SamplersConfig(samplers=("euler",)), "unknown sampler"),
-                       (SamplersConfig(steps=(0, 10)), "positive"),
-                       (SamplersConfig(reference="ddim"), "SAMPLER-STEPS"),
-                       (SamplersConfig(repeat_seed=0), "differ"),
-                       (SamplersConfig(match_sigmas=float("nan")), "match-sigmas")]:
+    for bad, match in [
+        (SamplersConfig(samplers=("euler",)), "unknown sampler"),
+        (SamplersConfig(steps=(0, 10)), "positive"),
+        (SamplersConfig(reference="ddim"), "SAMPLER-STEPS"),
+        (SamplersConfig(repeat_seed=0), "differ"),
+        (SamplersConfig(match_sigmas=float("nan")), "match-sigmas"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             validate_samplers(bad)
 
@@ -77,12 +97,15 @@ def test_resolve_metrics():
         resolve_metrics("fd-cls,kid", keys=set(), classifier=True)
 
 
-@pytest.mark.parametrize("cfg,keys,match", [
-    (JudgeConfig(metrics=("fd-cls",), ref="builtin:synthetic"), {"label"}, "--classifier"),
-    (JudgeConfig(metrics=("acc",), classifier="c.safetensors"), set(), "class-conditional"),
-    (JudgeConfig(metrics=("fd-cls",), classifier="c.safetensors"), set(), "--ref"),
-    (JudgeConfig(metrics=("shapes",)), {"label"}, "text-conditional"),
-])
+@pytest.mark.parametrize(
+    "cfg,keys,match",
+    [
+        (JudgeConfig(metrics=("fd-cls",), ref="builtin:synthetic"), {"label"}, "--classifier"),
+        (JudgeConfig(metrics=("acc",), classifier="c.safetensors"), set(), "class-conditional"),
+        (JudgeConfig(metrics=("fd-cls",), classifier="c.safetensors"), set(), "--ref"),
+        (JudgeConfig(metrics=("shapes",)), {"label"}, "text-conditional"),
+    ],
+)
 def test_judge_refuses_metrics_it_cannot_compute(cfg, keys, match):
     with pytest.raises(ConfigError, match=match):
         Judge.build(cfg, keys=keys, size=16, n=4)
@@ -100,8 +123,12 @@ def _judge(bootstrap=20, metrics=("fd-cls", "acc")) -> Judge:
     from ldmctl.eval.generative import Batch
 
     reference = collect([Batch(ref_images, torch.arange(24) % 3)], ex)
-    return Judge(JudgeConfig(metrics=metrics, bootstrap=bootstrap, grid_count=6), extractors=ex, reference=reference,
-                 class_names=["a", "b", "c"])
+    return Judge(
+        JudgeConfig(metrics=metrics, bootstrap=bootstrap, grid_count=6),
+        extractors=ex,
+        reference=reference,
+        class_names=["a", "b", "c"],
+    )
 
 
 def _stream(seed: int, n: int = 12, blur: float = 0.0):
@@ -148,14 +175,28 @@ def test_compare_samplers_writes_report_plots_grids_and_json(tmp_path):
         return _stream(setting.seed, blur=blur[(setting.sampler, setting.steps)] if setting.seed == 0 else 0.1)
 
     cfg = SamplersConfig(samplers=("ddim", "dpmpp"), steps=(1, 2), reference="ddim-2", repeat_seed=1, match_sigmas=0.0)
-    results = compare_samplers("model", cfg, judge, draw, tmp_path / "out",
-                               about={"command": "ldmctl compare samplers x.safetensors", "n": 12})
+    results = compare_samplers(
+        "model", cfg, judge, draw, tmp_path / "out", about={"command": "ldmctl compare samplers x.safetensors", "n": 12}
+    )
     out = tmp_path / "out"
-    for name in ("report.md", "results.json", "quality-vs-steps.png", "quality-vs-time.png", "grids/overview.png",
-                 "grids/ddim-1.png", "grids/dpmpp-2.png", "grids/ddim-2-seed1.png"):
+    for name in (
+        "report.md",
+        "results.json",
+        "quality-vs-steps.png",
+        "quality-vs-time.png",
+        "grids/overview.png",
+        "grids/ddim-1.png",
+        "grids/dpmpp-2.png",
+        "grids/ddim-2-seed1.png",
+    ):
         assert (out / name).is_file(), name
     stored = json.loads((out / "results.json").read_text())
-    assert [(r["sampler"], r["steps"]) for r in stored["settings"]] == [("ddim", 1), ("ddim", 2), ("dpmpp", 1), ("dpmpp", 2)]
+    assert [(r["sampler"], r["steps"]) for r in stored["settings"]] == [
+        ("ddim", 1),
+        ("ddim", 2),
+        ("dpmpp", 1),
+        ("dpmpp", 2),
+    ]
     assert stored["match"]["reference"] == "ddim-2" and stored["match"]["steps"] == {"ddim": 2, "dpmpp": 1}
     assert stored["repeat"]["seed"] == 1 and "fd_cls" in stored["repeat"]["difference"]
     assert stored["settings"][1]["paired"]["fd_cls"]["difference"] == 0.0
@@ -172,4 +213,4 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(PackageError, match="matplotlib") as exc:
         require_matplotlib()
-    assert 'ldmctl[report]' in exc.value.hint
+    assert "ldmctl[report]" in exc.value.hint
