@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ldmctl.conditioning.base import Conditioner
+from ldmctl.device import autocast, module_device
 from ldmctl.errors import ConfigError, InputError, LdmctlError
 from ldmctl.samplers.guidance import cfg_model_fn
 
@@ -171,32 +172,67 @@ def generate(
     batch_size: int = 64,
     negative_prompt: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    precision: str = "fp32",
+    latent_hw: tuple[int, int] | None = None,
+    edit: Any = None,
 ) -> Iterator[tuple[torch.Tensor, dict]]:
     """Yield ``(images (B, 3, H, W) in [-1, 1], that batch's conditions)`` for ``n`` samples.
 
     One generator seeded with ``seed`` draws every batch in turn, so the samples depend on
     ``seed`` and ``batch_size`` only. ``on_progress(done)`` counts sample-steps (of ``n * steps``).
     ``negative_prompt`` replaces the empty prompt in the unconditional branch of guidance.
+
+    The model runs where its weights are, under the autocast of ``precision``; the generator is
+    a CPU one on every device (the same noise for a seed); images come back as float32 on the CPU.
+
+    ``latent_hw`` (:func:`ldmctl.editing.latent_grid`) samples on another grid; ``edit`` (a peer's
+    :class:`ldmctl.editing.Edit`, duck-typed) edits its image on its grid. Both set batch ``latent_hw``.
     """
     conditions = conditions or {}
+    device = module_device(model.unet)
     g = torch.Generator().manual_seed(seed)
+    hw = edit.latent_hw if edit is not None else latent_hw
+    runs = steps if edit is None else edit.steps_run(sampler_fn, model.schedule.num_timesteps, steps)
     for start in range(0, n, batch_size):
-        done, size = start * steps, min(batch_size, n - start)
+        done, size = start * runs, min(batch_size, n - start)
         batch = {k: v[start : start + size] for k, v in conditions.items()}
-        inputs = model.derived_inputs(batch)  # e.g. a super-resolution model's latent of the low-res image
-        model_fn = None
-        if conditions:
-            cond = model.cond(inputs)
-            negative = {"caption": [negative_prompt] * size} if negative_prompt is not None else None
-            uncond = model.conditioners.null(size, like=cond, negative=negative)
-            model_fn = cfg_model_fn(model.unet, cond, uncond, guidance)
+        sized = batch if hw is None else {**batch, "latent_hw": hw}
+        inputs = model.derived_inputs(_to_device(sized, device))  # e.g. the latent of a low-res image
         callback = None if on_progress is None else (lambda i, total, z, d=done: on_progress(d + (i + 1) * z.shape[0]))
-        with torch.no_grad():
-            z = model.sample_latents(
-                sampler_fn, size, steps=steps, eta=eta, generator=g, model_fn=model_fn, callback=callback
-            )
+        model_fn = _guided(model, inputs, size, guidance, negative_prompt, precision) if conditions else None
+        with torch.no_grad(), autocast(precision, device):
+            run = dict(steps=steps, eta=eta, generator=g, model_fn=model_fn, callback=callback)
+            if edit is None:
+                z = model.sample_latents(sampler_fn, size, latent_hw=hw, **run)
+            else:
+                z = edit.latents(model, sampler_fn, size, inputs=inputs, **run)
             images = model.decode(model.from_target(z, inputs))
-        yield images, batch
+        images = images.float().cpu()
+        yield (images if edit is None else edit.paste_back(images)), batch
+
+
+def _guided(
+    model: Any, inputs: Mapping[str, Any], size: int, guidance: float, negative_prompt: str | None, precision: str
+) -> Any:
+    """The model function of one batch under classifier-free guidance; ``negative_prompt`` replaces
+    the empty prompt in the unconditional branch.
+
+    The condition is encoded in the caller's grad mode, as it always was: under ``no_grad`` torch's
+    nn.TransformerEncoder takes a fast path that differs in the last bits, and old checkpoints must
+    keep sampling bit-identically."""
+    with autocast(precision, module_device(model.unet)):
+        cond = model.cond(inputs)
+        negative = {"caption": [negative_prompt] * size} if negative_prompt is not None else {}
+        keep = getattr(getattr(model, "task", None), "uncond_inputs", None)  # inputs that are not conditions
+        if keep is not None:
+            negative.update(keep(inputs))
+        uncond = model.conditioners.null(size, like=cond, negative=negative or None)
+    return cfg_model_fn(model.unet, cond, uncond, guidance)
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` with its tensors on ``device`` (lists of prompts and the like as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 __all__ = [

@@ -50,8 +50,10 @@ def make_betas(kind: str, timesteps: int, start: float = 0.00085, end: float = 0
 
 
 def extract(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """Gather ``values[t]`` for a batch of timesteps and shape it to broadcast against ``like``."""
-    out = values.to(like.device)[t.long()].to(like.dtype)
+    """Gather ``values[t]`` for a batch of timesteps and shape it to broadcast against ``like``.
+    The cast to ``like``'s dtype happens before the move, so float64 never reaches a device
+    without it (Apple's MPS)."""
+    out = values.to(like.dtype).to(like.device)[t.long()]
     return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
 
 

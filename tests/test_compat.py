@@ -51,6 +51,8 @@ def test_old_checkpoints_sample_bit_identically(tmp_path, name, expected, args):
             "--seed",
             "5",
             *args,
+            "--device",
+            "cpu",  # the fixtures were made on the CPU; --device auto would pick a GPU where there is one
             "--out",
             str(tmp_path / "g.png"),
             "--save-tensor",
@@ -73,6 +75,8 @@ def test_old_superres_checkpoints_upscale_bit_identically(tmp_path, name):
             str(FIX / f"{name}.safetensors"),
             "--steps",
             "3",
+            "--device",
+            "cpu",
             "-o",
             str(tmp_path / "x.png"),
         ],
@@ -96,6 +100,8 @@ def test_shipped_models_give_the_same_outputs(tmp_path):
             "3",
             "--prompt",
             "a red circle above a blue square",
+            "--device",
+            "cpu",
             "--out",
             str(tmp_path / "g.png"),
             "--save-tensor",
@@ -105,7 +111,7 @@ def test_shipped_models_give_the_same_outputs(tmp_path):
     assert r.exit_code == 0, r.output
     got = torch.load(tmp_path / "s.pt", weights_only=True)
     assert torch.equal(got, torch.load(FIX / "shipped-shapes.samples.pt", weights_only=True))
-    r = CliRunner().invoke(app, ["superres", str(FIX / "lr.png"), "-o", str(tmp_path / "x.png")])
+    r = CliRunner().invoke(app, ["superres", str(FIX / "lr.png"), "--device", "cpu", "-o", str(tmp_path / "x.png")])
     assert r.exit_code == 0, r.output
     assert np.array_equal(
         np.asarray(Image.open(tmp_path / "x.png")), np.asarray(Image.open(FIX / "shipped-superres.superres.png"))

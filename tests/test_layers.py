@@ -14,13 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # room -> layer; a room is a top-level module or package of ldmctl (or the built-in plugins)
 LAYERS = {
     "errors": 1, "layers": 1,
-    "config": 2, "text": 2, "tiling": 2, "files": 2, "models": 2,
+    "config": 2, "text": 2, "tiling": 2, "files": 2, "device": 2, "models": 2,
     "data": 3, "conditioning": 3,
     "autoencoder": 4, "unet": 4, "schedule": 4, "ldmctl_conditioners": 4, "testing": 4,
     "checkpoint": 5, "samplers": 5,
-    "superres": 6,
+    "superres": 6, "inpaint": 6,
     "diffusion": 7,
-    "sampling": 8, "export": 8,
+    "sampling": 8, "editing": 8, "export": 8,
     "eval": 9,
     "train": 10,
     "compare": 11,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ldmctl.data.modes import crop_to, pad_to_multiple
+from ldmctl.device import autocast, module_device
 from ldmctl.errors import ConfigError
 from ldmctl.tiling import Progress, count_tiles, tiled_apply
 
@@ -51,24 +52,29 @@ def reconstruct(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     progress: Progress | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """Encode (posterior mode) and decode images (B, C, H, W) in [-1, 1]; same size out.
 
     ``tile`` (pixels, a multiple of f; 0 = always in one piece) and ``overlap`` set the tiling of
-    images larger than one tile. ``progress(done, total)`` runs after each tile.
+    images larger than one tile. ``progress(done, total)`` runs after each tile. The autoencoder
+    runs where its weights are, under the autocast of ``precision``; the result has ``x``'s
+    device and dtype.
     """
     f = ae.config.downsample_factor
     check_tiling(f, tile, overlap)
-    padded, (h, w) = pad_to_multiple(x, f)
-    if tile == 0:
-        recon = ae.decode(ae.encode(padded))
-        if progress is not None:
-            progress(1, 1)
-    else:  # tiles are `tile` pixels or a whole (padded) side, so every tile is a multiple of f
-        recon = tiled_apply(
-            lambda t, _at: ae.decode(ae.encode(t)), padded, tile=tile, overlap=overlap, progress=progress
-        )
-    return crop_to(recon, h, w).clamp(-1, 1)
+    device = module_device(ae)
+    padded, (h, w) = pad_to_multiple(x.to(device), f)
+    with autocast(precision, device):
+        if tile == 0:
+            recon = ae.decode(ae.encode(padded))
+            if progress is not None:
+                progress(1, 1)
+        else:  # tiles are `tile` pixels or a whole (padded) side, so every tile is a multiple of f
+            recon = tiled_apply(
+                lambda t, _at: ae.decode(ae.encode(t)), padded, tile=tile, overlap=overlap, progress=progress
+            )
+    return crop_to(recon, h, w).clamp(-1, 1).to(x.device, x.dtype)
 
 
 __all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "check_tiling", "reconstruct", "reconstruction_tiles"]

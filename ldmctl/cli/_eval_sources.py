@@ -35,6 +35,8 @@ class Draw:
     inputs: Mapping[str, list[str]]  # --input values by key
     negative_prompt: str | None
     out_dir: Path | None  # also write each sample here as a PNG
+    device: torch.device  # where the model runs
+    precision: str  # its autocast: fp32, bf16 or fp16
 
 
 def image_set(source: str, size: int) -> Any:
@@ -78,7 +80,7 @@ def _from_checkpoint(path: Path, draw: Draw) -> Samples:
     from ldmctl.samplers import get_sampler
     from ldmctl.sampling import default_guidance, generate, sampling_conditions
 
-    model = load_ldm(path, weights=draw.weights)
+    model = load_ldm(path, weights=draw.weights, device=draw.device)
     size = model.config.latent_size * model.autoencoder.config.downsample_factor
     keys = {c.input_key for c in model.conditioners.items}
     inputs, prompt = draw.inputs, draw.prompt
@@ -103,6 +105,7 @@ def _from_checkpoint(path: Path, draw: Draw) -> Samples:
             guidance=scale,
             batch_size=draw.batch_size,
             negative_prompt=draw.negative_prompt,
+            precision=draw.precision,
         )
         return _quantized(chunks, prompts, draw.out_dir), n
 

@@ -13,16 +13,64 @@ they set (train-ae, train-ldm), :func:`options_of` fills a dataclass of them (ev
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import torch
 import typer
 
-from ldmctl.cli._vocab import Device, Preset, Sampler, Weights
+from ldmctl.cli._vocab import Precision, Preset, Sampler, Weights
+from ldmctl.device import parse_device, resolve_device, resolve_precision
+from ldmctl.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def _device_spelling(text: str) -> str:
+    """``--device``'s value checked for spelling (a usage error, as for choices); whether this
+    machine has that device is checked when the command starts (:func:`runtime`)."""
+    try:
+        parse_device(text)
+    except ConfigError as err:
+        raise typer.BadParameter(str(err)) from None
+    return text.strip().lower()
+
+
+# --- devices: every command that runs a model (training: None keeps the config's train.device) ---
+DEVICE_HELP = (
+    "auto: a GPU if there is one (CUDA, else Apple MPS), else the CPU; cuda:N: GPU N (under torchrun, cuda is each "
+    "process's own GPU)."
+)
+DeviceOpt = Annotated[
+    str | None, typer.Option(parser=_device_spelling, metavar="auto|cpu|cuda[:N]|mps", help=DEVICE_HELP)
+]
+PrecisionOpt = Annotated[
+    Precision | None,
+    typer.Option(
+        help="fp32, or autocast of the networks to bf16 (CPU or GPU) or fp16 (GPU; training: CUDA, with a gradient "
+        "scaler). Samplers and outputs stay float32."
+    ),
+]
+
+
+def runtime(device: str | None, precision: str | None) -> torch.device:
+    """The torch.device of ``--device``, after checking that ``--precision`` can run on it: both
+    before any long step (ConfigError naming the fix: exit 1, no traceback)."""
+    dev = resolve_device(device or "auto")
+    resolve_precision(precision or "fp32", dev)
+    return dev
+
+
+def training_runtime(device: str, precision: str) -> None:
+    """Refuse, before any data is read, a ``train.device`` this machine lacks or a ``train.precision``
+    that cannot train there (fp16 needs CUDA); training resolves the device again per process."""
+    from ldmctl.train.loop import autocast
+
+    autocast(precision, resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
+
 
 # --- sampling: sample, eval, compare samplers, superres, eval-sr ---
 SamplerOpt = Annotated[Sampler, typer.Option(help="dpmpp: DPM-Solver++ 2M.")]
@@ -101,7 +149,6 @@ SROverlapPxOpt = Annotated[int | None, typer.Option("--overlap-px", help=SR_OVER
 # --- training: train-ae, train-ldm (None: the value of the preset or --config) ---
 PresetOpt = Annotated[Preset, typer.Option(help="Starting configuration.")]
 MaxStepsOpt = Annotated[int | None, typer.Option(help="Total optimisation steps.")]
-DeviceOpt = Annotated[Device | None, typer.Option(help="auto: this process's GPU if any, else CPU.")]
 SaveEveryOpt = Annotated[int | None, typer.Option(help="Steps between checkpoints.")]
 ConfigFileOpt = Annotated[Path | None, typer.Option(help="A .toml or .json file of config overrides.")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue the run in --out-dir from its last checkpoint.")]

@@ -8,7 +8,8 @@ Every command names things the same way:
 - ``--metrics`` chooses metrics, comma-separated or repeated (``--metrics fid,kid`` equals
   ``--metrics fid --metrics kid``), ``auto`` by default;
 - fixed lists of values (samplers, precisions, presets...) are ``Literal`` types, so ``--help``
-  shows them and a bad value is a usage error (exit 2) that lists them.
+  shows them and a bad value is a usage error (exit 2) that lists them; ``--device`` (which
+  also takes ``cuda:N``) is checked by :func:`ldmctl.device.parse_device` the same way.
 
 Old spellings keep working. Where an old name meant the same thing it is a second name of the
 new option, which :class:`Command` leaves out of ``--help`` and docs/cli.md (:data:`OLD_SPELLINGS`);
@@ -31,12 +32,11 @@ from ldmctl.errors import ConfigError
 Sampler = Literal["ddim", "plms", "ddpm", "dpmpp"]
 Weights = Literal["ema", "raw"]
 Preset = Literal["tiny", "small", "base"]
-Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16", "fp16"]
 AEPrecision = Literal["fp32", "bf16"]  # train-ae has no gradient scaler, so no fp16
 Prediction = Literal["eps", "v", "x0"]
 Schedule = Literal["linear", "sqrt_linear", "cosine"]
-Task = Literal["generate", "superres"]
+Task = Literal["generate", "superres", "inpaint"]
 AEKind = Literal["kl", "vq"]
 Perceptual = Literal["lpips", "none"]
 

@@ -14,8 +14,8 @@ import typer
 
 from ldmctl import __version__
 from ldmctl.cli._console import console, err_console, step_progress
-from ldmctl.cli._options import InceptionOpt, RefLimitOpt, UNetBatchOpt, WeightsOpt
-from ldmctl.cli._vocab import Command, Preset, Sampler, metrics_spec
+from ldmctl.cli._options import DeviceOpt, InceptionOpt, PrecisionOpt, RefLimitOpt, UNetBatchOpt, WeightsOpt, runtime
+from ldmctl.cli._vocab import Command, Precision, Preset, Sampler, metrics_spec
 from ldmctl.compare.run import SamplersConfig, Setting
 from ldmctl.compare.training import TrainingConfig
 from ldmctl.errors import ConfigError
@@ -104,6 +104,10 @@ VariantSetOpt = Annotated[
 ]
 EvalSamplerOpt = Annotated[Sampler, typer.Option(help="Sampler of the evaluations.")]
 EvalStepsOpt = Annotated[int, typer.Option(help="Sampling steps of the evaluations.")]
+TrainPrecisionOpt = Annotated[
+    Precision | None,
+    typer.Option(help="train.precision of every variant (default: each config's); the evaluations sample in fp32."),
+]
 TrainOutDirOpt = Annotated[
     Path,
     typer.Option(
@@ -128,14 +132,15 @@ def command_line(ctx: typer.Context) -> str:
     return shlex.join(parts)
 
 
-def _about(ctx: typer.Context, **facts: Any) -> dict[str, Any]:
+def _about(ctx: typer.Context, device: torch.device, precision: str, **facts: Any) -> dict[str, Any]:
     now = datetime.datetime.now(datetime.UTC)
     return {
         "command": command_line(ctx),
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
         "ldmctl": __version__,
         "threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": str(device),
+        "precision": precision,  # of the sampling that was measured
         **facts,
     }
 
@@ -165,11 +170,12 @@ def _judge_config(
     )
 
 
-def _judge(cfg: JudgeConfig, keys: set[str], size: int, n: int, given: set[str]) -> Any:
-    """The judge of N samples of ``size`` px from a model reading ``keys``; ``given``: the ``--input`` keys."""
+def _judge(cfg: JudgeConfig, keys: set[str], size: int, n: int, given: set[str], device: torch.device) -> Any:
+    """The judge (on ``device``) of N samples of ``size`` px from a model reading ``keys``; ``given``: the
+    ``--input`` keys."""
     from ldmctl.eval.judge import Judge
 
-    return Judge.build(cfg, keys=keys, size=size, n=n, given=given)
+    return Judge.build(cfg, keys=keys, size=size, n=n, given=given, device=device)
 
 
 def _samplers_config(
@@ -190,22 +196,22 @@ def _samplers_config(
     return validate_samplers(cfg)
 
 
-def _variants(configs: list[Path], preset: str, max_steps: int | None, sets: list[str]) -> list[tuple[str, Any]]:
-    """Each config file's train-ldm config, named by the file; checked to be comparable."""
+def _variants(configs: list[Path], preset: str, train: dict[str, Any], sets: list[str] | None) -> list[tuple[str, Any]]:
+    """Each config file's train-ldm config with the ``train`` flags, named by the file; checked to be comparable."""
     from ldmctl.compare.training import check_variants
     from ldmctl.train.configure import ldm_config
 
-    variants = [(path.stem, ldm_config(preset, path, {"train": {"max_steps": max_steps}}, sets)) for path in configs]
+    variants = [(path.stem, ldm_config(preset, path, {"train": train}, sets or [])) for path in configs]
     check_variants(variants)
     return variants
 
 
-def _load(ckpt: Path, weights: str, inputs: dict) -> tuple[Any, set[str], int]:
-    """The checkpoint, the batch keys its conditioners read and its image side; every input checked."""
+def _load(ckpt: Path, weights: str, inputs: dict, device: torch.device) -> tuple[Any, set[str], int]:
+    """The checkpoint on ``device``, the batch keys its conditioners read and its image side; every input checked."""
     from ldmctl.diffusion.io import load_ldm
     from ldmctl.sampling import sampling_conditions
 
-    model = load_ldm(ckpt, weights=weights)
+    model = load_ldm(ckpt, weights=weights, device=device)
     sampling_conditions(model, 1, inputs, {"caption": ["-"]})  # every input readable, before any long step
     keys = {c.input_key for c in model.conditioners.items}
     return model, keys, model.config.latent_size * model.autoencoder.config.downsample_factor
@@ -307,6 +313,8 @@ def samplers_command(
     match_sigmas: MatchSigmasOpt = 2.0,
     out: SamplersOutDirOpt = Path("compare-samplers"),
     json_out: JsonOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Sample one checkpoint with several samplers and step counts (same seeds) and report quality vs steps and time."""
     from ldmctl.compare.report import answer
@@ -315,18 +323,21 @@ def samplers_command(
 
     cfg = _samplers_config(samplers, steps, seed, reference, match_sigmas, repeat_seed)
     check_options(n, 1, 0.0, batch_size, guidance)
-    inputs = parse_pairs(input_)
+    inputs, dev = parse_pairs(input_), runtime(device, precision)
     _start(out, n, batch_size, json_out)
-    model, keys, size = _load(ckpt, weights, inputs)
+    model, keys, size = _load(ckpt, weights, inputs, dev)
     judged = _judge_config(metric, keys, ref, ref_limit, classifier, inception_weights, bootstrap, seed)
-    judge = _judge(judged, keys, size, n, set(inputs))
+    judge = _judge(judged, keys, size, n, set(inputs), dev)
     scale = default_guidance(keys, guidance)
     repeats = [parse_setting(reference)] if repeat_seed is not None else []
     total = n * sum(s.steps for s in cfg.settings() + repeats)
-    about = _about(ctx, checkpoint=str(ckpt), n=n, guidance=scale, batch_size=batch_size, weights=weights)
+    about = _about(ctx, dev, precision, checkpoint=str(ckpt), n=n, guidance=scale, batch_size=batch_size)
+    about["weights"] = weights
     with step_progress(total, description="compare") as (progress, task):
         advance = _advancer(progress, task, n)
-        draw = sample_draw(n, scale, batch_size, inputs, defaults=_prompts(judge), progress=advance)
+        draw = sample_draw(
+            n, scale, batch_size, inputs, defaults=_prompts(judge), progress=advance, precision=precision
+        )
         results = compare_samplers(model, cfg, judge, draw, out, about=about, say=progress.console.print)
     _finish(answer(results).replace("**", ""), out, results, json_out)
 
@@ -355,6 +366,8 @@ def train_command(
     bootstrap: BootstrapOpt = 200,
     out: TrainOutDirOpt = Path("compare-train"),
     json_out: JsonOpt = None,
+    device: DeviceOpt = "auto",
+    precision: TrainPrecisionOpt = None,
 ) -> None:
     """Train several configs with the same budget, measure each at every checkpoint, report quality vs steps and time."""
     from ldmctl.compare.run import sample_draw
@@ -363,16 +376,17 @@ def train_command(
 
     if sample_steps < 1:
         raise ConfigError(f"--sample-steps must be positive, got {sample_steps}")
-    variants = _variants(config, preset, max_steps, set_ or [])
+    dev = runtime(device, precision)  # fp16 training needs CUDA: checked where each variant trains
+    variants = _variants(config, preset, {"max_steps": max_steps, "device": str(dev), "precision": precision}, set_)
     inputs = parse_pairs(input_)
     keys = _variant_keys(variants, inputs)
     _start(out, n, batch_size, json_out)
     judged = _judge_config(metric, keys, ref, ref_limit, classifier, inception_weights, bootstrap, seed)
-    judge = _judge(judged, keys, variants[0][1].data.size, n, set(inputs))
+    judge = _judge(judged, keys, variants[0][1].data.size, n, set(inputs), dev)
     scale = default_guidance(keys, guidance)
-    about = _about(ctx, ae=str(ae), n=n, guidance=scale, batch_size=batch_size, preset=preset)
+    about = _about(ctx, dev, "fp32", ae=str(ae), n=n, guidance=scale, batch_size=batch_size, preset=preset)
     draw = sample_draw(n, scale, batch_size, inputs, defaults=_prompts(judge))
-    evaluation = TrainingConfig(Setting(sampler, sample_steps, seed), eval_every)
+    evaluation = TrainingConfig(Setting(sampler, sample_steps, seed), eval_every, device=str(dev))
     with step_progress(sum(c.train.max_steps for _, c in variants), description="compare train") as (progress, task):
         watch, say = _watcher(progress, task), progress.console.print
         results = compare_training(variants, ae, evaluation, judge, draw, out, about=about, watch=watch, say=say)

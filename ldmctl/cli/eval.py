@@ -13,16 +13,19 @@ import typer
 from ldmctl.cli._console import console, err_console, metrics_table, step_progress
 from ldmctl.cli._eval_sources import Draw, Samples, class_names, samples_and_reference
 from ldmctl.cli._options import (
+    DeviceOpt,
     EtaOpt,
     GuidanceOpt,
     InceptionOpt,
     JsonReportOpt,
+    PrecisionOpt,
     RefLimitOpt,
     SamplerOpt,
     StepsOpt,
     UNetBatchOpt,
     WeightsOpt,
     options_of,
+    runtime,
 )
 from ldmctl.cli._vocab import metrics_spec
 from ldmctl.errors import ConfigError, LdmctlError
@@ -104,6 +107,7 @@ class _Measure:
     inception_weights: Path | None
     clip_weights: Path | None
     clip_model: str
+    device: Any  # torch.device of the feature extractors (they compute in float32)
 
 
 def _problems(metrics: str, m: _Measure, *, labelled: bool, prompts: bool) -> tuple[dict, Extractors]:
@@ -143,7 +147,7 @@ def _problems(metrics: str, m: _Measure, *, labelled: bool, prompts: bool) -> tu
             ex.clip = load_clip(m.clip_weights, m.clip_model)
         except LdmctlError as err:
             problems["clip"] = err
-    return problems, ex
+    return problems, ex.to(m.device)
 
 
 def _only(ex: Extractors, chosen: list[str]) -> Extractors:
@@ -239,6 +243,8 @@ def command(
     kid_subset_size: KidSubsetSizeOpt = DEFAULT_SUBSET_SIZE,
     out_dir: OutDirOpt = None,
     json_out: JsonReportOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Score generated images against reference images: FID, KID, CLIP score, offline FD_cls and accuracy.
 
@@ -247,10 +253,12 @@ def command(
     from ldmctl.sampling import check_options, parse_pairs
 
     check_options(n, steps, eta, batch_size, guidance)
+    dev = runtime(device, precision)
     _check_outputs(ref_limit, size, out_dir, json_out)
-    draw = options_of(Draw, ctx.params, inputs=parse_pairs(input_))
+    draw = options_of(Draw, ctx.params, inputs=parse_pairs(input_), device=dev)
     samples, reference = samples_and_reference(source, ref, size, draw)
-    report = _measure(samples, reference, options_of(_Measure, ctx.params), f"samples {source.name}")
-    about = {"source": str(source), "reference": ref, "size": samples.size}
+    report = _measure(samples, reference, options_of(_Measure, ctx.params, device=dev), f"samples {source.name}")
+    about = {"source": str(source), "reference": ref, "size": samples.size, "device": str(dev)}
+    about["precision"] = precision if source.is_file() else None  # a folder's images were not drawn here
     report.update(about, classifier=str(classifier) if classifier else None, **samples.info)
     _print(report, f"eval: {source.name} vs {ref}", json_out)

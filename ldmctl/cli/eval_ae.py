@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.markup import escape
 
@@ -16,10 +17,13 @@ from ldmctl.cli._options import (
     AECheckpointArg,
     AEOverlapPxOpt,
     AETilePxOpt,
+    DeviceOpt,
     JsonReportOpt,
     LimitOpt,
     LpipsWeightsOpt,
+    PrecisionOpt,
     ReconstructionMetricsOpt,
+    runtime,
 )
 from ldmctl.cli._vocab import pick_metrics
 from ldmctl.errors import WeightsError
@@ -44,8 +48,8 @@ def _saver(out: Path | None):
 RECONSTRUCTION_METRICS = ("psnr", "ssim", "lpips")
 
 
-def optional_lpips(weights: Path | None, chosen: tuple[str, ...] | None = None):
-    """The LPIPS net for the metrics ``chosen`` by --metrics (None: auto), or None.
+def optional_lpips(weights: Path | None, chosen: tuple[str, ...] | None = None, device: torch.device | None = None):
+    """The LPIPS net (on ``device``) for the metrics ``chosen`` by --metrics (None: auto), or None.
 
     With auto, missing backbone weights skip LPIPS with a notice (an error only when the user
     named a weights file); with lpips named explicitly they are an error; without it, no net."""
@@ -54,12 +58,13 @@ def optional_lpips(weights: Path | None, chosen: tuple[str, ...] | None = None):
     if chosen is not None and "lpips" not in chosen:
         return None
     try:
-        return build_perceptual("alex", weights=weights)
+        net = build_perceptual("alex", weights=weights)
     except WeightsError as err:
         if weights is not None or chosen is not None:
             raise
         err_console.print(f"[dim]LPIPS skipped: {escape(str(err))}[/]", highlight=False)
         return None
+    return net if device is None else net.to(device)
 
 
 def keep_metrics(report: dict, chosen: tuple[str, ...] | None) -> dict:
@@ -115,20 +120,23 @@ def command(
     json_out: JsonReportOpt = None,
     tile: AETilePxOpt = DEFAULT_TILE,
     overlap: AEOverlapPxOpt = DEFAULT_OVERLAP,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Score reconstructions against the originals: a table on stdout, optionally JSON."""
     chosen = pick_metrics(metrics, RECONSTRUCTION_METRICS)
     if json_out is not None:
         check_writable(json_out)
-    ae = load_autoencoder(ckpt)
+    dev = runtime(device, precision)
+    ae = load_autoencoder(ckpt).to(dev)
     check_tiling(ae.config.downsample_factor, tile, overlap)
     skipped: list[tuple[str, str]] = []
     images = load_eval_images(data, size=size, limit=limit, skipped=skipped)
-    perceptual = optional_lpips(lpips_weights, chosen)
+    perceptual = optional_lpips(lpips_weights, chosen, dev)
     f = ae.config.downsample_factor
     report = evaluate_reconstructions(
         images,
-        autoencoder_restorer(ae, tile=tile, overlap=overlap),
+        autoencoder_restorer(ae, precision=precision, tile=tile, overlap=overlap),
         baseline_factor=f if baseline else 0,
         perceptual=perceptual,
         on_output=_saver(out),
@@ -141,6 +149,8 @@ def command(
         f=f,
         tile_px=tile,
         overlap_px=overlap,
+        device=str(dev),
+        precision=precision,
         skipped=[list(s) for s in skipped],
     )
     print_report(f"eval-ae: {ckpt.name} on {data}", report, json_out)

@@ -13,10 +13,12 @@ import typer
 from ldmctl.cli._console import step_progress
 from ldmctl.cli._options import (
     DetailTransferOpt,
+    DeviceOpt,
     EnsembleOpt,
     JsonReportOpt,
     LimitOpt,
     LpipsWeightsOpt,
+    PrecisionOpt,
     ReconstructionMetricsOpt,
     SamplerOpt,
     SRModelOpt,
@@ -24,6 +26,7 @@ from ldmctl.cli._options import (
     SRSeedOpt,
     SRStepsOpt,
     SRTilePxOpt,
+    runtime,
 )
 from ldmctl.cli._vocab import pick_metrics
 from ldmctl.cli.eval_ae import RECONSTRUCTION_METRICS, _saver, keep_metrics, optional_lpips, print_report
@@ -50,11 +53,11 @@ def _restorer(ldm: Any, s: int, on_image: Callable[[], None], **options: Any) ->
     return restore
 
 
-def _load(model: Path | None, size: int) -> tuple[Any, Path, int]:
-    """The model (default: the built-in one), its path and its scale, which ``size`` must divide."""
+def _load(model: Path | None, size: int, device: torch.device) -> tuple[Any, Path, int]:
+    """The model (default: the built-in one) on ``device``, its path and its scale, which ``size`` must divide."""
     from ldmctl.superres.upscale import sr_scale
 
-    ldm, path = load_sr_model(model)
+    ldm, path = load_sr_model(model, device=device)
     s = sr_scale(ldm)
     if size % s:
         raise ConfigError(f"--size {size} is not a multiple of the model's scale {s}")
@@ -93,6 +96,8 @@ def command(
     lpips_weights: LpipsWeightsOpt = None,
     out: OutDirOpt = None,
     json_out: JsonReportOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Downscale each original by the model's factor (antialiased bicubic), super-resolve it, and
     score the result and bicubic upscaling against the original."""
@@ -101,19 +106,14 @@ def command(
         raise ConfigError(f"--steps must be positive, got {steps}")
     if json_out is not None:
         check_writable(json_out)
-    ldm, model, s = _load(model, size)
+    dev = runtime(device, precision)
+    ldm, model, s = _load(model, size, dev)
     cells = dict(zip(("tile", "overlap"), tiles_in_cells(ldm, tile, overlap), strict=True))
     skipped: list[tuple[str, str]] = []  # (file, why), filled by load_eval_images
     images = load_eval_images(data, size=size, limit=limit, multiple=s, skipped=skipped)
-    perceptual = optional_lpips(lpips_weights, chosen)
-    options = {
-        "sampler": sampler,
-        "steps": steps,
-        "seed": seed,
-        "strength": strength,
-        "detail_transfer": detail_transfer,
-        "ensemble": ensemble,
-    }
+    perceptual = optional_lpips(lpips_weights, chosen, dev)
+    options = {"sampler": sampler, "steps": steps, "seed": seed, "strength": strength, "precision": precision}
+    options |= {"detail_transfer": detail_transfer, "ensemble": ensemble}
     with step_progress(len(images), description=f"eval-sr x{s}") as (progress, task):
         restore = _restorer(ldm, s, lambda: progress.advance(task), **options, **cells)
         report = evaluate_reconstructions(
@@ -121,7 +121,7 @@ def command(
         )
     f = ldm.autoencoder.config.downsample_factor
     report = keep_metrics(report, chosen)
-    report.update(checkpoint=str(model), data=data, crop=size, scale=s, **options)
+    report.update(checkpoint=str(model), data=data, crop=size, scale=s, device=str(dev), **options)
     report.update(tile_px=cells["tile"] * f, overlap_px=cells["overlap"] * f, skipped=[list(k) for k in skipped])
     report["detail_transfer"] = detail_transfer and ldm.config.residual
     print_report(f"eval-sr: {model.name} x{s} on {data}", report, json_out)

@@ -10,7 +10,7 @@ import typer
 from ldmctl.autoencoder.apply import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, reconstruct
 from ldmctl.checkpoint import load_autoencoder
 from ldmctl.cli._console import console, step_progress, tile_progress, to_uint8_image
-from ldmctl.cli._options import AECheckpointArg, AEOverlapPxOpt, AETilePxOpt
+from ldmctl.cli._options import AECheckpointArg, AEOverlapPxOpt, AETilePxOpt, DeviceOpt, PrecisionOpt, runtime
 from ldmctl.data import load_image, pil_to_tensor
 from ldmctl.files import atomic_write, ensure_folder
 
@@ -24,12 +24,15 @@ def command(
     out: OutDirOpt = Path("reconstructions"),
     tile: AETilePxOpt = DEFAULT_TILE,
     overlap: AEOverlapPxOpt = DEFAULT_OVERLAP,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Encode and decode images (any size; padded to a multiple of f, cropped back) to PNGs.
 
     Large images run in overlapping, blended tiles, so time and memory grow linearly with the
     pixel count instead of with its square (the mid-block attention)."""
-    ae = load_autoencoder(ckpt)
+    dev = runtime(device, precision)
+    ae = load_autoencoder(ckpt).to(dev)
     check_tiling(ae.config.downsample_factor, tile, overlap)
     loaded = [(p, load_image(p)) for p in images]  # fail on a bad input before writing anything
     ensure_folder(out)
@@ -37,7 +40,9 @@ def command(
         for i, (path, img) in enumerate(loaded):
             x = pil_to_tensor(img).unsqueeze(0)
             report = tile_progress(progress, task, i)
-            recon = to_uint8_image(reconstruct(ae, x, tile=tile, overlap=overlap, progress=report)[0])
+            recon = to_uint8_image(
+                reconstruct(ae, x, tile=tile, overlap=overlap, progress=report, precision=precision)[0]
+            )
             target = out / f"{path.stem}.png"
             atomic_write(target, lambda tmp, recon=recon: recon.save(tmp, format="PNG"))
             progress.update(task, completed=i + 1)

@@ -1,7 +1,9 @@
-"""``ldmctl sample``: draw images from a trained latent diffusion checkpoint."""
+"""``ldmctl sample``: draw images from a trained latent diffusion checkpoint, or edit an image with it
+(img2img, inpainting, outpainting: :mod:`ldmctl.editing`, docs/editing.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,8 +11,19 @@ import torch
 import typer
 
 from ldmctl.cli._console import console, err_console, grid_shape, step_progress, to_uint8_image
-from ldmctl.cli._options import EtaOpt, GuidanceOpt, SamplerOpt, StepsOpt, UNetBatchOpt, WeightsOpt
+from ldmctl.cli._options import (
+    DeviceOpt,
+    EtaOpt,
+    GuidanceOpt,
+    PrecisionOpt,
+    SamplerOpt,
+    StepsOpt,
+    UNetBatchOpt,
+    WeightsOpt,
+    runtime,
+)
 from ldmctl.diffusion.io import load_ldm
+from ldmctl.editing import Edit, check_edit_options, latent_grid, prepare_edit
 from ldmctl.files import atomic_write, check_writable, ensure_folder
 from ldmctl.samplers import get_sampler
 from ldmctl.sampling import check_options, default_guidance, generate, parse_pairs, sampling_conditions
@@ -53,6 +66,51 @@ OutDirOpt = Annotated[Path | None, typer.Option(help="Also write each sample as 
 SaveTensorOpt = Annotated[
     Path | None, typer.Option(help="Also save the samples as a .pt tensor (N, 3, H, W) in [-1, 1].")
 ]
+InitImageOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Edit this image instead of sampling from noise: img2img (--strength), inpainting (--mask), "
+        "outpainting (--pad). The output has its size (sides: multiples of f x the UNet's downsampling)."
+    ),
+]
+StrengthOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="How much of --init-image to redo, 0..1: the sampler starts at its first timestep <= strength x T "
+        "(0: the autoencoder's reconstruction; 1: plain sampling). Default 0.75, or 1 with --mask or --pad."
+    ),
+]
+MaskOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Inpainting: an image the size of --init-image, white (>= 50 %) = repaint. Outside it (beyond a "
+        "feather of f pixels) the output keeps the init image's pixels exactly."
+    ),
+]
+PadOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="L,R,T,B",
+        help="Outpainting: grow the canvas of --init-image by these pixels (multiples of f) left, right, top, "
+        "bottom and paint the new border.",
+    ),
+]
+BlendOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--blend/--no-blend",
+        help="Inpainting by latent blending: keep the latent outside the mask on the init image's at every step "
+        "(default: on, off for an inpainting model that reads the mask itself).",
+    ),
+]
+HeightOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Image height in pixels (default: the trained size; with --init-image: resize it to this). A multiple "
+        "of f x the UNet's downsampling."
+    ),
+]
+WidthOpt = Annotated[int | None, typer.Option(help="Image width in pixels; as --height.")]
 
 
 def _grid(images: torch.Tensor) -> torch.Tensor:
@@ -65,14 +123,14 @@ def _grid(images: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], rows * x.shape[2], cols * x.shape[4])
 
 
-def _load(ckpt: Path | None, weights: str) -> Any:
-    """The LDM checkpoint; by default the built-in builtin:shapes model, named on stderr."""
+def _load(ckpt: Path | None, weights: str, device: torch.device | None = None) -> Any:
+    """The LDM checkpoint on ``device``; by default the built-in builtin:shapes model, named on stderr."""
     if ckpt is None:
         from ldmctl.models import SHIPPED, shipped_model
 
         ckpt = shipped_model("shapes")
         err_console.print(f"built-in model: {SHIPPED['shapes'].about}")
-    return load_ldm(ckpt, weights=weights)
+    return load_ldm(ckpt, weights=weights, device=device)
 
 
 def _save(images: torch.Tensor, out: Path, out_dir: Path | None, save_tensor: Path | None) -> None:
@@ -85,7 +143,44 @@ def _save(images: torch.Tensor, out: Path, out_dir: Path | None, save_tensor: Pa
         atomic_write(save_tensor, lambda tmp: torch.save(images.clone(), tmp))
 
 
+def _edit(model: Any, p: Mapping[str, Any]) -> Edit | None:
+    """The edit of ``--init-image`` (None: sampling from noise), from the command's option values."""
+    if p["init_image"] is None:
+        needs_image = getattr(getattr(model, "task", None), "editing_inputs", None)
+        if needs_image is not None and not p["input_"]:  # --input may give its image and mask instead
+            needs_image(None, None)  # an inpainting model: an error naming --init-image and --mask
+        return None
+    edits = {k: p[k] for k in ("mask", "pad", "height", "width", "strength", "blend")}
+    return prepare_edit(model, p["init_image"], **edits)
+
+
+def _generate(model: Any, fn: Any, conditions: dict, scale: float, edit: Edit | None, p: Mapping[str, Any]) -> Any:
+    """All samples as one (N, 3, H, W) tensor, with a progress bar of the sample-steps that run."""
+    n, steps = p["n"], p["steps"]
+    hw = None if edit is not None else latent_grid(model, p["height"], p["width"])
+    runs = steps if edit is None else edit.steps_run(fn, model.schedule.num_timesteps, steps)
+    with step_progress(n * runs, description=f"sample {p['sampler']}") as (progress, task):
+        chunks = generate(
+            model,
+            fn,
+            n,
+            steps=steps,
+            eta=p["eta"],
+            seed=p["seed"],
+            conditions=conditions,
+            guidance=scale,
+            batch_size=p["batch_size"],
+            negative_prompt=p["negative_prompt"],
+            on_progress=lambda done: progress.update(task, completed=done),
+            precision=p["precision"],
+            latent_hw=hw,
+            edit=edit,
+        )
+        return torch.cat([x for x, _ in chunks])
+
+
 def command(
+    ctx: typer.Context,
     ckpt: CheckpointArg = None,
     n: NOpt = 16,
     sampler: SamplerOpt = "ddim",
@@ -99,37 +194,35 @@ def command(
     guidance: GuidanceOpt = None,
     batch_size: UNetBatchOpt = 64,
     weights: WeightsOpt = "ema",
+    init_image: InitImageOpt = None,
+    strength: StrengthOpt = None,
+    mask: MaskOpt = None,
+    pad: PadOpt = None,
+    blend: BlendOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
     out: OutFileOpt = Path("samples.png"),
     out_dir: OutDirOpt = None,
     save_tensor: SaveTensorOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
-    """Sample images from a latent diffusion checkpoint: a grid, and optionally one PNG each."""
+    """Sample images from a latent diffusion checkpoint (or edit --init-image): a grid, optionally one PNG each."""
     check_options(n, steps, eta, batch_size, guidance)
+    check_edit_options(init_image, mask, pad, strength, blend)
+    dev = runtime(device, precision)
     inputs = parse_pairs(input_, caption=prompt, label=label)
     fn = get_sampler(sampler)
     for target in [out] + ([save_tensor] if save_tensor else []):
         check_writable(target)  # before the long part, not after it
-    model = _load(ckpt, weights)
-    conditions = sampling_conditions(model, n, inputs)
+    model = _load(ckpt, weights, dev)
+    edit = _edit(model, ctx.params)
+    conditions = sampling_conditions(model, n, inputs, defaults=edit.inputs if edit is not None else None)
     if out_dir is not None:
         ensure_folder(out_dir)
     scale = default_guidance(conditions, guidance)
-    with step_progress(n * steps, description=f"sample {sampler}") as (progress, task):
-        chunks = generate(
-            model,
-            fn,
-            n,
-            steps=steps,
-            eta=eta,
-            seed=seed,
-            conditions=conditions,
-            guidance=scale,
-            batch_size=batch_size,
-            negative_prompt=negative_prompt,
-            on_progress=lambda done: progress.update(task, completed=done),
-        )
-        images = torch.cat([x for x, _ in chunks])
+    images = _generate(model, fn, conditions, scale, edit, ctx.params)
     _save(images, out, out_dir, save_tensor)
     about = f", guidance {scale}" if conditions else ""
-    err_console.print(f"{n} samples, {sampler} {steps} steps, seed {seed}{about}")
+    err_console.print(f"{n} samples, {sampler} {steps} steps, seed {seed}{about}, on {dev} in {precision}")
     console.print(str(out), highlight=False)

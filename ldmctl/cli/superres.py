@@ -13,14 +13,17 @@ import typer
 from ldmctl.cli._console import console, err_console, step_progress, tile_progress
 from ldmctl.cli._options import (
     DetailTransferOpt,
+    DeviceOpt,
     EnsembleOpt,
     EtaOpt,
+    PrecisionOpt,
     SamplerOpt,
     SRModelOpt,
     SROverlapPxOpt,
     SRSeedOpt,
     SRStepsOpt,
     SRTilePxOpt,
+    runtime,
 )
 from ldmctl.cli._vocab import pixels_to_cells
 from ldmctl.data import IMAGE_SUFFIXES, iter_image_files
@@ -88,9 +91,11 @@ def output_paths(
     return [folder / n for n in names]
 
 
-def load_sr_model(model: Path | None, *, announce: bool = False) -> tuple[Any, Path]:
-    """The LDM-SR checkpoint and its path; by default the built-in x4 photo model (named on
-    stderr when ``announce``)."""
+def load_sr_model(
+    model: Path | None, *, announce: bool = False, device: torch.device | None = None
+) -> tuple[Any, Path]:
+    """The LDM-SR checkpoint (on ``device``) and its path; by default the built-in x4 photo model
+    (named on stderr when ``announce``)."""
     from ldmctl.diffusion.io import load_ldm
 
     if model is None:
@@ -99,7 +104,7 @@ def load_sr_model(model: Path | None, *, announce: bool = False) -> tuple[Any, P
         model = shipped_model("superres")
         if announce:
             err_console.print(f"built-in model: {SHIPPED['superres'].about}")
-    return load_ldm(model), Path(model)
+    return load_ldm(model, device=device), Path(model)
 
 
 def tiles_in_cells(
@@ -184,6 +189,8 @@ def command(
     strength: StrengthOpt = 1.0,
     detail_transfer: DetailTransferOpt = True,
     ensemble: EnsembleOpt = 1,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Upscale photos with a super-resolution LDM; tiles keep memory bounded on large inputs."""
     from ldmctl.data.images import open_image
@@ -191,26 +198,20 @@ def command(
 
     if steps < 1 or not (math.isfinite(eta) and eta >= 0):
         raise ConfigError("--steps must be positive and --eta a finite number >= 0")
+    dev = runtime(device, precision)
     files = expand_inputs(inputs)
-    ldm, _ = load_sr_model(model, announce=True)
+    ldm, _ = load_sr_model(model, announce=True, device=dev)
     scale = sr_scale(ldm)
     tile, overlap = tiles_in_cells(ldm, tile, overlap, old_tile, old_overlap)
     targets = output_paths(files, out_file, out_dir, scale, old_out)
     images = [open_image(p) for p in files]  # every input is checked before the long part starts
-    options = {
-        "sampler": sampler,
-        "steps": steps,
-        "eta": eta,
-        "seed": seed,
-        "tile": tile,
-        "overlap": overlap,
-        "strength": strength,
-        "detail_transfer": detail_transfer,
-        "ensemble": ensemble,
-    }
+    options = {"sampler": sampler, "steps": steps, "eta": eta, "seed": seed, "tile": tile, "overlap": overlap}
+    options |= {"strength": strength, "detail_transfer": detail_transfer, "ensemble": ensemble, "precision": precision}
     with step_progress(len(files), description=f"superres x{scale}") as (progress, task):
         for i, (img, target) in enumerate(zip(images, targets, strict=True)):
             _save(_upscale_image(ldm, img, tile_progress(progress, task, i), options), target)
             progress.update(task, completed=i + 1)
             console.print(str(target), highlight=False)
-    err_console.print(f"{len(files)} image(s) upscaled x{scale} ({sampler}, {steps} steps, seed {seed})")
+    err_console.print(
+        f"{len(files)} image(s) upscaled x{scale} ({sampler}, {steps} steps, seed {seed}, on {dev} in {precision})"
+    )

@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 
 from ldmctl.cli._console import console, err_console, train_with_progress
-from ldmctl.cli._options import ConfigFileOpt, DeviceOpt, MaxStepsOpt, PresetOpt, ResumeOpt, SaveEveryOpt, config_flags
+from ldmctl.cli._options import (
+    ConfigFileOpt,
+    DeviceOpt,
+    MaxStepsOpt,
+    PresetOpt,
+    ResumeOpt,
+    SaveEveryOpt,
+    config_flags,
+    training_runtime,
+)
 from ldmctl.cli._vocab import AEKind, AEPrecision, Perceptual
 from ldmctl.config import channel_mult_for_f
 from ldmctl.train.ae import train_ae
@@ -55,7 +64,10 @@ LpipsWeightsOpt = Annotated[
     Path | None, typer.Option(help="torchvision ImageNet backbone weights for LPIPS (default: the torch hub cache).")
 ]
 DiscStartOpt = Annotated[int | None, typer.Option(help="Step at which the PatchGAN term starts.")]
-PrecisionOpt = Annotated[AEPrecision | None, typer.Option(help="bf16: autocast.")]
+AEPrecisionOpt = Annotated[
+    AEPrecision | None,
+    typer.Option(help="fp32, or autocast to bf16 (CPU or GPU); no fp16: train-ae has no gradient scaler."),
+]
 WorkersOpt = Annotated[int | None, typer.Option(help="Data-loading worker processes.")]
 SampleEveryOpt = Annotated[int | None, typer.Option(help="Steps between reconstruction grids.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any field: --set model.z_channels=8")]
@@ -79,7 +91,7 @@ def command(
     perceptual: PerceptualOpt = None,
     lpips_weights: LpipsWeightsOpt = None,
     disc_start: DiscStartOpt = None,
-    precision: PrecisionOpt = None,
+    precision: AEPrecisionOpt = None,
     device: DeviceOpt = None,
     workers: WorkersOpt = None,
     sample_every: SampleEveryOpt = None,
@@ -93,6 +105,7 @@ def command(
     flags = config_flags(ctx.params, _FIELDS)
     flags["model"]["channel_mult"] = channel_mult_for_f(f, preset) if f else None
     cfg = ae_config(preset, config, flags, set_ or [])
+    training_runtime(cfg.train.device, cfg.train.precision)
     run = partial(train_ae, cfg, out, resume=resume, lpips_weights=lpips_weights, init_from=init)
     summary = train_with_progress(run, total=cfg.train.max_steps, description="train-ae", shown=_SHOWN, out=out)
     if summary is None:  # under torchrun, rank 0 alone reports

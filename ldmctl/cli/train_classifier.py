@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from ldmctl.cli._console import console, format_logs, step_progress
+from ldmctl.cli._options import DeviceOpt, runtime
+from ldmctl.cli._vocab import AEPrecision
 from ldmctl.config import DataConfig
 from ldmctl.data import open_dataset
 from ldmctl.errors import DataError
@@ -40,6 +42,9 @@ HoldoutOpt = Annotated[
 ]
 JsonOpt = Annotated[
     Path | None, typer.Option("--json", help="Also write the held-out accuracy and the settings as JSON here.")
+]
+ClassifierPrecisionOpt = Annotated[
+    AEPrecision, typer.Option(help="fp32, or autocast to bf16 (CPU or GPU); no fp16: there is no gradient scaler.")
 ]
 
 
@@ -91,10 +96,13 @@ def command(
     feature_dim: FeatureDimOpt = ClassifierConfig.feature_dim,
     holdout: HoldoutOpt = None,
     json_out: JsonOpt = None,
+    device: DeviceOpt = "auto",
+    precision: ClassifierPrecisionOpt = "fp32",
 ) -> None:
     """Train the small classifier whose features give the offline FD_cls and class accuracy of `eval`."""
     for target in [out] + ([json_out] if json_out else []):
         check_writable(target)  # before training, not after it
+    dev = runtime(device, precision)
     train, names = _labelled(data, size)
     train, held, holdout = _held_out(train, data, holdout, size)
     cfg = ClassifierConfig(size=size, width=width, feature_dim=feature_dim, num_classes=len(names))
@@ -103,9 +111,8 @@ def command(
         def on_step(step: int, logs: dict[str, float]) -> None:
             progress.update(task, completed=step, stats=format_logs(logs, ("loss", "acc")))
 
-        model = train_classifier(
-            train, cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed, callbacks=Callbacks(on_step=on_step)
-        )
+        run = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": dev, "precision": precision}
+        model = train_classifier(train, cfg, callbacks=Callbacks(on_step=on_step), **run)
     accuracy = evaluate_accuracy(model, held)
     info = {
         "data": data,
@@ -115,6 +122,8 @@ def command(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
+        "device": str(dev),
+        "precision": precision,
         "class_names": names,
     }
     save_classifier(model, out, extra=info)

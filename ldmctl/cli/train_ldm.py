@@ -9,8 +9,18 @@ from typing import Annotated
 import typer
 
 from ldmctl.cli._console import console, err_console, train_with_progress
-from ldmctl.cli._options import ConfigFileOpt, DeviceOpt, MaxStepsOpt, PresetOpt, ResumeOpt, SaveEveryOpt, config_flags
-from ldmctl.cli._vocab import Precision, Prediction, Schedule, Task
+from ldmctl.cli._options import (
+    ConfigFileOpt,
+    DeviceOpt,
+    MaxStepsOpt,
+    PrecisionOpt,
+    PresetOpt,
+    ResumeOpt,
+    SaveEveryOpt,
+    config_flags,
+    training_runtime,
+)
+from ldmctl.cli._vocab import Prediction, Schedule, Task
 from ldmctl.train.configure import ldm_config
 from ldmctl.train.ldm import train_ldm
 
@@ -50,8 +60,9 @@ CondOpt = Annotated[
 TaskOpt = Annotated[
     Task | None,
     typer.Option(
-        help="generate (default) or superres: learn high-res images from their low-res versions (adds the concat "
-        "conditioner; degradations in \\[superres])."
+        help="generate (default); superres: learn high-res images from their low-res versions (adds the concat "
+        "conditioner; degradations in \\[superres]); inpaint: learn to fill random masks (adds the mask and the "
+        "masked image's latent to the UNet input; masks in \\[inpaint])."
     ),
 ]
 TextEncoderOpt = Annotated[
@@ -67,9 +78,6 @@ EMADecayOpt = Annotated[float | None, typer.Option(help="EMA decay of the sampli
 PredictionOpt = Annotated[Prediction | None, typer.Option(help="What the UNet predicts: the noise, v or x0.")]
 ScheduleOpt = Annotated[Schedule | None, typer.Option(help="Beta schedule.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for init, data order, timesteps and noise.")]
-PrecisionOpt = Annotated[
-    Precision | None, typer.Option(help="bf16: autocast, CPU or GPU; fp16: autocast + gradient scaler, GPU.")
-]
 GradAccumOpt = Annotated[
     int | None, typer.Option(help="Split each step's batch into this many micro-batches (same result, less memory).")
 ]
@@ -119,6 +127,7 @@ def command(
     flags = config_flags(ctx.params, _FIELDS)
     flags["model"]["conditioners"] = [{"name": name} for name in cond] if cond else None
     cfg = ldm_config(preset, config, flags, set_ or [], text_encoder=text_encoder)
+    training_runtime(cfg.train.device, cfg.train.precision)
     summary = train_with_progress(
         partial(train_ldm, cfg, ae, out, resume=resume),
         total=cfg.train.max_steps,

@@ -54,7 +54,7 @@ def _header(results: dict[str, Any], title: str) -> list[str]:
         )
         facts.append(f"reference images `{ref['ref']}` ({ref['n_reference']}{known})")
     if results.get("threads"):
-        facts.append(f"{results['threads']} CPU thread(s) ({results.get('device', 'cpu')})")
+        facts.append(f"{results['threads']} CPU thread(s) ({results.get('device')}, {results.get('precision')})")
     lines += [" · ".join(f for f in facts if f), ""]
     lines += [
         f"- **{m.label}**: {m.about} ({'lower' if m.lower_is_better else 'higher'} is better)"

@@ -239,10 +239,12 @@ def sample_draw(
     *,
     defaults: Mapping[str, Sequence[Any]] | None = None,
     progress: Callable[[Setting], Callable[[int], None] | None] | None = None,
+    precision: str = "fp32",
 ) -> Draw:
-    """``draw(model, setting)``: N samples of ``setting`` as ``ldmctl sample`` draws them, the
-    conditioners fed from ``inputs`` (``--input`` values by key), else ``defaults`` (e.g. the
-    judge's prompts), else their own defaults. ``progress(setting)`` may return ``on_progress``."""
+    """``draw(model, setting)``: N samples of ``setting`` as ``ldmctl sample`` draws them (on the
+    model's device, in ``precision``), the conditioners fed from ``inputs`` (``--input`` values by
+    key), else ``defaults`` (e.g. the judge's prompts), else their own defaults.
+    ``progress(setting)`` may return ``on_progress``."""
     from ldmctl.samplers import get_sampler
     from ldmctl.sampling import generate, sampling_conditions
 
@@ -258,6 +260,7 @@ def sample_draw(
             guidance=guidance,
             batch_size=batch_size,
             on_progress=progress(setting) if progress else None,
+            precision=precision,
         )
 
     return draw

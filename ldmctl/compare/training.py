@@ -31,6 +31,7 @@ class TrainingConfig:
 
     setting: Setting = Setting("dpmpp", 20)  # sampler, steps and seed of every evaluation
     eval_every: int = 0  # steps between evaluations (= checkpoints); 0: each variant's train.save_every
+    device: str = "cpu"  # where the checkpoints are sampled for measuring (in fp32)
 
 
 def conditioning_readers(cfg: LDMTrainingConfig) -> dict[str, str]:
@@ -125,6 +126,8 @@ def compare_training(
             "name": name,
             "max_steps": vcfg.train.max_steps,
             "eval_every": vcfg.train.save_every,  # every checkpoint is measured
+            "train_device": vcfg.train.device,
+            "train_precision": vcfg.train.precision,
             "run": str(out / name),
             "points": [],
         }
@@ -169,7 +172,7 @@ def _train_variant(
         t = time.perf_counter()
         if say:
             say(f"{name} step {step}: measuring the EMA weights")
-        m = judge.measure(draw(load_ldm(path, weights="ema"), cfg.setting))
+        m = judge.measure(draw(load_ldm(path, weights="ema", device=cfg.device), cfg.setting))
         point = {"step": step, "train_seconds": round(train_seconds, 2), **m.to_dict()}
         if m.images is not None and len(m.images):
             point["grid"] = f"grids/{name}-step{step:07d}.png"

@@ -93,17 +93,18 @@ class ConditionerSet(nn.Module):
 
     def null(self, batch_size: int, like: Cond | None = None, negative: Mapping[str, Any] | None = None) -> Cond:
         """The unconditional branch of guidance: every conditioner's null output (shapes follow
-        ``like``), except those whose input key ``negative`` provides (e.g. a negative prompt)."""
+        ``like``), except those whose input key ``negative`` provides (e.g. a negative prompt, or an
+        inpainting model's mask, which is an input rather than a condition to guide by)."""
         outs: dict[str, list[CondOutput]] = {k: [] for k in FIELD}
         for c in self.items:
             if negative is not None and c.input_key in negative:
                 out = c(negative)
+            elif c.kind == "concat" and like is not None and like.concat is not None:
+                out = CondOutput(
+                    torch.zeros((batch_size, c.out_dim, *like.concat.shape[-2:]), device=like.concat.device)
+                )
             else:
                 out = c.null(batch_size, c.device)
-            if c.kind == "concat" and like is not None and like.concat is not None:
-                out = CondOutput(
-                    torch.zeros((batch_size, out.value.shape[1], *like.concat.shape[-2:]), device=like.concat.device)
-                )
             outs[c.kind].append(out)
         return _join(outs)
 

@@ -119,6 +119,7 @@ class LDMConfig:
     sr_scale: int = 0  # > 0: a super-resolution model; its low-res input is this many times smaller
     residual: bool = False  # super-resolution: diffuse (z0 - latent of the bicubic upscale) * residual_scale
     residual_scale: float = 1.0  # 1/std of those residuals, measured when training starts (like scale_factor)
+    inpaint: bool = False  # an inpainting model: the UNet also reads the mask and the masked image's latent
 
 
 __all__ = ["AEKind", "AutoencoderConfig", "ConditionerSpec", "DiffusionConfig", "LDMConfig", "UNetConfig"]

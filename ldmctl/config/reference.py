@@ -20,6 +20,7 @@ from ldmctl.config.training import (
     DataConfig,
     DegradationConfig,
     EMAConfig,
+    InpaintConfig,
     LDMTrainConfig,
     LDMTrainingConfig,
 )
@@ -42,6 +43,7 @@ def reference_markdown() -> str:
             ("train", LDMTrainConfig),
             ("ema", EMAConfig),
             ("superres", DegradationConfig),
+            ("inpaint", InpaintConfig),
             ("", LDMTrainingConfig),
         ],
     )

@@ -79,7 +79,7 @@ class TrainConfig:
     save_every: int = 500  # steps between checkpoints
     keep_last: int = 2  # step checkpoints kept
     num_workers: int = 0  # DataLoader worker processes
-    device: str = "auto"  # auto (this rank's GPU if any, else CPU), cpu or cuda
+    device: str = "auto"  # auto (this rank's GPU if any, else MPS, else CPU), cpu, cuda, cuda:N or mps
     max_nonfinite: int = 5  # a NaN/inf loss skips its step; this many in a row stop the run
 
     # keys of the other trainer found in an old shared section: key -> (the value this trainer ran
@@ -134,6 +134,18 @@ class DegradationConfig:
     jpeg: int = 0  # > 0: JPEG-compress the low-res image at a quality drawn from [jpeg, 95]
 
 
+MaskKind = Literal["box", "stroke"]
+
+
+@dataclass(frozen=True)
+class InpaintConfig:
+    """The random masks an inpainting model trains with (``task = inpaint``; ldmctl/inpaint/masks.py)."""
+
+    min_coverage: float = 0.1  # smallest fraction of the image a training mask covers
+    max_coverage: float = 0.5  # largest fraction of the image a training mask covers
+    kinds: tuple[MaskKind, ...] = ("box", "stroke")  # each mask is one kind: box (rectangles), stroke (brush strokes)
+
+
 @dataclass(frozen=True)
 class AETrainingConfig:
     """Everything `ldmctl train-ae` needs; stored beside the weights for --resume."""
@@ -155,8 +167,9 @@ class LDMTrainingConfig:
     cache_latents: bool = True  # encode the data set once (no random crops/flips after that)
     sample_steps: int = 50  # DDIM steps for the preview grids
     sample_count: int = 16  # images in each preview grid
-    task: Literal["generate", "superres"] = "generate"  # superres: learn high-res images from low-res ones
+    task: Literal["generate", "superres", "inpaint"] = "generate"  # superres: from low-res images; inpaint: fill masks
     superres: DegradationConfig = field(default_factory=DegradationConfig)  # low-res inputs (task = superres)
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)  # random training masks (task = inpaint)
 
 
 __all__ = [
@@ -167,8 +180,10 @@ __all__ = [
     "DegradationConfig",
     "DiscLoss",
     "EMAConfig",
+    "InpaintConfig",
     "LDMTrainConfig",
     "LDMTrainingConfig",
+    "MaskKind",
     "Perceptual",
     "TrainConfig",
 ]

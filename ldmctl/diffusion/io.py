@@ -27,6 +27,7 @@ from ldmctl.autoencoder import build_autoencoder
 from ldmctl.checkpoint import load_state, read_checkpoint, save_checkpoint
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import AutoencoderConfig, LDMConfig, from_dict, to_dict
+from ldmctl.device import resolve_device
 from ldmctl.diffusion.ldm import LatentDiffusion, latent_spec
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.unet import UNet
@@ -84,8 +85,9 @@ def save_ldm(
     )
 
 
-def load_ldm(path: str | Path, *, weights: str = "ema") -> LatentDiffusion:
-    """Rebuild a LatentDiffusion from one checkpoint; ``weights`` = ema (default) or raw UNet weights."""
+def load_ldm(path: str | Path, *, weights: str = "ema", device: torch.device | str | None = None) -> LatentDiffusion:
+    """Rebuild a LatentDiffusion from one checkpoint; ``weights`` = ema (default) or raw UNet weights.
+    The model is on ``device`` (a ``--device`` spelling or a torch.device; default: the CPU)."""
     if weights not in ("ema", "raw"):
         raise ConfigError(f"--weights {weights!r}: choose ema or raw")
     ckpt = read_checkpoint(path, expect_kind="ldm")
@@ -108,7 +110,8 @@ def load_ldm(path: str | Path, *, weights: str = "ema") -> LatentDiffusion:
     conds = ConditionerSet(cfg.conditioners, latent_spec(cfg, ae), packages)
     use_ema = weights == "ema" and parts["ema_cond"]
     load_state(conds, parts["ema_cond" if use_ema else "cond"], f"{ckpt.path} (conditioners)")
-    return LatentDiffusion(cfg, ae, unet, conds).eval()
+    model = LatentDiffusion(cfg, ae, unet, conds).eval()
+    return model if device is None else model.to(resolve_device(device) if isinstance(device, str) else device)
 
 
 def split_tensors(tensors: Mapping[str, Tensor], where: str) -> dict[str, dict[str, Tensor]]:

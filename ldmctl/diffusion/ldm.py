@@ -6,8 +6,9 @@
 The autoencoder is frozen (eval mode, no gradients). Training state (optimizer, EMA) lives in
 ``ldmctl.train``; classifier-free guidance wraps :meth:`LatentDiffusion.model_fn` from outside
 (``ldmctl.samplers.guidance``); grids and progress bars in the CLI. A task (super-resolution,
-:mod:`ldmctl.superres.task`) may add derived inputs to a batch and change what is diffused; the
-model calls it without knowing its batch keys. The file format is :mod:`ldmctl.diffusion.io`.
+:mod:`ldmctl.superres.task`; inpainting, :mod:`ldmctl.inpaint.task`; chosen by :func:`task_for`) may
+add derived inputs to a batch and change what is diffused; the model calls it without knowing its
+batch keys. The file format is :mod:`ldmctl.diffusion.io`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from ldmctl.conditioning.base import Cond, LatentSpec
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import LDMConfig
 from ldmctl.diffusion.objective import Objective
-from ldmctl.superres.task import task_for
+from ldmctl.inpaint.task import InpaintTask
+from ldmctl.superres.task import SuperresTask
+from ldmctl.superres.task import task_for as superres_task_for
 from ldmctl.unet import UNet
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
@@ -32,6 +35,12 @@ ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 def latent_spec(cfg: LDMConfig, autoencoder: nn.Module) -> LatentSpec:
     return LatentSpec(channels=cfg.unet.in_channels, size=cfg.latent_size, factor=autoencoder.config.downsample_factor)
+
+
+def task_for(cfg: LDMConfig, input_keys: set[str]) -> InpaintTask | SuperresTask | None:
+    """The task of a model config: inpainting (``inpaint``), super-resolution (``sr_scale > 0``, a
+    residual model or one reading ``cond_latent``) or None, plain generation."""
+    return InpaintTask(cfg, input_keys) if cfg.inpaint else superres_task_for(cfg, input_keys)
 
 
 class LatentDiffusion(nn.Module):
@@ -160,6 +169,21 @@ class LatentDiffusion(nn.Module):
         c = cond or Cond()
         return lambda z_t, t: net(z_t, t, c)
 
+    def initial_noise(
+        self, n: int, generator: torch.Generator | None = None, latent_hw: tuple[int, int] | None = None
+    ) -> Tensor:
+        """z_T: ``n`` standard normal latents (``latent_hw``, default the trained size), drawn with
+        ``generator`` on its own device and moved to the UNet's, so a CPU generator gives the same
+        noise on every device."""
+        h, w = latent_hw or (self.config.latent_size, self.config.latent_size)
+        device = next(self.unet.parameters()).device
+        noise = torch.randn(
+            (n, self.latent_shape[0], h, w),
+            generator=generator,
+            device=generator.device if generator is not None else device,
+        )
+        return noise.to(device)
+
     @torch.no_grad()
     def sample_latents(
         self,
@@ -171,14 +195,19 @@ class LatentDiffusion(nn.Module):
         generator: torch.Generator | None = None,
         model_fn: ModelFn | None = None,
         callback: Callable[[int, int, Tensor], None] | None = None,
-        latent_size: int | None = None,
+        latent_hw: tuple[int, int] | None = None,
+        noise: Tensor | None = None,
+        start: int | None = None,
+        blend: Callable[[Tensor, int], Tensor] | None = None,
     ) -> Tensor:
-        """Draw z_T with ``generator`` and run ``sampler`` from it; returns scaled latents."""
-        c, s = self.latent_shape[0], latent_size or self.config.latent_size
-        device = next(self.unet.parameters()).device
-        noise = torch.randn(
-            (n, c, s, s), generator=generator, device=generator.device if generator is not None else device
-        ).to(device)
+        """Run ``sampler`` from z_T (drawn with ``generator``: :meth:`initial_noise`); returns scaled latents.
+
+        Editing (:mod:`ldmctl.editing`) passes ``noise``, x at the sampler's first timestep ``<= start``
+        (img2img), and ``blend`` (inpainting); see :mod:`ldmctl.samplers.common`.
+        """
+        if noise is None:
+            noise = self.initial_noise(n, generator, latent_hw)
+        extra = {} if start is None and blend is None else {"start": start, "blend": blend}
         return sampler(
             model_fn or self.model_fn(),
             self.schedule,
@@ -188,6 +217,7 @@ class LatentDiffusion(nn.Module):
             eta=eta,
             generator=generator,
             callback=callback,
+            **extra,
         )
 
 
@@ -244,4 +274,4 @@ def _accumulate(
     return total, {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
 
 
-__all__ = ["LatentDiffusion", "ModelFn", "latent_spec"]
+__all__ = ["LatentDiffusion", "ModelFn", "latent_spec", "task_for"]

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
+from ldmctl.device import full_fp32, module_device
 from ldmctl.errors import ConfigError, LdmctlError
 from ldmctl.eval.classifier import FeatureClassifier
 from ldmctl.eval.frechet import frechet_distance_features
@@ -61,6 +62,16 @@ class Extractors:
     classifier: FeatureClassifier | None = None
     clip: nn.Module | None = None  # a ClipScorer: (images, prompts) -> per-image score
 
+    def to(self, device: torch.device) -> Extractors:
+        """Move every network to ``device``; each moves its input images there itself. They
+        compute in float32 whatever the ``--precision`` of the model under test, so figures stay
+        comparable across precisions."""
+        for name in ("inception", "classifier", "clip"):
+            net = getattr(self, name)
+            if net is not None:
+                setattr(self, name, net.to(device))
+        return self
+
 
 @dataclass
 class Collected:
@@ -81,13 +92,13 @@ def collect(
     """Run every extractor of ``ex`` over ``batches``; ``clip`` also scores image-prompt pairs."""
     parts: dict[str, list[Tensor]] = {"inception": [], "classifier": [], "predicted": [], "labels": [], "clip": []}
     out = Collected()
-    with torch.no_grad():
+    with torch.no_grad(), full_fp32():  # the features are fp32 on every device: no TF32 on CUDA
         for batch in batches:
             x = batch.images.float()
             if ex.inception is not None:
                 parts["inception"].append(ex.inception(x).cpu())
             if ex.classifier is not None:
-                feats = ex.classifier.features(x.to(_device(ex.classifier)))
+                feats = ex.classifier.features(x.to(module_device(ex.classifier)))
                 parts["classifier"].append(feats.cpu())
                 parts["predicted"].append(ex.classifier.head(feats).argmax(1).cpu())
             labels = torch.as_tensor(batch.labels if batch.labels is not None else [-1] * x.shape[0]).long().cpu()
@@ -118,10 +129,6 @@ def _check_labels(labels: Tensor, classifier: FeatureClassifier | None) -> None:
             f"class label {int(labels.max())}",
             hint="train the classifier on the data set the model was trained on",
         )
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def dataset_batches(dataset: Dataset, indices: list[int], batch_size: int = 64) -> Iterator[Batch]:

@@ -160,10 +160,20 @@ class Judge:
         self._stats: dict[str, tuple[Tensor, Tensor]] = {}
 
     @classmethod
-    def build(cls, cfg: JudgeConfig, *, keys: set[str], size: int, n: int, given: Collection[str] = ()) -> Judge:
+    def build(
+        cls,
+        cfg: JudgeConfig,
+        *,
+        keys: set[str],
+        size: int,
+        n: int,
+        given: Collection[str] = (),
+        device: torch.device | None = None,
+    ) -> Judge:
         """Check that every metric can run on samples of a model whose conditioners read ``keys``,
-        load the extractors, collect the reference features and pick the prompts (unless the
-        user gives the captions: ``"caption"`` in ``given``, the keys of ``--input``)."""
+        load the extractors (onto ``device``, default the CPU), collect the reference features and
+        pick the prompts (unless the user gives the captions: ``"caption"`` in ``given``, the keys
+        of ``--input``)."""
         from ldmctl.eval.classifier import load_classifier
 
         _check(cfg, keys)
@@ -174,6 +184,8 @@ class Judge:
             from ldmctl.eval.inception import load_inception
 
             ex.inception = load_inception(cfg.inception_weights)
+        if device is not None:
+            ex.to(device)
         pick = "caption" in keys and "caption" not in given
         reference, info, names, prompts = None, {}, [], None
         if {"fd-cls", "fid"} & set(cfg.metrics):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldmctl.device import full_fp32, module_device
+
 
 def quantize_8bit(x: Tensor) -> Tensor:
     """Round [0, 1] images to the 256 levels a PNG stores, so metrics match the files written."""
@@ -64,9 +66,12 @@ def ssim(x: Tensor, y: Tensor, *, data_range: float = 1.0, sigma: float = 1.5) -
 
 @torch.no_grad()
 def lpips_distance(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """LPIPS (Zhang et al. 2018) per image, for [0, 1] images and a net from ``build_perceptual``."""
+    """LPIPS (Zhang et al. 2018) per image, for [0, 1] images and a net from ``build_perceptual``;
+    computed where the net is, returned on ``x``'s device."""
     _check_pair(x, y)
-    return net(x * 2 - 1, y * 2 - 1).flatten().float()
+    d = module_device(net)
+    with full_fp32():
+        return net(x.to(d) * 2 - 1, y.to(d) * 2 - 1).flatten().float().to(x.device)
 
 
 def bicubic_roundtrip(x: Tensor, factor: int) -> Tensor:

@@ -142,14 +142,15 @@ def _finite_mean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
-def autoencoder_restorer(ae: nn.Module, **tiling: int) -> Callable[[Tensor], Tensor]:
-    """``x in [0, 1] -> reconstruction in [0, 1]`` for :func:`evaluate_reconstructions`;
-    ``tiling`` (``tile``, ``overlap``) goes to :func:`ldmctl.autoencoder.apply.reconstruct`."""
+def autoencoder_restorer(ae: nn.Module, *, precision: str = "fp32", **tiling: int) -> Callable[[Tensor], Tensor]:
+    """``x in [0, 1] -> reconstruction in [0, 1]`` for :func:`evaluate_reconstructions`, run where
+    ``ae`` is under the autocast of ``precision``; ``tiling`` (``tile``, ``overlap``) goes to
+    :func:`ldmctl.autoencoder.apply.reconstruct`."""
     from ldmctl.autoencoder.apply import reconstruct
 
     def restore(x: Tensor) -> Tensor:
         with torch.no_grad():
-            return (reconstruct(ae, x * 2 - 1, **tiling) + 1) / 2
+            return (reconstruct(ae, x * 2 - 1, precision=precision, **tiling) + 1) / 2
 
     return restore
 

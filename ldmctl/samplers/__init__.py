@@ -16,13 +16,23 @@ which import ``common``.
 from __future__ import annotations
 
 from ldmctl.errors import ConfigError
-from ldmctl.samplers.common import ModelFn, Sampler, StepCallback, spacing
+from ldmctl.samplers.common import BlendFn, ModelFn, Sampler, Spacing, StepCallback, spacing, timesteps
+from ldmctl.samplers.ddim import SPACING as DDIM_SPACING
 from ldmctl.samplers.ddim import ddim
+from ldmctl.samplers.ddpm import SPACING as DDPM_SPACING
 from ldmctl.samplers.ddpm import ddpm
+from ldmctl.samplers.dpmpp import SPACING as DPMPP_SPACING
 from ldmctl.samplers.dpmpp import dpmpp
+from ldmctl.samplers.plms import SPACING as PLMS_SPACING
 from ldmctl.samplers.plms import plms
 
 SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "plms": plms, "dpmpp": dpmpp}
+SPACINGS: dict[str, tuple[Spacing, int]] = {
+    "ddpm": DDPM_SPACING,
+    "ddim": DDIM_SPACING,
+    "plms": PLMS_SPACING,
+    "dpmpp": DPMPP_SPACING,
+}  # name -> (kind, offset) of the timesteps the sampler visits
 
 
 def get_sampler(name: str) -> Sampler:
@@ -36,4 +46,27 @@ def get_sampler(name: str) -> Sampler:
         ) from None
 
 
-__all__ = ["SAMPLERS", "ModelFn", "Sampler", "StepCallback", "ddim", "ddpm", "dpmpp", "get_sampler", "plms", "spacing"]
+def sampler_timesteps(sampler: Sampler | str, num_train: int, steps: int, start: int | None = None) -> list[int]:
+    """The timesteps ``sampler`` (a function of :data:`SAMPLERS` or its name) runs for ``steps`` steps
+    of a ``num_train``-step schedule, with ``start`` only those ``<= start`` (ConfigError if none)."""
+    name = sampler if isinstance(sampler, str) else next((k for k, v in SAMPLERS.items() if v is sampler), None)
+    if name not in SPACINGS:
+        raise ValueError(f"{sampler!r} is not a sampler of ldmctl.samplers.SAMPLERS")
+    return timesteps(num_train, steps, *SPACINGS[name], start=start)
+
+
+__all__ = [
+    "SAMPLERS",
+    "SPACINGS",
+    "BlendFn",
+    "ModelFn",
+    "Sampler",
+    "StepCallback",
+    "ddim",
+    "ddpm",
+    "dpmpp",
+    "get_sampler",
+    "plms",
+    "sampler_timesteps",
+    "spacing",
+]

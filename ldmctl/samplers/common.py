@@ -5,6 +5,11 @@ into x_0 by calling ``model_fn(x_t, t)`` a fixed number of times; the caller wra
 conditioning inside ``model_fn``, so samplers know nothing about them. State (PLMS history,
 DPM-Solver buffers) lives in local variables.
 
+Editing (:mod:`ldmctl.editing`) uses two optional arguments every sampler takes alike: ``start``
+begins at the sampler's first timestep ``<= start`` with ``noise`` being x there (img2img), and
+``blend(x, t)`` rewrites the sample before each step (inpainting by latent blending). Left at
+their defaults they change nothing: the timesteps and every operation are those of plain sampling.
+
 Numerics: tensors stay in ``noise.dtype`` on ``noise.device``. The per-step coefficients are
 computed from the float64 schedule constants as Python floats (float64) and only then applied
 to the tensors, which casts them to the tensor's dtype, as :func:`~ldmctl.diffusion.extract`
@@ -30,6 +35,11 @@ ModelFn = Callable[[Tensor, Tensor], Tensor]
 StepCallback = Callable[[int, int, Tensor], None]
 """``(i, n, x)``: called after step ``i`` (0-based) of ``n`` with the current sample."""
 
+BlendFn = Callable[[Tensor, int], Tensor]
+"""``(x_t, t) -> x_t``: called on the sample at the start of each step, before the model sees it at
+timestep ``t``; what it returns replaces the sample. Inpainting by latent blending (the CompVis DDIM
+``mask``/``x0`` mechanism) passes one that puts the known latent, noised to level ``t``, outside the mask."""
+
 Spacing = Literal["leading", "linspace"]
 PREDICTIONS = ("eps", "x0", "v")
 
@@ -48,6 +58,8 @@ class Sampler(Protocol):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         callback: StepCallback | None = None,
+        start: int | None = None,
+        blend: BlendFn | None = None,
     ) -> Tensor: ...
 
 
@@ -76,6 +88,25 @@ def spacing(num_train: int, steps: int, kind: Spacing = "leading", offset: int =
     if ts[0] >= num_train or ts[-1] < 0 or bool((ts[:-1] <= ts[1:]).any()):
         raise _steps_error(num_train, steps, kind, offset)
     return ts
+
+
+def timesteps(num_train: int, steps: int, kind: Spacing, offset: int = 0, start: int | None = None) -> list[int]:
+    """The timesteps a sampler runs: :func:`spacing`, and with ``start`` only those ``<= start``.
+
+    ``start`` is how every sampler begins at an intermediate noise level (SDEdit / img2img): its
+    ``noise`` argument is then x at the first timestep kept, and the spacing stays that of
+    ``steps`` over the whole schedule, so fewer steps run. ConfigError when none is ``<= start``.
+    """
+    ts = spacing(num_train, steps, kind, offset).tolist()
+    if start is None:
+        return ts
+    kept = [t for t in ts if t <= start]
+    if not kept:
+        raise ConfigError(
+            f"start={start} is below every timestep of {steps} steps (the lowest is {ts[-1]})",
+            hint="start higher (a larger --strength) or take more --steps",
+        )
+    return kept
 
 
 def _steps_error(num_train: int, steps: int, kind: str, offset: int) -> ConfigError:
@@ -120,6 +151,7 @@ def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 __all__ = [
     "PREDICTIONS",
+    "BlendFn",
     "ModelFn",
     "Sampler",
     "Spacing",
@@ -129,4 +161,5 @@ __all__ = [
     "predict",
     "randn_like",
     "spacing",
+    "timesteps",
 ]

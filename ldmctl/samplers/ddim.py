@@ -8,8 +8,20 @@ import torch
 from torch import Tensor
 
 from ldmctl.errors import ConfigError
-from ldmctl.samplers.common import ModelFn, StepCallback, alpha_bar, check_prediction, predict, randn_like, spacing
+from ldmctl.samplers.common import (
+    BlendFn,
+    ModelFn,
+    Spacing,
+    StepCallback,
+    alpha_bar,
+    check_prediction,
+    predict,
+    randn_like,
+    timesteps,
+)
 from ldmctl.schedule import Schedule
+
+SPACING: tuple[Spacing, int] = ("leading", 1)  # (kind, offset) of :func:`~ldmctl.samplers.common.spacing`
 
 
 @torch.no_grad()
@@ -24,12 +36,13 @@ def ddim(
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     start: int | None = None,
+    blend: BlendFn | None = None,
 ) -> Tensor:
     """Sample x_0 from x_T = ``noise`` with DDIM (Song et al. 2021, eq. 12 and 16).
 
-    ``start``: begin at the largest timestep of the spacing that is <= ``start``, with ``noise``
-    being x at that timestep (SDEdit / img2img: a noised image instead of pure noise); the
-    spacing is still that of ``steps`` over the whole schedule, so fewer steps run.
+    ``start`` and ``blend`` as for every sampler (:mod:`ldmctl.samplers.common`): begin at the
+    largest timestep of the spacing that is <= ``start``, with ``noise`` being x at that timestep
+    (SDEdit / img2img), and rewrite x before each step with ``blend(x, t)`` (inpainting).
 
     ``eta = 0`` is the deterministic sampler (an ODE solver); ``eta = 1`` gives each step the
     DDPM posterior variance. Timesteps are LDM's: "leading" spacing with offset 1
@@ -43,13 +56,10 @@ def ddim(
         raise ConfigError(
             f"eta={eta} is outside [0, 1]", hint="eta = 0 is deterministic DDIM, eta = 1 matches DDPM's variance"
         )
-    ts = spacing(schedule.num_timesteps, steps, "leading", offset=1).tolist()
-    if start is not None:
-        ts = [t for t in ts if t <= start]
-        if not ts:
-            raise ConfigError(f"start={start} is below every timestep of {steps} DDIM steps")
+    ts = timesteps(schedule.num_timesteps, steps, *SPACING, start=start)
     n, x = len(ts), noise
     for i, t in enumerate(ts):
+        x = x if blend is None else blend(x, t)  # inpainting: the known region at level t
         a_t = alpha_bar(schedule, t)
         a_s = alpha_bar(schedule, ts[i + 1] if i + 1 < n else 0)
         eps, x0 = predict(model_fn, schedule, x, t, prediction)

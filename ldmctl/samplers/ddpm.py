@@ -7,8 +7,20 @@ import math
 import torch
 from torch import Tensor
 
-from ldmctl.samplers.common import ModelFn, StepCallback, alpha_bar, check_prediction, predict, randn_like, spacing
+from ldmctl.samplers.common import (
+    BlendFn,
+    ModelFn,
+    Spacing,
+    StepCallback,
+    alpha_bar,
+    check_prediction,
+    predict,
+    randn_like,
+    timesteps,
+)
 from ldmctl.schedule import Schedule
+
+SPACING: tuple[Spacing, int] = ("leading", 0)  # (kind, offset) of :func:`~ldmctl.samplers.common.spacing`
 
 
 @torch.no_grad()
@@ -22,6 +34,8 @@ def ddpm(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
+    start: int | None = None,
+    blend: BlendFn | None = None,
 ) -> Tensor:
     """Sample x_0 from x_T = ``noise`` with the DDPM reverse process (Ho et al. 2020, Algorithm 2).
 
@@ -32,11 +46,13 @@ def ddpm(
     DDPMScheduler does. The last step (to a_s = 1) adds no noise and returns the predicted x_0.
 
     Every step but the last draws one ``randn(x.shape)`` from ``generator``. ``eta`` is ignored.
+    ``start`` (img2img) and ``blend`` (inpainting) as for every sampler (:mod:`ldmctl.samplers.common`).
     """
     check_prediction(prediction)
-    ts = spacing(schedule.num_timesteps, steps, "leading").tolist()
+    ts = timesteps(schedule.num_timesteps, steps, *SPACING, start=start)
     n, x = len(ts), noise
     for i, t in enumerate(ts):
+        x = x if blend is None else blend(x, t)  # inpainting: the known region at level t
         a_t = alpha_bar(schedule, t)
         a_s = alpha_bar(schedule, ts[i + 1]) if i + 1 < n else 1.0
         alpha = a_t / a_s  # this jump's own alpha and beta

@@ -8,8 +8,19 @@ import math
 import torch
 from torch import Tensor
 
-from ldmctl.samplers.common import ModelFn, StepCallback, alpha_bar, check_prediction, predict, spacing
+from ldmctl.samplers.common import (
+    BlendFn,
+    ModelFn,
+    Spacing,
+    StepCallback,
+    alpha_bar,
+    check_prediction,
+    predict,
+    timesteps,
+)
 from ldmctl.schedule import Schedule
+
+SPACING: tuple[Spacing, int] = ("linspace", 0)  # (kind, offset) of :func:`~ldmctl.samplers.common.spacing`
 
 
 def _half_log_snr(a: float) -> float:
@@ -28,26 +39,28 @@ def dpmpp(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
+    start: int | None = None,
+    blend: BlendFn | None = None,
 ) -> Tensor:
     """Sample x_0 from x_T = ``noise`` with DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2).
 
-    The solver integrates the diffusion ODE in data-prediction (x0) form over the half
-    log-SNR lambda = log(alpha_t / sigma_t). With h = lambda_s - lambda_t for a step t -> s:
+    The solver integrates the diffusion ODE in data-prediction (x0) form over the half log-SNR
+    lambda = log(alpha_t / sigma_t). With h = lambda_s - lambda_t for a step t -> s:
 
         x_s = (sigma_s / sigma_t) x_t + alpha_s (1 - e^-h) D,
         D = (1 + 1 / 2r) x0_t - (1 / 2r) x0_prev,   r = h_prev / h,
 
-    a first-order step (D = x0_t, which is DDIM) when there is no previous x0 yet. Timesteps
-    are "linspace" (999, 899, ..., 100 for 10 of 1000); the last step goes to sigma = 0, where
-    the first-order update returns x0_t itself. These are the defaults of diffusers'
-    ``DPMSolverMultistepScheduler`` (solver_order=2, final_sigmas_type="zero",
-    lower_order_final=True). One model call per step; ``eta`` and ``generator`` are ignored.
+    a first-order step (D = x0_t, which is DDIM) when there is no previous x0 yet (so also the first
+    step after a late ``start``). Timesteps are "linspace" (999, 899, ..., 100 for 10 of 1000); the last
+    step goes to sigma = 0, where the first-order update returns x0_t itself: the defaults of diffusers'
+    ``DPMSolverMultistepScheduler`` (solver_order=2, final_sigmas_type="zero", lower_order_final=True).
+    One model call per step; ``eta`` and ``generator`` are ignored.
     """
     check_prediction(prediction)
-    ts = spacing(schedule.num_timesteps, steps, "linspace").tolist()
-    n, x = len(ts), noise
-    x0_prev, lam_prev = None, 0.0
+    ts = timesteps(schedule.num_timesteps, steps, *SPACING, start=start)
+    n, x, x0_prev, lam_prev = len(ts), noise, None, 0.0
     for i, t in enumerate(ts):
+        x = x if blend is None else blend(x, t)  # inpainting: the known region at level t
         a_t = alpha_bar(schedule, t)
         lam_t = _half_log_snr(a_t)
         _, x0 = predict(model_fn, schedule, x, t, prediction)

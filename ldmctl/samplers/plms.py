@@ -9,8 +9,19 @@ import math
 import torch
 from torch import Tensor
 
-from ldmctl.samplers.common import ModelFn, StepCallback, alpha_bar, check_prediction, predict, spacing
+from ldmctl.samplers.common import (
+    BlendFn,
+    ModelFn,
+    Spacing,
+    StepCallback,
+    alpha_bar,
+    check_prediction,
+    predict,
+    timesteps,
+)
 from ldmctl.schedule import Schedule
+
+SPACING: tuple[Spacing, int] = ("leading", 1)  # (kind, offset) of :func:`~ldmctl.samplers.common.spacing`
 
 
 def _transfer(x: Tensor, eps: Tensor, a_t: float, a_s: float) -> Tensor:
@@ -46,6 +57,8 @@ def plms(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
+    start: int | None = None,
+    blend: BlendFn | None = None,
 ) -> Tensor:
     """Sample x_0 from x_T = ``noise`` with PLMS (Liu et al. 2022, eq. 12-13), using ``steps + 1``
     model calls.
@@ -61,13 +74,15 @@ def plms(
     The history holds noise predictions, each converted from the model output at its own x and
     t, as LDM does for v-models. (diffusers' PNDMScheduler combines raw v outputs and converts
     the combination once, so for ``prediction="v"`` it differs; huggingface/diffusers#14816.)
-    Timesteps are LDM's, as for DDIM. ``eta`` and ``generator`` are ignored.
+    Timesteps are LDM's, as for DDIM. ``eta`` and ``generator`` are ignored. A late ``start``
+    (img2img) warms up with the same Heun step at its first timestep.
     """
     check_prediction(prediction)
-    ts = spacing(schedule.num_timesteps, steps, "leading", offset=1).tolist()
+    ts = timesteps(schedule.num_timesteps, steps, *SPACING, start=start)
     n, x = len(ts), noise
     history: list[Tensor] = []  # earlier eps, oldest first, at most three
     for i, t in enumerate(ts):
+        x = x if blend is None else blend(x, t)  # inpainting: the known region at level t
         a_t = alpha_bar(schedule, t)
         a_s = alpha_bar(schedule, ts[i + 1] if i + 1 < n else 0)
         eps, _ = predict(model_fn, schedule, x, t, prediction)

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ldmctl.conditioning.base import Cond
 from ldmctl.data.modes import crop_to, pad_to_multiple
+from ldmctl.device import autocast, module_device
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.samplers import get_sampler
 from ldmctl.samplers.common import spacing
@@ -139,6 +140,7 @@ def upscale(
     detail_transfer: bool = True,
     ensemble: int = 1,
     progress: Progress | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """:func:`upscale_once`, or with ``ensemble`` = 2, 4 or 8 the mean of that many runs on flipped
     and transposed copies of the input, each mapped back (geometric self-ensemble: averages out
@@ -161,6 +163,7 @@ def upscale(
                 strength=strength,
                 detail_transfer=detail_transfer,
                 progress=report,
+                precision=precision,
             ),
             t,
         )
@@ -207,6 +210,7 @@ def upscale_once(
     strength: float = 1.0,
     detail_transfer: bool = True,
     progress: Progress | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """Super-resolve ``lr`` (3, h, w) in [-1, 1] to (3, s*h, s*w) in [-1, 1] (see the module doc).
 
@@ -216,30 +220,33 @@ def upscale_once(
     input. ``detail_transfer`` (residual models only) returns the bicubic upscale plus the
     decoded difference D(z) - D(z_bicubic) instead of D(z), so the autoencoder's own error on
     the bicubic content cancels out. ``progress(done, total)`` counts UNet tile evaluations,
-    then decoder tiles.
+    then decoder tiles. The model runs where its weights are, the UNet and decoder under the autocast
+    of ``precision`` (z_T is drawn on the CPU); the result is float32, on ``lr``'s device.
     """
     _check_args(model, lr, sampler, strength, tile, overlap)
     s, f = sr_scale(model), model.autoencoder.config.downsample_factor
-    fn = get_sampler(sampler)
-    padded, (h, w) = pad_to_multiple(lr.float(), input_multiple(model))
+    fn, device = get_sampler(sampler), module_device(model.unet)
+    autocast(precision, device)  # refuses a precision the device cannot do, before any step
+    padded, (h, w) = pad_to_multiple(lr.float().to(device), input_multiple(model))
     lh, lw = padded.shape[-2] * s // f, padded.shape[-1] * s // f
     latent = strength < 1.0 or model.config.residual
     inputs = _inputs(model, padded[None], (lh, lw), tile=tile, overlap=overlap, latent=latent)
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((1, model.latent_shape[0], lh, lw), generator=g)
+    noise = torch.randn((1, model.latent_shape[0], lh, lw), generator=g).to(device)
     noise, extra, runs = _start(model, inputs, noise, strength, steps)
     per_pass = count_tiles(lh, lw, tile, overlap)  # tiles of one UNet step, or of one decode
     transfer = detail_transfer and model.config.residual
     total = (runs + (2 if transfer else 1)) * per_pass
     on_step = (lambda i, _n, _z: progress((i + 1) * per_pass, total)) if progress else None
-    z = _sample(
-        model, fn, inputs, noise, g, steps=steps, eta=eta, tile=tile, overlap=overlap, extra=extra, on_step=on_step
-    )
-    decode = _tiled_decoder(model, tile, overlap, progress, done=runs * per_pass, total=total)
-    image = decode(z)
-    if transfer:
-        image = upscale_image(padded[None], (lh * f, lw * f)) + image - decode(inputs[LATENT_KEY])
-    return crop_to(image[0], h * s, w * s).clamp(-1, 1)
+    with autocast(precision, device):
+        z = _sample(
+            model, fn, inputs, noise, g, steps=steps, eta=eta, tile=tile, overlap=overlap, extra=extra, on_step=on_step
+        )
+        decode = _tiled_decoder(model, tile, overlap, progress, done=runs * per_pass, total=total)
+        image = decode(z).float()
+        if transfer:
+            image = upscale_image(padded[None], (lh * f, lw * f)) + image - decode(inputs[LATENT_KEY]).float()
+    return crop_to(image[0], h * s, w * s).clamp(-1, 1).to(lr.device)
 
 
 def _sample(

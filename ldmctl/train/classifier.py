@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ldmctl.device import module_device
 from ldmctl.errors import ConfigError, DataError
 from ldmctl.eval.classifier import ClassifierConfig, FeatureClassifier
 from ldmctl.train import engine
-from ldmctl.train.loop import Callbacks, batch_stream, lr_at, set_lr
+from ldmctl.train.loop import Callbacks, autocast, batch_stream, lr_at, set_lr
 
 
 def random_translate(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -51,6 +52,7 @@ class ClassifierRun:
     lr: float
     max_shift: int
     step: int = 0
+    precision: str = "fp32"  # autocast of the forward pass: fp32 or bf16
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One AdamW step of cross-entropy on a translated batch; logs its loss, accuracy and lr."""
@@ -62,8 +64,11 @@ class ClassifierRun:
             self.opt,
             lr_at(self.step, base=self.lr, warmup=self.steps // 20, total=self.steps, schedule="cosine", min_ratio=0.0),
         )
-        logits = self.model(random_translate(x, self.max_shift, self.augment))
-        loss = F.cross_entropy(logits, labels)
+        device = module_device(self.model)  # translations are drawn on the CPU, then moved
+        x, labels = random_translate(x, self.max_shift, self.augment).to(device), labels.to(device)
+        with autocast(self.precision, device):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), labels)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -88,12 +93,15 @@ def train_classifier(
     callbacks: Callbacks | None = None,
     max_shift: int = 2,
     weight_decay: float = 0.05,
+    device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> FeatureClassifier:
     """Train a :class:`FeatureClassifier` on the items ("image", "label") of ``dataset``.
 
     The result depends only on ``seed``: the global RNG (init, dropout) is seeded inside a forked
     RNG state, so the caller's is untouched. Reports ``loss``, ``acc`` (batch), ``lr`` and
-    ``steps_per_s`` to ``callbacks.on_step``. Returns the model in eval mode, on the CPU.
+    ``steps_per_s`` to ``callbacks.on_step``. It trains on ``device`` (default: the CPU) under the
+    autocast of ``precision``, and returns the model in eval mode, on the CPU.
     """
     if steps <= 0 or batch_size <= 0:
         raise ConfigError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
@@ -107,9 +115,9 @@ def train_classifier(
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FeatureClassifier(cfg).train()
+        model = FeatureClassifier(cfg).train().to(device or "cpu")  # initialised on the CPU on every device
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        run = ClassifierRun(model, opt, torch.Generator().manual_seed(seed + 1), steps, lr, max_shift)
+        run = ClassifierRun(model, opt, torch.Generator().manual_seed(seed + 1), steps, lr, max_shift, 0, precision)
         engine.run(
             run,
             batch_stream(dataset, batch_size, seed=seed),
@@ -117,7 +125,7 @@ def train_classifier(
             out=None,
             callbacks=callbacks,
         )
-    return model.eval()
+    return model.eval().cpu()
 
 
 __all__ = ["ClassifierRun", "random_translate", "train_classifier"]

@@ -10,8 +10,8 @@ that derives values, never written by hand: the latent channels, size and scale 
 the autoencoder; each conditioner fills its data-dependent options from the data set
 (``Conditioner.configure``), then the conditioners are built **once** and their output widths set
 the UNet's ``concat_channels``, ``add_dim``, ``context_dim`` and ``token_dim``; the super-resolution
-task adds its conditioner and measures its residual scale. The trainer builds its model with that
-very :class:`~ldmctl.conditioning.compose.ConditionerSet`.
+task adds its conditioner and measures its residual scale, the inpainting task adds its two. The
+trainer builds its model with that very :class:`~ldmctl.conditioning.compose.ConditionerSet`.
 
 The dataclasses, presets and override layers are :mod:`ldmctl.config`; this module sits above
 the autoencoder, the conditioners and the UNet because resolving needs them.
@@ -45,6 +45,7 @@ from ldmctl.config import (
     to_dict,
 )
 from ldmctl.errors import ConfigError
+from ldmctl.inpaint.task import with_inpaint_task
 from ldmctl.superres.task import measure_residual_scale, with_task
 from ldmctl.unet import check_unet_config, downsample_factor
 
@@ -132,7 +133,7 @@ def resolve_ldm(
     ``measure=False`` (on ``--resume``) keeps the stored ``model.residual_scale`` instead of
     measuring it again on the data.
     """
-    cfg = with_task(cfg)
+    cfg = with_inpaint_task(with_task(cfg))
     f, c = ae.config.downsample_factor, ae.config.latent_channels
     if cfg.data.size % f:
         raise ConfigError(f"data.size={cfg.data.size} is not a multiple of the autoencoder's f={f}")

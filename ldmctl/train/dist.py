@@ -27,6 +27,7 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
+from ldmctl.device import parse_device, resolve_device
 from ldmctl.errors import ConfigError
 
 
@@ -115,24 +116,18 @@ class Dist:
         return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this rank's GPU when CUDA is available, else the CPU; or ``cpu`` / ``cuda``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError('train.device = "cuda" but no CUDA GPU is visible', hint="use --device cpu")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    raise ConfigError(f"unknown train.device {name!r}", hint="use auto, cpu or cuda")
-
-
 def setup(device: str = "auto") -> Dist:
-    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    """Join the process group that ``torchrun`` describes in the environment, if any, on
+    ``device`` (:func:`ldmctl.device.resolve_device`: ``cuda`` and ``auto`` give each process
+    the GPU of its ``LOCAL_RANK``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device, local_rank)
+    dev = resolve_device(device, local_rank=local_rank)
+    if world > 1 and (dev.type == "mps" or (dev.type == "cuda" and parse_device(device)[1] is not None)):
+        raise ConfigError(
+            f"train.device = {device!r} under torchrun ({world} processes): each process needs its own device",
+            hint="use --device cuda or auto (each process takes the GPU of its LOCAL_RANK), or cpu",
+        )
     if world > 1 and not tdist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -145,4 +140,4 @@ def teardown(d: Dist) -> None:
         tdist.destroy_process_group()
 
 
-__all__ = ["Dist", "pick_device", "setup", "teardown"]
+__all__ = ["Dist", "setup", "teardown"]

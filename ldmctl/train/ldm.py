@@ -13,7 +13,9 @@ call. A run folder holds::
 
 With ``cache_latents`` the data set is encoded once (epoch-0 crops, posterior mode) and training
 runs at UNet speed; batch order is still a pure function of (seed, step), so ``--resume`` continues
-bit-identically.
+bit-identically. An inpainting run (``task = inpaint``) also caches the crops themselves and draws
+each step's masks from (seed, epoch, index), as :class:`~ldmctl.inpaint.masks.InpaintDataset` does
+without the cache; the masked images are encoded per step (docs/inpainting.md).
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ from ldmctl.diffusion.io import load_ldm, save_ldm, split_tensors
 from ldmctl.diffusion.ldm import LatentDiffusion
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.files import file_sha256
+from ldmctl.inpaint.masks import InpaintDataset, batch_masks
+from ldmctl.inpaint.task import IMAGE_KEY, MASK_KEY
 from ldmctl.samplers.ddim import ddim
 from ldmctl.train import engine
 from ldmctl.train.configure import resolve_ldm
 from ldmctl.train.dist import Dist, setup, teardown
 from ldmctl.train.latents import LatentCache, build_cache, latent_batches, open_cache
-from ldmctl.train.loop import Callbacks, NonFiniteGuard, autocast, batch_stream, lr_at, set_lr
+from ldmctl.train.loop import Callbacks, NonFiniteGuard, autocast, batch_stream, index_batches, lr_at, set_lr
 from ldmctl.unet import UNet
 
 log = logging.getLogger(__name__)
@@ -238,6 +242,8 @@ def _train(
         from ldmctl.superres.degrade import SuperresDataset
 
         dataset = SuperresDataset(dataset, cfg.superres, seed=cfg.train.seed)
+    elif cfg.task == "inpaint":
+        dataset = InpaintDataset(dataset, cfg.inpaint, seed=cfg.train.seed)
     cfg, conditioners = resolve_ldm(cfg, ae, dataset, measure=not resume)
     if not resume:
         cfg = engine.create_run(cfg, out, d, {"ae_source.json": {"path": str(ae_path), "sha256": file_sha256(ae_path)}})
@@ -261,6 +267,10 @@ def _batches(
     step on, and the first items of the data set, whose conditions the preview grids use."""
     cfg, d, t = run.cfg, run.dist, run.cfg.train
     keys = run.model.batch_keys()
+    if cfg.cache_latents and isinstance(dataset, InpaintDataset):  # masks are drawn per step, not cached
+        cache = _latent_cache(run, dataset.base, out, tuple(k for k in keys if k != MASK_KEY), ae_path, cb)
+        first = list(range(min(cfg.sample_count, len(cache))))
+        return _masked_batches(run, cache, run.step), {**cache.take(first), MASK_KEY: _masks(run, cache, first, 0)}
     if cfg.cache_latents:
         cache = _latent_cache(run, dataset, out, keys, ae_path, cb)
         batches = latent_batches(cache, t.batch_size, seed=t.seed, start_step=run.step, rank=d.rank, world=d.world)
@@ -271,6 +281,22 @@ def _batches(
     batches = ({"z0": run.model.encode(b["image"].to(d.device)), **{k: b[k] for k in keys}} for b in images)
     first = default_collate([dataset[i] for i in range(min(cfg.sample_count, len(dataset)))])
     return batches, {"z0": run.model.encode(first["image"].to(d.device)), **{k: first[k] for k in keys}}
+
+
+def _masked_batches(run: LDMRun, cache: LatentCache, start_step: int) -> Iterator[dict[str, Any]]:
+    """An inpainting run's cached batches, each with the masks :class:`InpaintDataset` gives its
+    items in that step's epoch: new masks every epoch, as without the cache. The cache holds the
+    epoch-0 crops (``image``), so the task encodes each step's masked images exactly."""
+    t, d = run.cfg.train, run.dist
+    per_epoch = max(1, len(cache) // t.batch_size)  # the epochs of batch_stream
+    indices = index_batches(len(cache), t.batch_size, seed=t.seed, start_step=start_step, rank=d.rank, world=d.world)
+    for step, idx in enumerate(indices, start=start_step):
+        yield {**cache.take(idx), MASK_KEY: _masks(run, cache, idx, step // per_epoch)}
+
+
+def _masks(run: LDMRun, cache: LatentCache, idx: list[int], epoch: int) -> Tensor:
+    size = tuple(cache.arrays[IMAGE_KEY].shape[-2:])
+    return batch_masks(idx, epoch, size, run.cfg.inpaint, seed=run.cfg.train.seed)  # (B, 1, H, W)
 
 
 def _latent_cache(

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ldmctl.device import autocast as device_autocast
 from ldmctl.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -285,15 +286,11 @@ class StopSignals:
 
 
 def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
-    """Autocast of the forward pass: bf16 (CPU or GPU), fp16 (GPU only; pair it with a
-    :class:`torch.amp.GradScaler`), or nothing for fp32."""
-    kind = torch.device(device).type
-    if precision == "bf16":
-        return torch.autocast(kind, dtype=torch.bfloat16)
-    if precision == "fp16":
-        if kind != "cuda":
-            raise ConfigError(
-                "precision fp16 needs a GPU (it relies on a gradient scaler)", hint="use --precision bf16 on CPU"
-            )
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    """Autocast of a training forward pass (:func:`ldmctl.device.autocast`): bf16 on the CPU or a
+    GPU; fp16 on CUDA only, because it needs the gradient scaler that train-ldm runs there."""
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise ConfigError(
+            "training in precision fp16 needs a CUDA GPU (autocast + gradient scaler)",
+            hint="use --precision bf16 on this device",
+        )
+    return device_autocast(precision, device, exact=False)  # fp32: PyTorch's TF32 defaults, as always

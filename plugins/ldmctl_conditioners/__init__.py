@@ -8,13 +8,34 @@ from collections.abc import Callable
 from ldmctl import hookimpl
 from ldmctl_conditioners.classes import ClassAdd, ClassToken
 from ldmctl_conditioners.concat import ImageConcat, LatentConcat
+from ldmctl_conditioners.inpaint import MaskConcat, MaskedLatentConcat
 from ldmctl_conditioners.text import TextCrossAttn, TextPooled, TextTokens
 
 
 @hookimpl
 def ldmctl_register_conditioners(register: Callable[[type], None]) -> None:
-    for cls in (ImageConcat, LatentConcat, ClassAdd, ClassToken, TextCrossAttn, TextPooled, TextTokens):
+    for cls in (
+        ImageConcat,
+        LatentConcat,
+        MaskConcat,
+        MaskedLatentConcat,
+        ClassAdd,
+        ClassToken,
+        TextCrossAttn,
+        TextPooled,
+        TextTokens,
+    ):
         register(cls)
 
 
-__all__ = ["ClassAdd", "ClassToken", "ImageConcat", "LatentConcat", "TextCrossAttn", "TextPooled", "TextTokens"]
+__all__ = [
+    "ClassAdd",
+    "ClassToken",
+    "ImageConcat",
+    "LatentConcat",
+    "MaskConcat",
+    "MaskedLatentConcat",
+    "TextCrossAttn",
+    "TextPooled",
+    "TextTokens",
+]

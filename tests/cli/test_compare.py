@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from ldmctl.cli import app, main
+from ldmctl.device import resolve_device
 from ldmctl.eval.classifier import ClassifierConfig, FeatureClassifier, save_classifier
 
 pytest.importorskip("matplotlib")
@@ -69,6 +70,7 @@ def test_compare_samplers_end_to_end(tiny, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert json.loads((tmp_path / "r.json").read_text()) == results and str(tmp_path / "r.json") in r.stdout
     assert results["metrics"] == ["fd-cls", "acc"] and results["guidance"] == 3.0  # auto, class-conditional
+    assert results["device"] == str(resolve_device("auto")) and results["precision"] == "fp32"  # where it sampled
     assert len(results["settings"]) == 4 and set(results["match"]["steps"]) == {"ddim", "dpmpp"}
     assert all(s["seconds_per_image"] > 0 for s in results["settings"])
     report = (out / "report.md").read_text()
@@ -113,7 +115,9 @@ def test_compare_train_end_to_end(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
     assert [v["name"] for v in results["variants"]] == ["a", "b"] and results["metrics"] == ["fd-cls", "acc"]
+    assert results["device"] == str(resolve_device("auto")) and results["precision"] == "fp32"
     for v in results["variants"]:
+        assert v["train_device"] == results["device"] and v["train_precision"] == "fp32"
         assert [p["step"] for p in v["points"]] == [1, 2] and (out / v["name"] / "ldm.safetensors").is_file()
         assert v["points"][0]["train_seconds"] <= v["points"][1]["train_seconds"]
     for png in (

@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ldmctl.cli import app, main
+from ldmctl.device import resolve_device
 from ldmctl.eval.classifier import ClassifierConfig, FeatureClassifier, load_classifier, save_classifier
 
 
@@ -282,6 +283,7 @@ def test_text_conditional_checkpoint_samples_the_reference_captions(tiny_clip_fo
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["n_samples"] == 3 and 0.0 <= report["metrics"]["clip_score"] <= 100.0
+    assert report["device"] == str(resolve_device("auto")) and report["precision"] == "fp32"
 
 
 def test_missing_clip_weights_name_the_file(tmp_path, capsys, monkeypatch):

@@ -181,18 +181,19 @@ def test_choices_are_the_configs_own(choices, cls_name, field):
 
 
 def test_choices_are_the_librarys_own():
+    from ldmctl.device import DEVICES, PRECISIONS, resolve_device
     from ldmctl.samplers import SAMPLERS
-    from ldmctl.train.dist import pick_device
 
     assert set(typing.get_args(_vocab.Sampler)) == set(SAMPLERS)
     assert set(typing.get_args(_vocab.Preset)) == set(config.PRESETS) == set(config.LDM_PRESETS)
-    for device in typing.get_args(_vocab.Device):
+    assert set(typing.get_args(_vocab.Precision)) == set(PRECISIONS)
+    for device in DEVICES:
         try:
-            pick_device(device)
+            resolve_device(device.replace(":N", ":0"))
         except ConfigError as err:  # cuda without a GPU: refused for that reason, not as unknown
             assert "unknown" not in str(err)
     with pytest.raises(ConfigError, match="unknown"):
-        pick_device("tpu")
+        resolve_device("tpu")
 
 
 @pytest.mark.parametrize(
@@ -201,10 +202,10 @@ def test_choices_are_the_librarys_own():
         (["train-ldm", "--precision", "fp64"], "fp64", "'fp16'"),
         (["train-ldm", "--schedule", "quadratic"], "quadratic", "'sqrt_linear'"),
         (["train-ldm", "--prediction", "noise"], "noise", "'eps'"),
-        (["train-ldm", "--task", "inpaint"], "inpaint", "'superres'"),
+        (["train-ldm", "--task", "colorize"], "colorize", "'superres'"),  # inpaint is a task now
         (["train-ae", "--kind", "ae"], "ae", "'vq'"),
         (["train-ae", "--precision", "fp16"], "fp16", "'bf16'"),
-        (["train-ae", "--device", "tpu"], "tpu", "'cuda'"),
+        (["train-ae", "--device", "tpu"], "tpu", "cuda:N"),
         (["compare", "train", "--ae", "a", "--config", "c", "--sampler", "euler"], "euler", "'dpmpp'"),
         (["superres", "x.png", "--sampler", "euler"], "euler", "'ddim'"),
         (["eval", "x", "--ref", "r", "--weights", "both"], "both", "'ema'"),

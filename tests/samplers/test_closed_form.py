@@ -12,10 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldmctl.samplers import SAMPLERS, spacing
+from ldmctl.samplers import SAMPLERS, sampler_timesteps
 from ldmctl.schedule import Schedule, extract
-
-FIRST_T = {"ddim": ("leading", 1), "plms": ("leading", 1), "ddpm": ("leading", 0), "dpmpp": ("linspace", 0)}
 
 MU = torch.tensor([1.5, -0.5, 0.0]).view(1, 3, 1, 1).double()
 STD = torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1).double()
@@ -34,18 +32,34 @@ def optimal_denoiser(schedule: Schedule, prediction: str):
 # Step counts are high enough for the discretisation error to vanish: at few steps every sampler
 # ends on E[x0 | x_t_last], whose variance s^2 * a s^2 / (a s^2 + 1 - a) is below s^2 when t_last is
 # far from 0 (DPM-Solver++ at 20 steps ends from t = 50: std 0.459 for s = 0.5; the same in diffusers).
+# A ``start`` (img2img) begins at the sampler's first timestep <= start, from the marginal there.
 @pytest.mark.parametrize(
-    "name,steps,prediction", [("ddim", 200, "eps"), ("dpmpp", 100, "v"), ("plms", 50, "eps"), ("ddpm", 1000, "x0")]
+    "name,steps,prediction,start",
+    [
+        ("ddim", 200, "eps", None),
+        ("dpmpp", 100, "v", None),
+        ("plms", 50, "eps", None),
+        ("ddpm", 1000, "x0", None),
+        ("ddim", 200, "v", 600),
+        ("dpmpp", 100, "eps", 500),
+        ("plms", 50, "x0", 400),
+        ("ddpm", 500, "eps", 300),
+    ],
 )
-def test_optimal_denoiser_recovers_data_mean_and_std(name, steps, prediction):
+def test_optimal_denoiser_recovers_data_mean_and_std(name, steps, prediction, start):
     schedule = Schedule.make("sqrt_linear", 1000)
     g = torch.Generator().manual_seed(0)
-    kind, offset = FIRST_T[name]
-    a = schedule.alphas_cumprod[int(spacing(1000, steps, kind, offset)[0])]
+    a = schedule.alphas_cumprod[sampler_timesteps(name, 1000, steps, start)[0]]
     noise = torch.randn(4000, 3, 2, 2, generator=g, dtype=torch.float64)
     noise = a.sqrt() * MU + (a * STD**2 + 1 - a).sqrt() * noise  # x_t ~ q(x_t), exactly
     x = SAMPLERS[name](
-        optimal_denoiser(schedule, prediction), schedule, noise, steps=steps, prediction=prediction, generator=g
+        optimal_denoiser(schedule, prediction),
+        schedule,
+        noise,
+        steps=steps,
+        prediction=prediction,
+        generator=g,
+        start=start,
     )
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ldmctl.errors import ConfigError
-from ldmctl.samplers import SAMPLERS, ddim, ddpm, dpmpp, get_sampler, plms, spacing
+from ldmctl.samplers import SAMPLERS, ddim, ddpm, dpmpp, get_sampler, plms, sampler_timesteps, spacing
 from ldmctl.schedule import Schedule
 
 diffusers = pytest.importorskip("diffusers")
@@ -347,3 +347,119 @@ def test_user_errors_are_config_errors(sampler, kwargs, match):
     with pytest.raises(ConfigError, match=match) as err:
         sampler(toy_model(SCHEDULE, "eps"), SCHEDULE, x_T(), **{"steps": 10, **kwargs})
     assert err.value.hint
+
+
+# ---- starting late (img2img) and blending (inpainting) ---------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_start_at_or_above_the_first_timestep_changes_nothing(name):
+    model_fn, fn = toy_model(SCHEDULE, "eps"), SAMPLERS[name]
+    first = sampler_timesteps(name, SCHEDULE.num_timesteps, 7)[0]
+    plain = fn(model_fn, SCHEDULE, x_T(), steps=7, generator=torch.Generator().manual_seed(0))
+    for start in (first, SCHEDULE.num_timesteps):
+        late = fn(model_fn, SCHEDULE, x_T(), steps=7, generator=torch.Generator().manual_seed(0), start=start)
+        assert torch.equal(late, plain)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_start_runs_the_timesteps_at_or_below_it(name):
+    seen: list[int] = []
+
+    def model_fn(x: Tensor, t: Tensor) -> Tensor:
+        seen.append(int(t[0]))
+        return toy_model(SCHEDULE, "eps")(x, t)
+
+    calls: list[tuple[int, int]] = []
+    SAMPLERS[name](
+        model_fn,
+        SCHEDULE,
+        x_T(),
+        steps=10,
+        start=45,
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda i, n, x: calls.append((i, n)),
+    )
+    kept = [t for t in sampler_timesteps(name, SCHEDULE.num_timesteps, 10) if t <= 45]
+    assert kept == sampler_timesteps(name, SCHEDULE.num_timesteps, 10, start=45)
+    assert calls == [(i, len(kept)) for i in range(len(kept))]
+    warm_up = [kept[1]] if name == "plms" else []  # PLMS's Heun step evaluates the next timestep too
+    assert seen == [kept[0], *warm_up, *kept[1:]]
+
+
+def run_late(sched, model_fn, x: Tensor, start: int, step_kwargs) -> Tensor:
+    """diffusers' img2img loop: the timesteps of ``set_timesteps`` that are <= start (the scheduler
+    told where it begins), one model call and one ``step`` each."""
+    keep = int((sched.timesteps > start).sum())
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(keep)
+    for t in sched.timesteps[keep:]:
+        x = sched.step(model_fn(x, t.expand(x.shape[0])), t, x, **step_kwargs()).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "dpmpp"])
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_start_matches_diffusers_img2img(name, prediction):
+    steps, start = 10, 500
+    gen = torch.Generator().manual_seed(5)
+    if name == "ddim":
+        sched, ours = ddim_scheduler("sqrt_linear", prediction, steps)
+        kwargs = dict
+    elif name == "ddpm":
+        sched, ours, _ = ddpm_oracle("sqrt_linear", prediction, steps, seed=5)
+        kwargs = lambda: {"generator": gen}  # noqa: E731
+    else:
+        sched, ours = dpm_scheduler("sqrt_linear", prediction, steps)
+        kwargs = dict
+    model_fn = toy_model(ours, prediction)
+    want = run_late(sched, model_fn, x_T(), start, kwargs)
+    got = SAMPLERS[name](
+        model_fn,
+        ours,
+        x_T(),
+        steps=steps,
+        prediction=prediction,
+        start=start,
+        generator=torch.Generator().manual_seed(5),
+    )
+    torch.testing.assert_close(got, want, rtol=0, atol=EXACT if name != "dpmpp" else 1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_start_below_every_timestep_is_a_config_error(name):
+    with pytest.raises(ConfigError, match="below every timestep") as err:
+        SAMPLERS[name](toy_model(SCHEDULE, "eps"), SCHEDULE, x_T(), steps=5, start=0 if name != "ddpm" else -1)
+    assert err.value.hint
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_blend_rewrites_the_sample_before_each_step(name):
+    model_fn, fn = toy_model(SCHEDULE, "eps"), SAMPLERS[name]
+    seen: list[int] = []
+
+    def same(x: Tensor, t: int) -> Tensor:
+        seen.append(t)
+        return x
+
+    kw = {"steps": 6, "start": 60}
+    plain = fn(model_fn, SCHEDULE, x_T(), generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(
+        fn(model_fn, SCHEDULE, x_T(), generator=torch.Generator().manual_seed(0), blend=same, **kw), plain
+    )
+    assert seen == sampler_timesteps(name, SCHEDULE.num_timesteps, 6, start=60)
+    # a blend that pins half of the sample to a value: the model sees that value there at every step
+    pinned: list[bool] = []
+
+    def pin(x: Tensor, t: int) -> Tensor:
+        x = x.clone()
+        x[..., :2] = 0.25
+        return x
+
+    def watching(x: Tensor, t: Tensor) -> Tensor:
+        pinned.append(bool((x[..., :2] == 0.25).all()))
+        return model_fn(x, t)
+
+    fn(watching, SCHEDULE, x_T(), generator=torch.Generator().manual_seed(0), blend=pin, **kw)
+    first_calls = pinned if name != "plms" else [pinned[0], *pinned[2:]]  # PLMS's warm-up call sees a moved x
+    assert all(first_calls) and len(first_calls) == len(seen)
