@@ -204,7 +204,6 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(2)
     items = two_object_items(args.n, args.data_seed)
     report: dict = {
         "n": args.n,

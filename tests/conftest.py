@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -80,49 +81,54 @@ def tiny_clip_folder(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="session")
-def class_ldm(tmp_path_factory):
-    """A tiny class-conditional LDM on builtin:synthetic (4 shape classes), trained 1 step."""
+def _run_cli(*args: object):
+    """Run ``ldmctl ARGS`` through typer's CliRunner; assert it exits 0 (its output in the message)."""
     from typer.testing import CliRunner
 
     from ldmctl.cli import app
 
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*args)``: run an ldmctl command line that must succeed; returns the click Result."""
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_ae(run_cli):
+    """``tiny_ae(root, *extra, data=..., steps=1, out_option="--out-dir")``: train-ae --preset tiny
+    --perceptual none into ROOT/ae; returns ROOT/ae/ae.safetensors."""
+
+    def train(root: Path, *extra: object, data="builtin:synthetic", steps=1, out_option="--out-dir") -> Path:
+        args = ["train-ae", "--preset", "tiny", "--data", data, "--perceptual", "none", "--max-steps", steps]
+        run_cli(*args, *extra, out_option, root / "ae")
+        return root / "ae" / "ae.safetensors"
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm(run_cli):
+    """``tiny_ldm(root, ae, *extra, data=..., steps=1, name="ldm", out_option="--out-dir")``: train-ldm
+    --preset tiny on the autoencoder AE into ROOT/NAME; returns ROOT/NAME/ldm.safetensors."""
+
+    def train(
+        root: Path, ae: Path, *extra: object, data="builtin:synthetic", steps=1, name="ldm", out_option="--out-dir"
+    ):
+        args = ["train-ldm", "--preset", "tiny", "--ae", ae, "--data", data, "--max-steps", steps]
+        run_cli(*args, *extra, out_option, root / name)
+        return root / name / "ldm.safetensors"
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def class_ldm(tmp_path_factory, tiny_ae, tiny_ldm):
+    """A tiny class-conditional LDM on builtin:synthetic (4 shape classes), trained 1 step."""
     root = tmp_path_factory.mktemp("ldm")
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train-ae",
-            "--preset",
-            "tiny",
-            "--data",
-            "builtin:synthetic",
-            "--perceptual",
-            "none",
-            "--max-steps",
-            "1",
-            "--out",
-            str(root / "ae"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--ae",
-            str(root / "ae" / "ae.safetensors"),
-            "--data",
-            "builtin:synthetic",
-            "--max-steps",
-            "1",
-            "--cond",
-            "class",
-            "--out",
-            str(root / "ldm"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    return root / "ldm" / "ldm.safetensors"
+    ae = tiny_ae(root, out_option="--out")
+    return tiny_ldm(root, ae, "--cond", "class", out_option="--out")

@@ -14,55 +14,16 @@ from ldmctl.diffusion.io import load_ldm
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
+def text_run(tmp_path_factory, tiny_ae, tiny_ldm):
     root = tmp_path_factory.mktemp("export")
     cfg = root / "text.toml"
     cfg.write_text(
         '[[model.conditioners]]\nname = "crossattn"\n[model.conditioners.options]\n'
         "width = 16\ndepth = 1\nheads = 2\nmax_length = 16\n"
     )
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train-ae",
-            "--preset",
-            "tiny",
-            "--data",
-            "builtin:shapes",
-            "--perceptual",
-            "none",
-            "--max-steps",
-            "1",
-            "--out",
-            str(root / "ae"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--ae",
-            str(root / "ae" / "ae.safetensors"),
-            "--data",
-            "builtin:shapes",
-            "--config",
-            str(cfg),
-            "--max-steps",
-            "3",
-            "--lr",
-            "1e-2",
-            "--set",
-            "cache_latents=false",
-            "--out",
-            str(root / "ldm"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    return root / "ldm" / "ldm.safetensors"
+    ae = tiny_ae(root, data="builtin:shapes", out_option="--out")
+    extra = ["--config", cfg, "--lr", "1e-2", "--set", "cache_latents=false"]
+    return tiny_ldm(root, ae, *extra, data="builtin:shapes", steps=3, out_option="--out")
 
 
 def _eps(model, prompts):

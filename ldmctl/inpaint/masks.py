@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ldmctl.config import InpaintConfig
+from ldmctl.data.extended import ExtendedDataset
 from ldmctl.errors import ConfigError
 from ldmctl.inpaint.task import MASK_KEY
 
@@ -149,56 +150,24 @@ def _capsule(h: int, w: int, p0: tuple[float, float], p1: tuple[float, float], r
     return out
 
 
-class InpaintDataset(Dataset):
-    """Add ``"inpaint_mask"`` (1, S, S) in {0, 1}, 1 = repaint, to each item of ``base``.
-
-    Everything else (``len``, ``skipped``, ``class_names``, ``name``, the base item's keys) is the
-    base data set's; ``set_epoch`` is forwarded. The mask of item ``i`` in epoch ``e`` is
+class InpaintDataset(ExtendedDataset):
+    """Add ``"inpaint_mask"`` (1, S, S) in {0, 1}, 1 = repaint, to each item of ``base``
+    (:class:`~ldmctl.data.extended.ExtendedDataset`). The mask of item ``i`` in epoch ``e`` is
     ``draw_mask(..., mask_rng(seed, e, i))``: new masks every epoch, the same for the same key.
     """
 
     def __init__(self, base: Dataset, cfg: InpaintConfig, *, seed: int = 0) -> None:
         check_masks(cfg)
-        self.base = base
-        self.cfg = cfg
-        self.seed = seed
-        self.epoch = 0
+        self.cfg, self.seed = cfg, seed
 
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
+        def mask(item: dict[str, Any], epoch: int, index: int) -> Tensor:
+            h, w = item["image"].shape[-2:]
+            return draw_mask(h, w, cfg, mask_rng(seed, epoch, index))
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = dict(self.base[index])
-        h, w = item["image"].shape[-2:]
-        item[MASK_KEY] = draw_mask(h, w, self.cfg, mask_rng(self.seed, self.epoch, index))
-        return item
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw new masks (and, through ``base``, new crops) for ``epoch``."""
-        self.epoch = epoch
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """The base data set's skipped files, ``(path, reason)``."""
-        return getattr(self.base, "skipped", [])
-
-    @property
-    def class_names(self) -> list[str]:
-        """The base data set's class names."""
-        return getattr(self.base, "class_names", [])
-
-    @property
-    def name(self) -> str:
-        """The base data set's name; AttributeError (so ``getattr`` defaults work) if it has none."""
-        return self.base.name  # type: ignore[attr-defined]
-
-    def summary(self) -> str:
-        """Describe the items in one line: the base summary plus the masks."""
-        base = self.base.summary() if hasattr(self.base, "summary") else f"{len(self)} images"
-        kinds = " and ".join(f"{k}es" if k == "box" else f"{k}s" for k in self.cfg.kinds)
-        return f"{base} + random {kinds} masks covering {self.cfg.min_coverage:.0%}-{self.cfg.max_coverage:.0%}"
+        kinds = " and ".join(f"{k}es" if k == "box" else f"{k}s" for k in cfg.kinds)
+        super().__init__(
+            base, MASK_KEY, mask, f" + random {kinds} masks covering {cfg.min_coverage:.0%}-{cfg.max_coverage:.0%}"
+        )
 
 
 __all__ = ["KINDS", "InpaintDataset", "batch_masks", "check_masks", "draw_mask", "mask_rng"]

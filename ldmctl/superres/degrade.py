@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ldmctl.config import DegradationConfig
+from ldmctl.data.extended import ExtendedDataset
 from ldmctl.data.modes import resize
 from ldmctl.errors import ConfigError, DataError
 
@@ -133,57 +134,22 @@ def describe(cfg: DegradationConfig) -> str:
     return ", ".join(parts)
 
 
-class SuperresDataset(Dataset):
-    """Add ``"cond_image"`` (3, S/s, S/s), the degraded low-res image, to each item of ``base``.
-
-    Everything else (``len``, ``skipped``, ``class_names``, ``name``, the base item's keys) is the
-    base data set's; ``set_epoch`` is forwarded. The degradation RNG for item ``i`` is
+class SuperresDataset(ExtendedDataset):
+    """Add ``"cond_image"`` (3, S/s, S/s), the degraded low-res image, to each item of ``base``
+    (:class:`~ldmctl.data.extended.ExtendedDataset`). The degradation RNG for item ``i`` is
     ``random.Random(f"ldmctl/degrade/{seed}/{epoch}/{i}")``, separate from the crop RNG.
     """
 
     def __init__(self, base: Dataset, cfg: DegradationConfig, *, seed: int = 0) -> None:
         check_degradation(cfg)
-        self.base = base
-        self.cfg = cfg
-        self.seed = seed
-        self.epoch = 0
         if len(base) > 0:  # type: ignore[arg-type]
             _check_size(base[0]["image"], cfg.scale)
+        self.cfg, self.seed = cfg, seed
 
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
+        def low_res(item: dict[str, Any], epoch: int, index: int) -> Tensor:
+            return degrade(item["image"], cfg, random.Random(f"ldmctl/degrade/{seed}/{epoch}/{index}"))
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = dict(self.base[index])
-        rng = random.Random(f"ldmctl/degrade/{self.seed}/{self.epoch}/{index}")
-        item["cond_image"] = degrade(item["image"], self.cfg, rng)
-        return item
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw new degradations (and, through ``base``, new crops) for ``epoch``."""
-        self.epoch = epoch
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """The base data set's skipped files, ``(path, reason)``."""
-        return getattr(self.base, "skipped", [])
-
-    @property
-    def class_names(self) -> list[str]:
-        """The base data set's class names."""
-        return getattr(self.base, "class_names", [])
-
-    @property
-    def name(self) -> str:
-        """The base data set's name; AttributeError (so ``getattr`` defaults work) if it has none."""
-        return self.base.name  # type: ignore[attr-defined]
-
-    def summary(self) -> str:
-        """Describe the pairs in one line: the base summary plus the degradation."""
-        base = self.base.summary() if hasattr(self.base, "summary") else f"{len(self)} images"
-        return f"{base} -> low-res x{self.cfg.scale} pairs ({describe(self.cfg)})"
+        super().__init__(base, "cond_image", low_res, f" -> low-res x{cfg.scale} pairs ({describe(cfg)})")
 
 
 def _check_size(image: Tensor, scale: int) -> None:

@@ -109,19 +109,26 @@ class LatentConcat(Conditioner):
         return "the path of the low-res image (the model derives the latent from it)"
 
     def forward(self, batch: Mapping[str, Any]) -> CondOutput:
-        z = batch.get(self.input_key)
-        if z is None:
-            raise DataError(
-                f"the concat-latent conditioner needs batch[{self.input_key!r}] (or 'cond_image' "
-                "for the model to derive it), which is missing"
-            )
-        if z.ndim != 4 or z.shape[1] != self.latent.channels:
-            raise DataError(f"concat-latent expects (B, {self.latent.channels}, h, w) latents, got {tuple(z.shape)}")
-        hw = batch.get("latent_hw") or (self.latent.size, self.latent.size)
-        if tuple(z.shape[-2:]) != tuple(hw):
-            z = F.interpolate(z.float(), size=tuple(hw), mode="bilinear", align_corners=False)
-        return CondOutput(z.float())
+        return latent_on_grid(self, batch, derived_from="'cond_image'")
 
     def null(self, batch_size: int, device: torch.device | None = None) -> CondOutput:
         s = self.latent.size
         return CondOutput(torch.zeros(batch_size, self.latent.channels, s, s, device=device))
+
+
+def latent_on_grid(c: Conditioner, batch: Mapping[str, Any], *, derived_from: str) -> CondOutput:
+    """``batch[c.input_key]``, a (B, C, h, w) latent the model derives ``derived_from``, resized
+    (bilinear) to the batch's latent grid (``latent_hw``, else the training size); DataError if it is
+    missing or is not a latent of the model's channels."""
+    z = batch.get(c.input_key)
+    if z is None:
+        raise DataError(
+            f"the {c.name} conditioner needs batch[{c.input_key!r}] (or {derived_from} for the model to derive it), "
+            "which is missing"
+        )
+    if z.ndim != 4 or z.shape[1] != c.latent.channels:
+        raise DataError(f"{c.name} expects (B, {c.latent.channels}, h, w) latents, got {tuple(z.shape)}")
+    hw = tuple(batch.get("latent_hw") or (c.latent.size, c.latent.size))
+    if tuple(z.shape[-2:]) != hw:
+        z = F.interpolate(z.float(), size=hw, mode="bilinear", align_corners=False)
+    return CondOutput(z.float())

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ldmctl.conditioning import Conditioner, CondOutput, LatentSpec
 from ldmctl.errors import DataError
-from ldmctl_conditioners.concat import read_image
+from ldmctl_conditioners.concat import latent_on_grid, read_image
 
 
 def _latent_hw(batch: Mapping[str, Any], latent: LatentSpec) -> tuple[int, int]:
@@ -94,18 +94,7 @@ class MaskedLatentConcat(Conditioner):
         return "the path of the image to inpaint (the model derives the masked image's latent from it)"
 
     def forward(self, batch: Mapping[str, Any]) -> CondOutput:
-        z = batch.get(self.input_key)
-        if z is None:
-            raise DataError(
-                f"the {self.name} conditioner needs batch[{self.input_key!r}] (or 'image' and 'inpaint_mask' "
-                "for the model to derive it), which is missing"
-            )
-        if z.ndim != 4 or z.shape[1] != self.latent.channels:
-            raise DataError(f"{self.name} expects (B, {self.latent.channels}, h, w) latents, got {tuple(z.shape)}")
-        hw = _latent_hw(batch, self.latent)
-        if tuple(z.shape[-2:]) != hw:
-            z = F.interpolate(z.float(), size=hw, mode="bilinear", align_corners=False)
-        return CondOutput(z.float())
+        return latent_on_grid(self, batch, derived_from="'image' and 'inpaint_mask'")
 
     def null(self, batch_size: int, device: torch.device | None = None) -> CondOutput:
         s = self.latent.size

@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from ldmctl.cli import app, main
+from ldmctl.cli import main
 from ldmctl.device import resolve_device
 from ldmctl.eval.classifier import ClassifierConfig, FeatureClassifier, save_classifier
 
@@ -29,44 +28,22 @@ def tiny(class_ldm):
 
 
 def _judge_args(tiny) -> list[str]:
-    return [
-        "--ref",
-        "builtin:synthetic",
-        "--ref-limit",
-        "8",
-        "--classifier",
-        str(tiny / "cls.safetensors"),
-        "--n",
-        "4",
-        "--bootstrap",
-        "3",
-        "--batch-size",
-        "2",
-    ]
+    ref = ["--ref", "builtin:synthetic", "--ref-limit", "8", "--classifier", str(tiny / "cls.safetensors")]
+    return [*ref, "--n", "4", "--bootstrap", "3", "--batch-size", "2"]
 
 
-def test_compare_samplers_end_to_end(tiny, tmp_path):
+def _compare_train(tiny) -> list[str]:
+    """``ldmctl compare train --preset tiny`` on conftest's tiny autoencoder (the start of a command line)."""
+    return ["compare", "train", "--preset", "tiny", "--ae", str(tiny / "ae" / "ae.safetensors")]
+
+
+def test_compare_samplers_end_to_end(tiny, tmp_path, run_cli):
     out = tmp_path / "report"
-    r = CliRunner().invoke(
-        app,
-        [
-            "compare",
-            "samplers",
-            str(tiny / "ldm" / "ldm.safetensors"),
-            "--samplers",
-            "ddim,dpmpp",
-            "--steps",
-            "1,2",
-            "--reference",
-            "ddim-2",
-            *_judge_args(tiny),
-            "--out-dir",
-            str(out),
-            "--json",
-            str(tmp_path / "r.json"),
-        ],
+    settings = ["--samplers", "ddim,dpmpp", "--steps", "1,2", "--reference", "ddim-2"]
+    ldm = tiny / "ldm" / "ldm.safetensors"
+    r = run_cli(
+        "compare", "samplers", ldm, *settings, *_judge_args(tiny), "--out-dir", out, "--json", tmp_path / "r.json"
     )
-    assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
     assert json.loads((tmp_path / "r.json").read_text()) == results and str(tmp_path / "r.json") in r.stdout
     assert results["metrics"] == ["fd-cls", "acc"] and results["guidance"] == 3.0  # auto, class-conditional
@@ -80,39 +57,14 @@ def test_compare_samplers_end_to_end(tiny, tmp_path):
     assert str(out / "report.md") in r.stdout
 
 
-def test_compare_train_end_to_end(tiny, tmp_path):
+def test_compare_train_end_to_end(tiny, tmp_path, run_cli):
     for name, lr in (("a", "1e-3"), ("b", "1e-4")):
         (tmp_path / f"{name}.toml").write_text(CLASS_TOML + f"[train]\nlr = {lr}\n")
     out = tmp_path / "cmp"
-    r = CliRunner().invoke(
-        app,
-        [
-            "compare",
-            "train",
-            "--preset",
-            "tiny",
-            "--ae",
-            str(tiny / "ae" / "ae.safetensors"),
-            "--config",
-            str(tmp_path / "a.toml"),
-            "--config",
-            str(tmp_path / "b.toml"),
-            "--max-steps",
-            "2",
-            "--eval-every",
-            "1",
-            "--sample-steps",
-            "1",
-            *_judge_args(tiny),
-            "--metrics",
-            "fd-cls",
-            "--metrics",
-            "acc",
-            "--out-dir",
-            str(out),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    configs = ["--config", tmp_path / "a.toml", "--config", tmp_path / "b.toml"]
+    schedule = ["--max-steps", "2", "--eval-every", "1", "--sample-steps", "1"]
+    metrics = ["--metrics", "fd-cls", "--metrics", "acc"]
+    run_cli(*_compare_train(tiny), *configs, *schedule, *_judge_args(tiny), *metrics, "--out-dir", out)
     results = json.loads((out / "results.json").read_text())
     assert [v["name"] for v in results["variants"]] == ["a", "b"] and results["metrics"] == ["fd-cls", "acc"]
     assert results["device"] == str(resolve_device("auto")) and results["precision"] == "fp32"
@@ -154,52 +106,20 @@ def test_compare_samplers_user_errors(tiny, tmp_path, capsys, args, match):
     assert exc.value.code == 1 and "error:" in err and match in err and "Traceback" not in err
 
 
-def test_compare_samplers_feeds_input_to_every_setting(tiny, tmp_path):
+def test_compare_samplers_feeds_input_to_every_setting(tiny, tmp_path, run_cli):
     out = tmp_path / "report"
-    r = CliRunner().invoke(
-        app,
-        [
-            "compare",
-            "samplers",
-            str(tiny / "ldm" / "ldm.safetensors"),
-            "--samplers",
-            "ddim",
-            "--steps",
-            "1",
-            "--reference",
-            "ddim-1",
-            *_judge_args(tiny),
-            "--input",
-            "label=1",
-            "--out-dir",
-            str(out),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    settings = ["--samplers", "ddim", "--steps", "1", "--reference", "ddim-1"]
+    ldm = tiny / "ldm" / "ldm.safetensors"
+    run_cli("compare", "samplers", ldm, *settings, *_judge_args(tiny), "--input", "label=1", "--out-dir", out)
     rows = json.loads((out / "results.json").read_text())["settings"][0]["per_class"]
     assert [(row["class"], row["n"]) for row in rows] == [("square", 4)]  # every sample drawn for class 1
 
 
 def test_compare_train_refuses_an_input_its_variants_do_not_read(tiny, tmp_path, capsys):
     (tmp_path / "a.toml").write_text(CLASS_TOML)
+    config, out = ["--config", str(tmp_path / "a.toml")], ["--out-dir", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "compare",
-                "train",
-                "--preset",
-                "tiny",
-                "--ae",
-                str(tiny / "ae" / "ae.safetensors"),
-                "--config",
-                str(tmp_path / "a.toml"),
-                *_judge_args(tiny),
-                "--input",
-                "palette=warm",
-                "--out-dir",
-                str(tmp_path / "o"),
-            ]
-        )
+        main([*_compare_train(tiny), *config, *_judge_args(tiny), "--input", "palette=warm", *out])
     err = " ".join(capsys.readouterr().err.split())
     assert exc.value.code == 1 and "no conditioner of this model reads 'palette'; it reads: label (class)" in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()  # refused before anything is written
@@ -209,28 +129,14 @@ def test_compare_train_refuses_variants_with_one_name(tiny, tmp_path, capsys):
     (tmp_path / "x").mkdir()
     for folder in (tmp_path, tmp_path / "x"):
         (folder / "same.toml").write_text(CLASS_TOML)
+    configs = ["--config", str(tmp_path / "same.toml"), "--config", str(tmp_path / "x" / "same.toml")]
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "compare",
-                "train",
-                "--preset",
-                "tiny",
-                "--ae",
-                str(tiny / "ae" / "ae.safetensors"),
-                "--config",
-                str(tmp_path / "same.toml"),
-                "--config",
-                str(tmp_path / "x" / "same.toml"),
-                "--out-dir",
-                str(tmp_path / "o"),
-            ]
-        )
+        main([*_compare_train(tiny), *configs, "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "names repeat" in err and "Traceback" not in err
 
 
-def test_compare_train_conditioners_with_the_shapes_checker(tiny, tmp_path):
+def test_compare_train_conditioners_with_the_shapes_checker(tiny, tmp_path, run_cli):
     """The conditioner comparison in small: a text variant, measured by the builtin:shapes checker."""
     for name in ("crossattn",):
         (tmp_path / f"t-{name}.toml").write_text(
@@ -238,32 +144,8 @@ def test_compare_train_conditioners_with_the_shapes_checker(tiny, tmp_path):
             'heads = 2\nmax_length = 16\n[data]\nsource = "builtin:shapes"\n'
         )
     out = tmp_path / "cmp"
-    r = CliRunner().invoke(
-        app,
-        [
-            "compare",
-            "train",
-            "--preset",
-            "tiny",
-            "--ae",
-            str(tiny / "ae" / "ae.safetensors"),
-            "--config",
-            str(tmp_path / "t-crossattn.toml"),
-            "--max-steps",
-            "1",
-            "--set",
-            "cache_latents=false",
-            "--n",
-            "4",
-            "--sample-steps",
-            "1",
-            "--bootstrap",
-            "3",
-            "--out-dir",
-            str(out),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    settings = "--max-steps 1 --set cache_latents=false --n 4 --sample-steps 1 --bootstrap 3".split()
+    run_cli(*_compare_train(tiny), "--config", tmp_path / "t-crossattn.toml", *settings, "--out-dir", out)
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"] == ["shapes"]  # auto for text-conditional variants
     assert [v["name"] for v in results["variants"]] == ["t-crossattn"]
@@ -274,21 +156,8 @@ def test_compare_train_refuses_an_out_folder_that_holds_a_run(tiny, tmp_path, ca
     (tmp_path / "a.toml").write_text(CLASS_TOML)
     (tmp_path / "o" / "a").mkdir(parents=True)
     (tmp_path / "o" / "a" / "config.json").write_text("{}")
+    config = ["--config", str(tmp_path / "a.toml")]
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "compare",
-                "train",
-                "--preset",
-                "tiny",
-                "--ae",
-                str(tiny / "ae" / "ae.safetensors"),
-                "--config",
-                str(tmp_path / "a.toml"),
-                *_judge_args(tiny),
-                "--out-dir",
-                str(tmp_path / "o"),
-            ]
-        )
+        main([*_compare_train(tiny), *config, *_judge_args(tiny), "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "already holds a run" in err and "Traceback" not in err

@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from ldmctl.cli import app, main
+from ldmctl.cli import main
 from ldmctl.device import resolve_device
 from ldmctl.eval.classifier import ClassifierConfig, FeatureClassifier, load_classifier, save_classifier
 
@@ -38,24 +37,10 @@ def classifier(tmp_path_factory):
     return save_classifier(model, tmp_path_factory.mktemp("cls") / "cls.safetensors")
 
 
-def test_folder_offline_metrics_with_per_class_figures(images, classifier, tmp_path, isolated_torch_hub):
+def test_folder_offline_metrics_with_per_class_figures(images, classifier, tmp_path, isolated_torch_hub, run_cli):
     out = tmp_path / "report.json"
-    r = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            str(images),
-            "--ref",
-            "builtin:synthetic",
-            "--ref-limit",
-            "12",
-            "--classifier",
-            str(classifier),
-            "--json",
-            str(out),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    args = ["--ref", "builtin:synthetic", "--ref-limit", "12", "--classifier", classifier, "--json", out]
+    r = run_cli("eval", images, *args)
     assert "fid skipped" in r.output and "pt_inception-2015-12-05-6726825d.pth" in r.output
     report = json.loads(out.read_text())
     assert set(report["metrics"]) == {"fd_cls", "acc", "acc_reference"} and "fid" not in report["metrics"]
@@ -65,58 +50,21 @@ def test_folder_offline_metrics_with_per_class_figures(images, classifier, tmp_p
     assert "not FID" in report["descriptions"]["fd_cls"] and "FD_cls" in r.output
 
 
-def test_fid_and_kid_of_a_folder_against_itself(fid_inception_weights, tmp_path):
+def test_fid_and_kid_of_a_folder_against_itself(fid_inception_weights, tmp_path, run_cli):
     folder = _write_images(tmp_path / "few", ["x"], 3, seed=1)
     out = tmp_path / "fid.json"
-    r = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            str(folder),
-            "--ref",
-            str(folder),
-            "--metrics",
-            "fid,kid",
-            "--inception-weights",
-            str(fid_inception_weights),
-            "--kid-subsets",
-            "4",
-            "--json",
-            str(out),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    args = ["--metrics", "fid,kid", "--inception-weights", fid_inception_weights, "--kid-subsets", "4", "--json", out]
+    run_cli("eval", folder, "--ref", folder, *args)
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["fid"] == pytest.approx(0.0, abs=1e-6)
     assert set(metrics) == {"fid", "kid", "kid_std"}
 
 
-def test_class_conditional_checkpoint(class_ldm, classifier, tmp_path, isolated_torch_hub):
+def test_class_conditional_checkpoint(class_ldm, classifier, tmp_path, isolated_torch_hub, run_cli):
     out = tmp_path / "report.json"
-    r = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            str(class_ldm),
-            "--ref",
-            "builtin:synthetic",
-            "--ref-limit",
-            "16",
-            "--classifier",
-            str(classifier),
-            "--n",
-            "8",
-            "--steps",
-            "2",
-            "--sampler",
-            "dpmpp",
-            "--out-dir",
-            str(tmp_path / "samples"),
-            "--json",
-            str(out),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    ref = ["--ref", "builtin:synthetic", "--ref-limit", "16", "--classifier", classifier]
+    sampling = ["--n", "8", "--steps", "2", "--sampler", "dpmpp", "--out-dir", tmp_path / "samples"]
+    run_cli("eval", class_ldm, *ref, *sampling, "--json", out)
     report = json.loads(out.read_text())
     assert report["n_samples"] == 8 and report["sampler"] == "dpmpp" and report["guidance"] == 3.0
     assert [row["class"] for row in report["per_class"]] == ["circle", "square", "triangle", "cross"]
@@ -124,31 +72,11 @@ def test_class_conditional_checkpoint(class_ldm, classifier, tmp_path, isolated_
     assert len(list((tmp_path / "samples").glob("*.png"))) == 8
 
 
-def test_checkpoint_samples_fed_with_input(class_ldm, classifier, tmp_path, isolated_torch_hub):
+def test_checkpoint_samples_fed_with_input(class_ldm, classifier, tmp_path, isolated_torch_hub, run_cli):
     """--input feeds the conditioners as in `ldmctl sample`: every sample is drawn for class 2."""
     out = tmp_path / "report.json"
-    r = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            str(class_ldm),
-            "--ref",
-            "builtin:synthetic",
-            "--ref-limit",
-            "8",
-            "--classifier",
-            str(classifier),
-            "--n",
-            "3",
-            "--steps",
-            "1",
-            "--input",
-            "label=2",
-            "--json",
-            str(out),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    ref = ["--ref", "builtin:synthetic", "--ref-limit", "8", "--classifier", classifier]
+    run_cli("eval", class_ldm, *ref, "--n", "3", "--steps", "1", "--input", "label=2", "--json", out)
     report = json.loads(out.read_text())
     assert report["inputs"] == {"label": ["2"]}
     assert [(row["class"], row["n"]) for row in report["per_class"]] == [("triangle", 3)]
@@ -178,109 +106,32 @@ def test_input_is_refused_for_a_folder(images, capsys):
     assert exc.value.code == 1 and "a folder of images has none to feed" in capsys.readouterr().err
 
 
-def test_clip_score_of_captioned_images(tiny_clip_folder, tmp_path, isolated_torch_hub):
+def test_clip_score_of_captioned_images(tiny_clip_folder, tmp_path, isolated_torch_hub, run_cli):
     folder = _write_images(tmp_path / "cap", ["."], 2)
     for png in folder.glob("*.png"):
         png.with_suffix(".txt").write_text("a red circle")  # captions beside the images
     out = tmp_path / "clip.json"
-    r = CliRunner().invoke(
-        app, ["eval", str(folder), "--ref", str(folder), "--clip-weights", str(tiny_clip_folder), "--json", str(out)]
-    )
-    assert r.exit_code == 0, r.output
+    run_cli("eval", folder, "--ref", folder, "--clip-weights", tiny_clip_folder, "--json", out)
     metrics = json.loads(out.read_text())["metrics"]
     assert set(metrics) == {"clip_score"} and 0.0 <= metrics["clip_score"] <= 100.0
 
 
-def test_text_conditional_checkpoint_samples_the_reference_captions(tiny_clip_folder, tmp_path):
+def test_text_conditional_checkpoint_samples_the_reference_captions(
+    tiny_clip_folder, tmp_path, run_cli, tiny_ae, tiny_ldm
+):
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text(
-        "\n".join(
-            [
-                "[PAD]",
-                "[UNK]",
-                "[CLS]",
-                "[SEP]",
-                "[MASK]",
-                "a",
-                "red",
-                "blue",
-                "circle",
-                "square",
-                "to",
-                "the",
-                "left",
-                "of",
-            ]
-        )
-        + "\n"
-    )
+    words = "a red blue circle square to the left of".split()
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     cfg = tmp_path / "text.toml"
     cfg.write_text(
         f'[[model.conditioners]]\nname = "tokens"\n[model.conditioners.options]\nwidth = 16\n'
         f'depth = 1\nheads = 2\nvocab = "{vocab}"\n'
     )
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train-ae",
-            "--preset",
-            "tiny",
-            "--data",
-            "builtin:shapes",
-            "--perceptual",
-            "none",
-            "--max-steps",
-            "1",
-            "--out-dir",
-            str(tmp_path / "ae"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--ae",
-            str(tmp_path / "ae" / "ae.safetensors"),
-            "--data",
-            "builtin:shapes",
-            "--config",
-            str(cfg),
-            "--max-steps",
-            "1",
-            "--set",
-            "cache_latents=false",
-            "--out-dir",
-            str(tmp_path / "ldm"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    ae = tiny_ae(tmp_path, data="builtin:shapes")
+    ckpt = tiny_ldm(tmp_path, ae, "--config", cfg, "--set", "cache_latents=false", data="builtin:shapes")
     out = tmp_path / "r.json"
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            str(tmp_path / "ldm" / "ldm.safetensors"),
-            "--ref",
-            "builtin:shapes",
-            "--ref-limit",
-            "3",
-            "--n",
-            "3",
-            "--steps",
-            "1",
-            "--metrics",
-            "clip",
-            "--clip-weights",
-            str(tiny_clip_folder),
-            "--json",
-            str(out),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    args = ["--ref", "builtin:shapes", "--ref-limit", "3", "--n", "3", "--steps", "1", "--metrics", "clip"]
+    run_cli("eval", ckpt, *args, "--clip-weights", tiny_clip_folder, "--json", out)
     report = json.loads(out.read_text())
     assert report["n_samples"] == 3 and 0.0 <= report["metrics"]["clip_score"] <= 100.0
     assert report["device"] == str(resolve_device("auto")) and report["precision"] == "fp32"
@@ -326,32 +177,11 @@ def test_source_must_exist(tmp_path, capsys):
     assert exc.value.code == 1 and "neither a checkpoint" in capsys.readouterr().err
 
 
-def test_train_classifier_reports_held_out_accuracy(tmp_path):
+def test_train_classifier_reports_held_out_accuracy(tmp_path, run_cli):
     data = _write_images(tmp_path / "data", ["cats", "dogs"], 5)
     out = tmp_path / "cls.safetensors"
-    r = CliRunner().invoke(
-        app,
-        [
-            "train-classifier",
-            "--data",
-            str(data),
-            "--out-file",
-            str(out),
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--size",
-            "16",
-            "--width",
-            "8",
-            "--feature-dim",
-            "8",
-            "--json",
-            str(tmp_path / "cls.json"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    args = ["--steps", "2", "--batch-size", "4", "--size", "16", "--width", "8", "--feature-dim", "8"]
+    r = run_cli("train-classifier", "--data", data, "--out-file", out, *args, "--json", tmp_path / "cls.json")
     assert "held-out accuracy" in r.output and "every 10th image" in r.output
     model = load_classifier(out)
     assert model.config.num_classes == 2 and model.config.size == 16

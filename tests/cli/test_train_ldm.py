@@ -11,47 +11,10 @@ from ldmctl.cli import app, main
 
 
 @pytest.fixture(scope="module")
-def ldm_run(tmp_path_factory):
+def ldm_run(tmp_path_factory, tiny_ae, tiny_ldm):
     root = tmp_path_factory.mktemp("ldm")
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train-ae",
-            "--preset",
-            "tiny",
-            "--data",
-            "builtin:synthetic",
-            "--perceptual",
-            "none",
-            "--max-steps",
-            "2",
-            "--out-dir",
-            str(root / "ae"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--ae",
-            str(root / "ae" / "ae.safetensors"),
-            "--data",
-            "builtin:synthetic",
-            "--max-steps",
-            "4",
-            "--sample-every",
-            "2",
-            "--prediction",
-            "v",
-            "--out-dir",
-            str(root / "ldm"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    ae = tiny_ae(root, steps=2)
+    tiny_ldm(root, ae, "--sample-every", "2", "--prediction", "v", steps=4)
     return root
 
 
@@ -61,24 +24,11 @@ def test_train_ldm_writes_checkpoint_and_grids(ldm_run):
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "plms", "ddpm", "dpmpp"])
-def test_sample_every_sampler_is_seeded(ldm_run, tmp_path, sampler):
+def test_sample_every_sampler_is_seeded(ldm_run, tmp_path, sampler, run_cli):
     ckpt = str(ldm_run / "ldm" / "ldm.safetensors")
     args = ["sample", ckpt, "--n", "3", "--steps", "3", "--sampler", sampler, "--seed", "7"]
-    r = CliRunner().invoke(app, [*args, "--out-file", str(tmp_path / "a.png"), "--save-tensor", str(tmp_path / "a.pt")])
-    assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(
-        app,
-        [
-            *args,
-            "-o",
-            str(tmp_path / "b.png"),
-            "--out-dir",
-            str(tmp_path / "each"),
-            "--save-tensor",
-            str(tmp_path / "b.pt"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    run_cli(*args, "--out-file", tmp_path / "a.png", "--save-tensor", tmp_path / "a.pt")
+    run_cli(*args, "-o", tmp_path / "b.png", "--out-dir", tmp_path / "each", "--save-tensor", tmp_path / "b.pt")
     a = torch.load(tmp_path / "a.pt", weights_only=True)
     assert a.shape == (3, 3, 16, 16) and torch.equal(a, torch.load(tmp_path / "b.pt", weights_only=True))
     assert len(list((tmp_path / "each").glob("*.png"))) == 3
@@ -117,92 +67,25 @@ def test_sample_rejects_an_autoencoder_checkpoint(ldm_run, capsys):
     assert "autoencoder checkpoint" in capsys.readouterr().err
 
 
-def test_train_ae_config_file_data_source_is_not_overridden(tmp_path):
+def test_train_ae_config_file_data_source_is_not_overridden(tmp_path, run_cli):
     """Regression: --data's default must not replace [data] source from --config."""
     cfg = tmp_path / "c.toml"
     cfg.write_text('[data]\nsource = "builtin:synthetic"\nsize = 16\n')
-    r = CliRunner().invoke(
-        app,
-        [
-            "train-ae",
-            "--preset",
-            "tiny",
-            "--config",
-            str(cfg),
-            "--perceptual",
-            "none",
-            "--max-steps",
-            "1",
-            "--out-dir",
-            str(tmp_path / "ae"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    args = ["train-ae", "--preset", "tiny", "--config", cfg, "--perceptual", "none", "--max-steps", "1"]
+    run_cli(*args, "--out-dir", tmp_path / "ae")
     assert '"source": "builtin:synthetic"' in (tmp_path / "ae" / "config.json").read_text()
 
 
-def test_class_conditional_train_and_sample_with_guidance(tmp_path, monkeypatch, capsys):
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train-ae",
-            "--preset",
-            "tiny",
-            "--data",
-            "builtin:synthetic",
-            "--perceptual",
-            "none",
-            "--max-steps",
-            "1",
-            "--out-dir",
-            str(tmp_path / "ae"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--ae",
-            str(tmp_path / "ae" / "ae.safetensors"),
-            "--data",
-            "builtin:synthetic",
-            "--max-steps",
-            "2",
-            "--cond",
-            "class",
-            "--out-dir",
-            str(tmp_path / "ldm"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    ckpt = tmp_path / "ldm" / "ldm.safetensors"
+def test_class_conditional_train_and_sample_with_guidance(tmp_path, monkeypatch, capsys, run_cli, tiny_ae, tiny_ldm):
+    ckpt = tiny_ldm(tmp_path, tiny_ae(tmp_path), "--cond", "class", steps=2)
     from ldmctl.checkpoint import read_checkpoint
 
     meta = read_checkpoint(ckpt).config
     assert meta["plugins"]["class"]["package"] == "ldmctl"
     assert meta["ldm"]["unet"]["add_dim"] > 0 and meta["ldm"]["conditioners"][0]["options"]["num_classes"] >= 2
+    out = ["--out-file", tmp_path / "s.png", "--save-tensor", tmp_path / "s.pt"]
     for extra in (["--label", "1", "--guidance", "2"], []):
-        r = runner.invoke(
-            app,
-            [
-                "sample",
-                str(ckpt),
-                "--n",
-                "2",
-                "--steps",
-                "2",
-                *extra,
-                "--out-file",
-                str(tmp_path / "s.png"),
-                "--save-tensor",
-                str(tmp_path / "s.pt"),
-            ],
-        )
-        assert r.exit_code == 0, r.output
+        run_cli("sample", ckpt, "--n", "2", "--steps", "2", *extra, *out)
     # the same checkpoint where its plugin is not installed: a clear error naming the package
     from ldmctl.conditioning import registry
 
@@ -213,101 +96,18 @@ def test_class_conditional_train_and_sample_with_guidance(tmp_path, monkeypatch,
     assert "no conditioner named 'class'" in err and "pip install ldmctl" in err
 
 
-def test_text_conditional_on_shapes_with_prompt_and_negative_prompt(tmp_path):
+def test_text_conditional_on_shapes_with_prompt_and_negative_prompt(tmp_path, run_cli, tiny_ae, tiny_ldm):
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text(
-        "\n".join(
-            [
-                "[PAD]",
-                "[UNK]",
-                "[CLS]",
-                "[SEP]",
-                "[MASK]",
-                "a",
-                "red",
-                "blue",
-                "green",
-                "yellow",
-                "purple",
-                "cyan",
-                "circle",
-                "square",
-                "triangle",
-                "to",
-                "the",
-                "left",
-                "right",
-                "of",
-                "above",
-                "below",
-            ]
-        )
-        + "\n"
-    )
+    words = "a red blue green yellow purple cyan circle square triangle to the left right of above below".split()
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     cfg = tmp_path / "text.toml"
     cfg.write_text(
         f'[[model.conditioners]]\nname = "tokens"\n[model.conditioners.options]\nwidth = 16\ndepth = 1\n'
         f'heads = 2\nvocab = "{vocab}"\n'
     )
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train-ae",
-            "--preset",
-            "tiny",
-            "--data",
-            "builtin:shapes",
-            "--perceptual",
-            "none",
-            "--max-steps",
-            "1",
-            "--out-dir",
-            str(tmp_path / "ae"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--ae",
-            str(tmp_path / "ae" / "ae.safetensors"),
-            "--data",
-            "builtin:shapes",
-            "--config",
-            str(cfg),
-            "--max-steps",
-            "2",
-            "--set",
-            "cache_latents=false",
-            "--out-dir",
-            str(tmp_path / "ldm"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    ckpt = str(tmp_path / "ldm" / "ldm.safetensors")
-    r = runner.invoke(
-        app,
-        [
-            "sample",
-            ckpt,
-            "--n",
-            "2",
-            "--steps",
-            "2",
-            "--prompt",
-            "a red circle",
-            "--negative-prompt",
-            "a blue square",
-            "--guidance",
-            "3",
-            "--out-file",
-            str(tmp_path / "p.png"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["sample", ckpt, "--n", "1", "--steps", "2", "--out-file", str(tmp_path / "q.png")])
+    ae = tiny_ae(tmp_path, data="builtin:shapes")
+    ckpt = str(tiny_ldm(tmp_path, ae, "--config", cfg, "--set", "cache_latents=false", data="builtin:shapes", steps=2))
+    prompts = ["--prompt", "a red circle", "--negative-prompt", "a blue square", "--guidance", "3"]
+    run_cli("sample", ckpt, "--n", "2", "--steps", "2", *prompts, "--out-file", tmp_path / "p.png")
+    r = CliRunner().invoke(app, ["sample", ckpt, "--n", "1", "--steps", "2", "--out-file", str(tmp_path / "q.png")])
     assert r.exit_code == 1 and "--prompt" in str(r.exception)

@@ -95,66 +95,16 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ckpt(palette_plugin, folder, tmp_path_factory):
+def ckpt(palette_plugin, folder, tmp_path_factory, tiny_ae, tiny_ldm):
     """The conditioner trained 2 steps with train-ldm --preset tiny --cond palette on that folder."""
     tmp_path = tmp_path_factory.mktemp("palette-run")
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train-ae",
-            "--preset",
-            "tiny",
-            "--data",
-            str(folder),
-            "--perceptual",
-            "none",
-            "--max-steps",
-            "1",
-            "--out-dir",
-            str(tmp_path / "ae"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--ae",
-            str(tmp_path / "ae" / "ae.safetensors"),
-            "--data",
-            str(folder),
-            "--cond",
-            "palette",
-            "--max-steps",
-            "2",
-            "--out-dir",
-            str(tmp_path / "ldm"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    return tmp_path / "ldm" / "ldm.safetensors"
+    ae = tiny_ae(tmp_path, data=folder)
+    return tiny_ldm(tmp_path, ae, "--cond", "palette", data=folder, steps=2)
 
 
 def _sample(ckpt, out, *args) -> torch.Tensor:
-    r = CliRunner().invoke(
-        app,
-        [
-            "sample",
-            str(ckpt),
-            "--n",
-            "2",
-            "--steps",
-            "2",
-            *args,
-            "--out-file",
-            str(out.with_suffix(".png")),
-            "--save-tensor",
-            str(out),
-        ],
-    )
+    files = ["--out-file", str(out.with_suffix(".png")), "--save-tensor", str(out)]
+    r = CliRunner().invoke(app, ["sample", str(ckpt), "--n", "2", "--steps", "2", *args, *files])
     assert r.exit_code == 0, r.output
     return torch.load(out, weights_only=True)
 

@@ -26,27 +26,14 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from ldmctl.cli import app, main
+from ldmctl.cli import main
 from ldmctl.config import DataConfig
 from ldmctl.data import open_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_AE = [
-    "--preset",
-    "tiny",
-    "--data",
-    "builtin:synthetic",
-    "--perceptual",
-    "none",
-    "--max-steps",
-    "1",
-    "--set",
-    "model.channel_mult=[1,2]",
-    "--set",
-    "model.mid_attention=false",
-]
+TINY_AE = ["--preset", "tiny", "--data", "builtin:synthetic", "--perceptual", "none", "--max-steps", "1"]
+TINY_AE += ["--set", "model.channel_mult=[1,2]", "--set", "model.mid_attention=false"]
 
 
 class Models(NamedTuple):
@@ -57,33 +44,18 @@ class Models(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Models:
+def models(tmp_path_factory, run_cli) -> Models:
     root = tmp_path_factory.mktemp("models")
-    ldm = [
-        "train-ldm",
-        "--preset",
-        "tiny",
-        "--ae",
-        root / "ae" / "ae.safetensors",
-        "--data",
-        "builtin:synthetic",
-        "--max-steps",
-        "1",
-        "--set",
-        "model.unet.attention_levels=[]",
-        "--set",
-        "model.unet.mid_attention=false",
-    ]
+    ae = root / "ae" / "ae.safetensors"
+    ldm = ["train-ldm", "--preset", "tiny", "--ae", ae, "--data", "builtin:synthetic", "--max-steps", "1"]
+    ldm += ["--set", "model.unet.attention_levels=[]", "--set", "model.unet.mid_attention=false"]
     for args in (
         ["train-ae", *TINY_AE, "--out-dir", root / "ae"],
         [*ldm, "--out-dir", root / "ldm"],
         [*ldm, "--task", "superres", "--size", "32", "--out-dir", root / "sr"],
     ):
-        result = CliRunner().invoke(app, [str(a) for a in args])
-        assert result.exit_code == 0, result.output
-    return Models(
-        root / "ae", root / "ae" / "ae.safetensors", root / "ldm" / "ldm.safetensors", root / "sr" / "ldm.safetensors"
-    )
+        run_cli(*args)
+    return Models(root / "ae", ae, root / "ldm" / "ldm.safetensors", root / "sr" / "ldm.safetensors")
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,37 +507,15 @@ def test_only_safe_loaders_in_the_package():
 def _values_args(command: str, models: Models, tmp: Path) -> list[object]:
     image = tmp / "a.png"
     Image.new("RGB", (16, 16), (30, 120, 200)).save(image)
+    report = ["--json", tmp / "r.json"]
+    ldm = ["--preset", "tiny", "--ae", models.ae, "--data", "builtin:synthetic", "--max-steps", "1"]
     return {
         "sample": ["sample", models.ldm, "--n", "1", "--steps", "1", "--out-file", tmp / "s.png"],
         "superres": ["superres", image, "--model", models.sr, "--steps", "1", "-o", tmp / "s.png"],
-        "eval-sr": [
-            "eval-sr",
-            "--model",
-            models.sr,
-            "--data",
-            tmp,
-            "--size",
-            "16",
-            "--steps",
-            "1",
-            "--json",
-            tmp / "r.json",
-        ],
-        "eval-ae": ["eval-ae", models.ae, "--data", tmp, "--size", "16", "--json", tmp / "r.json"],
+        "eval-sr": ["eval-sr", "--model", models.sr, "--data", tmp, "--size", "16", "--steps", "1", *report],
+        "eval-ae": ["eval-ae", models.ae, "--data", tmp, "--size", "16", *report],
         "train-ae": ["train-ae", *TINY_AE, "--out-dir", tmp / "run"],
-        "train-ldm": [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--ae",
-            models.ae,
-            "--data",
-            "builtin:synthetic",
-            "--max-steps",
-            "1",
-            "--out-dir",
-            tmp / "run",
-        ],
+        "train-ldm": ["train-ldm", *ldm, "--out-dir", tmp / "run"],
     }[command]
 
 

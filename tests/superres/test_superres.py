@@ -16,62 +16,15 @@ from ldmctl.cli import app, main
 from ldmctl.diffusion.io import load_ldm
 from ldmctl.superres.upscale import upscale
 
+NO_UNET_ATTENTION = ["--set", "model.unet.attention_levels=[]", "--set", "model.unet.mid_attention=false"]
+
 
 @pytest.fixture(scope="module")
-def sr_model(tmp_path_factory):
+def sr_model(tmp_path_factory, tiny_ae, tiny_ldm):
     root = tmp_path_factory.mktemp("sr")
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train-ae",
-            "--preset",
-            "tiny",
-            "--data",
-            "builtin:synthetic",
-            "--perceptual",
-            "none",
-            "--max-steps",
-            "1",
-            "--set",
-            "model.channel_mult=[1,2]",
-            "--set",
-            "model.mid_attention=false",
-            "--out-dir",
-            str(root / "ae"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--task",
-            "superres",
-            "--ae",
-            str(root / "ae" / "ae.safetensors"),
-            "--data",
-            "builtin:synthetic",
-            "--size",
-            "32",
-            "--max-steps",
-            "2",
-            "--set",
-            "model.unet.attention_levels=[]",
-            "--set",
-            "model.unet.mid_attention=false",
-            "--set",
-            "superres.blur=1.0",
-            "--set",
-            "superres.jpeg=50",
-            "--out-dir",
-            str(root / "ldm"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    return root / "ldm" / "ldm.safetensors"
+    ae = tiny_ae(root, "--set", "model.channel_mult=[1,2]", "--set", "model.mid_attention=false")
+    degrade = ["--set", "superres.blur=1.0", "--set", "superres.jpeg=50"]
+    return tiny_ldm(root, ae, "--task", "superres", "--size", "32", *NO_UNET_ATTENTION, *degrade, steps=2)
 
 
 def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -117,28 +70,13 @@ def test_any_size_and_mode_comes_back_x4_in_its_mode(sr_model, tmp_path, mode, s
         assert a[:, 0].mean() < 20 and a[:, -1].mean() > 235
 
 
-def test_folder_in_folder_out_and_seeds_reproduce(sr_model, tmp_path):
+def test_folder_in_folder_out_and_seeds_reproduce(sr_model, tmp_path, run_cli):
     src = tmp_path / "in"
     src.mkdir()
     for i in range(2):
         Image.fromarray(_photo(12, 16, i)).save(src / f"p{i}.png")
     for out in ("a", "b"):
-        r = CliRunner().invoke(
-            app,
-            [
-                "superres",
-                str(src),
-                "--out-dir",
-                str(tmp_path / out),
-                "--model",
-                str(sr_model),
-                "--steps",
-                "2",
-                "--seed",
-                "3",
-            ],
-        )
-        assert r.exit_code == 0, r.output
+        run_cli("superres", src, "--out-dir", tmp_path / out, "--model", sr_model, "--steps", "2", "--seed", "3")
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == ["p0_x4.png", "p1_x4.png"]
     for n in names:
@@ -167,29 +105,14 @@ def test_progress_reaches_the_end(sr_model):
     assert seen[-1][0] == seen[-1][1] and all(b >= a for (a, _), (b, _) in pairwise(seen))
 
 
-def test_eval_sr_reports_model_and_bicubic(sr_model, tmp_path):
+def test_eval_sr_reports_model_and_bicubic(sr_model, tmp_path, run_cli):
     data = tmp_path / "hr"
     data.mkdir()
     for i in range(2):
         Image.fromarray(_photo(40, 48, i)).save(data / f"{i}.png")
-    r = CliRunner().invoke(
-        app,
-        [
-            "eval-sr",
-            "--model",
-            str(sr_model),
-            "--data",
-            str(data),
-            "--size",
-            "32",
-            "--steps",
-            "2",
-            "--json",
-            str(tmp_path / "r.json"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    report = json.loads((tmp_path / "r.json").read_text())
+    report_file = tmp_path / "r.json"
+    run_cli("eval-sr", "--model", sr_model, "--data", data, "--size", "32", "--steps", "2", "--json", report_file)
+    report = json.loads(report_file.read_text())
     assert report["n"] == 2 and report["scale"] == 4
     for key in ("model_psnr", "model_ssim", "bicubic_psnr", "bicubic_ssim"):
         assert np.isfinite(report["mean"][key])
@@ -251,53 +174,15 @@ def test_tiles_are_pixels_and_the_old_latent_cell_spellings_keep_their_meaning(s
     assert np.array_equal(np.asarray(Image.open(tmp_path / "folder" / "in_x4.png")), pixels["cells"])
 
 
-def test_a_non_superres_model_is_refused(tmp_path, capsys):
-    runner = CliRunner()
-    assert (
-        runner.invoke(
-            app,
-            [
-                "train-ae",
-                "--preset",
-                "tiny",
-                "--data",
-                "builtin:synthetic",
-                "--perceptual",
-                "none",
-                "--max-steps",
-                "1",
-                "--out-dir",
-                str(tmp_path / "ae"),
-            ],
-        ).exit_code
-        == 0
-    )
-    assert (
-        runner.invoke(
-            app,
-            [
-                "train-ldm",
-                "--preset",
-                "tiny",
-                "--ae",
-                str(tmp_path / "ae" / "ae.safetensors"),
-                "--data",
-                "builtin:synthetic",
-                "--max-steps",
-                "1",
-                "--out-dir",
-                str(tmp_path / "ldm"),
-            ],
-        ).exit_code
-        == 0
-    )
+def test_a_non_superres_model_is_refused(tmp_path, capsys, tiny_ae, tiny_ldm):
+    tiny_ldm(tmp_path, tiny_ae(tmp_path))
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     with pytest.raises(SystemExit):
         main(["superres", str(tmp_path / "a.png"), "--model", str(tmp_path / "ldm" / "ldm.safetensors")])
     assert "not a super-resolution model" in capsys.readouterr().err
 
 
-def test_concat_latent_model_trains_and_upscales_in_tiles(sr_model, tmp_path):
+def test_concat_latent_model_trains_and_upscales_in_tiles(sr_model, tmp_path, tiny_ldm):
     """With concat-latent the model derives the latent of the bicubic upscale itself (in tiles at
     inference); tiled and whole-image results agree as for the plain concat model."""
     cfg = tmp_path / "sr.toml"
@@ -306,33 +191,7 @@ def test_concat_latent_model_trains_and_upscales_in_tiles(sr_model, tmp_path):
         '[[model.conditioners]]\nname = "concat-latent"\ndropout = 0.0\n'
     )
     ae = sr_model.parent.parent / "ae" / "ae.safetensors"
-    r = CliRunner().invoke(
-        app,
-        [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--ae",
-            str(ae),
-            "--config",
-            str(cfg),
-            "--data",
-            "builtin:synthetic",
-            "--size",
-            "32",
-            "--max-steps",
-            "2",
-            "--sample-every",
-            "2",
-            "--set",
-            "model.unet.attention_levels=[]",
-            "--set",
-            "model.unet.mid_attention=false",
-            "--out-dir",
-            str(tmp_path / "ldm"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    tiny_ldm(tmp_path, ae, "--config", cfg, "--size", "32", "--sample-every", "2", *NO_UNET_ATTENTION, steps=2)
     model = load_ldm(tmp_path / "ldm" / "ldm.safetensors")
     assert model.config.unet.concat_channels == 3 + model.latent_shape[0]
     lr = torch.from_numpy(_photo(24, 40)).permute(2, 0, 1).float() / 127.5 - 1
@@ -356,39 +215,12 @@ def test_strength_starts_from_the_noised_bicubic_latent(sr_model):
 
 
 @pytest.fixture(scope="module")
-def residual_model(tmp_path_factory, sr_model):
+def residual_model(tmp_path_factory, sr_model, tiny_ldm):
     """A residual SR model (x0 prediction) trained briefly, reusing sr_model's autoencoder."""
     root = tmp_path_factory.mktemp("sr-res")
-    r = CliRunner().invoke(
-        app,
-        [
-            "train-ldm",
-            "--preset",
-            "tiny",
-            "--task",
-            "superres",
-            "--ae",
-            str(sr_model.parent.parent / "ae" / "ae.safetensors"),
-            "--data",
-            "builtin:synthetic",
-            "--size",
-            "32",
-            "--max-steps",
-            "2",
-            "--prediction",
-            "x0",
-            "--set",
-            "model.residual=true",
-            "--set",
-            "model.unet.attention_levels=[]",
-            "--set",
-            "model.unet.mid_attention=false",
-            "--out-dir",
-            str(root / "ldm"),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    return load_ldm(root / "ldm" / "ldm.safetensors")
+    ae = sr_model.parent.parent / "ae" / "ae.safetensors"
+    residual = ["--prediction", "x0", "--set", "model.residual=true"]
+    return load_ldm(tiny_ldm(root, ae, "--task", "superres", "--size", "32", *residual, *NO_UNET_ATTENTION, steps=2))
 
 
 def test_residual_scale_is_measured_and_stored(residual_model):
@@ -414,22 +246,9 @@ def test_a_zero_residual_gives_bicubic_exactly_with_detail_transfer(residual_mod
 
 
 def test_residual_needs_the_superres_task(sr_model, capsys):
+    args = ["train-ldm", "--preset", "tiny", "--ae", str(sr_model.parent.parent / "ae" / "ae.safetensors")]
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "train-ldm",
-                "--preset",
-                "tiny",
-                "--ae",
-                str(sr_model.parent.parent / "ae" / "ae.safetensors"),
-                "--data",
-                "builtin:synthetic",
-                "--max-steps",
-                "1",
-                "--set",
-                "model.residual=true",
-            ]
-        )
+        main([*args, "--data", "builtin:synthetic", "--max-steps", "1", "--set", "model.residual=true"])
     assert exc.value.code == 1
     assert "superres" in capsys.readouterr().err
 
