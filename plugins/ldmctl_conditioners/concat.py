@@ -78,7 +78,39 @@ class ImageConcat(Conditioner):
         return CondOutput(torch.zeros(batch_size, self.config.channels, s, s, device=device))
 
 
-class LatentConcat(Conditioner):
+class DerivedLatentConcat(Conditioner):
+    """Base of the conditioners that read a latent the model derives from an image (``derived_from``,
+    which is what a user gives at sample time: ``--input KEY=PATH``): (B, C, h, w), resized to the
+    latent grid and joined to z_t on the channel axis. Null: zeros."""
+
+    kind = "concat"
+    derived_from: str  # the batch key(s) the model derives the latent from, for messages
+    image_about: str  # what the image given at sample time is, for messages
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    @property
+    def out_dim(self) -> int:
+        return self.latent.channels
+
+    def parse_input(self, text: str) -> torch.Tensor:
+        """The image file the model derives this latent from -> (3, H, W) in [-1, 1]."""
+        return read_image(text, 3, self.name)
+
+    def describe_input(self) -> str:
+        return f"the path of {self.image_about} (the model derives the latent from it)"
+
+    def forward(self, batch: Mapping[str, Any]) -> CondOutput:
+        return latent_on_grid(self, batch, derived_from=self.derived_from)
+
+    def null(self, batch_size: int, device: torch.device | None = None) -> CondOutput:
+        s = self.latent.size
+        return CondOutput(torch.zeros(batch_size, self.latent.channels, s, s, device=device))
+
+
+class LatentConcat(DerivedLatentConcat):
     """Reads ``batch["cond_latent"]``: the first stage's latent of the conditioning image upscaled
     (bicubic) to the output size, which the model derives from ``batch["cond_image"]``
     (``LatentDiffusion.derived_inputs``). Joined to z_t on the channel axis, it hands the UNet the
@@ -90,30 +122,9 @@ class LatentConcat(Conditioner):
 
     name = "latent-concat"
     aliases = ("concat-latent",)
-    kind = "concat"
     input_key = "cond_latent"
-
-    @dataclass(frozen=True)
-    class Config:
-        pass
-
-    @property
-    def out_dim(self) -> int:
-        return self.latent.channels
-
-    def parse_input(self, text: str) -> torch.Tensor:
-        """The low-res image file the model derives this latent from -> (3, H, W) in [-1, 1]."""
-        return read_image(text, 3, self.name)
-
-    def describe_input(self) -> str:
-        return "the path of the low-res image (the model derives the latent from it)"
-
-    def forward(self, batch: Mapping[str, Any]) -> CondOutput:
-        return latent_on_grid(self, batch, derived_from="'cond_image'")
-
-    def null(self, batch_size: int, device: torch.device | None = None) -> CondOutput:
-        s = self.latent.size
-        return CondOutput(torch.zeros(batch_size, self.latent.channels, s, s, device=device))
+    derived_from = "'cond_image'"
+    image_about = "the low-res image"
 
 
 def latent_on_grid(c: Conditioner, batch: Mapping[str, Any], *, derived_from: str) -> CondOutput:

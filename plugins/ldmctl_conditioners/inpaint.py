@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ldmctl.conditioning import Conditioner, CondOutput, LatentSpec
 from ldmctl.errors import DataError
-from ldmctl_conditioners.concat import latent_on_grid, read_image
+from ldmctl_conditioners.concat import DerivedLatentConcat, read_image
 
 
 def _latent_hw(batch: Mapping[str, Any], latent: LatentSpec) -> tuple[int, int]:
@@ -68,34 +68,13 @@ class MaskConcat(Conditioner):
         return CondOutput(torch.zeros(batch_size, 1, s, s, device=device))
 
 
-class MaskedLatentConcat(Conditioner):
+class MaskedLatentConcat(DerivedLatentConcat):
     """Reads ``batch["masked_latent"]`` (B, C, h, w): the first stage's latent of the image with its
     masked pixels set to 0 (grey), which the model derives from the image to inpaint and
     ``inpaint_mask``. It has no sample-time input of its own: it reads the image to inpaint
     (``--input image=PATH``) the latent is made of. Null: zeros."""
 
     name = "masked-latent-concat"
-    kind = "concat"
     input_key = "masked_latent"
-
-    @dataclass(frozen=True)
-    class Config:
-        pass
-
-    @property
-    def out_dim(self) -> int:
-        return self.latent.channels
-
-    def parse_input(self, text: str) -> torch.Tensor:
-        """The image file to inpaint -> (3, H, W) in [-1, 1]."""
-        return read_image(text, 3, self.name)
-
-    def describe_input(self) -> str:
-        return "the path of the image to inpaint (the model derives the masked image's latent from it)"
-
-    def forward(self, batch: Mapping[str, Any]) -> CondOutput:
-        return latent_on_grid(self, batch, derived_from="'image' and 'inpaint_mask'")
-
-    def null(self, batch_size: int, device: torch.device | None = None) -> CondOutput:
-        s = self.latent.size
-        return CondOutput(torch.zeros(batch_size, self.latent.channels, s, s, device=device))
+    derived_from = "'image' and 'inpaint_mask'"
+    image_about = "the image to inpaint"
