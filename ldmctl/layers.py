@@ -13,9 +13,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 
-def Normalize(channels: int, groups: int) -> nn.GroupNorm:
-    """Return the GroupNorm used everywhere (eps 1e-6, affine)."""
-    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+def Normalize(channels: int, groups: int, eps: float = 1e-6) -> nn.GroupNorm:
+    """Return the GroupNorm used everywhere (eps 1e-6 unless told: Stable Diffusion's UNet uses 1e-5), affine."""
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=eps, affine=True)
 
 
 class ResnetBlock(nn.Module):
@@ -36,13 +36,14 @@ class ResnetBlock(nn.Module):
         dropout: float = 0.0,
         temb_channels: int = 0,
         scale_shift: bool = False,
+        eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = Normalize(in_ch, groups)
+        self.norm1 = Normalize(in_ch, groups, eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1)
         self.temb_proj = nn.Linear(temb_channels, out_ch * (2 if scale_shift else 1)) if temb_channels > 0 else None
-        self.norm2 = Normalize(out_ch, groups)
+        self.norm2 = Normalize(out_ch, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, kernel_size=3, padding=1)
         self.shortcut = nn.Conv2d(in_ch, out_ch, kernel_size=1) if in_ch != out_ch else nn.Identity()
@@ -92,17 +93,20 @@ class AttnBlock(nn.Module):
 class Downsample(nn.Module):
     """Halve H and W: a stride-2 3x3 conv after asymmetric (0, 1, 0, 1) padding, or 2x2 avg pool.
 
-    The asymmetric pad keeps even sizes exact (H -> H/2) the way the LDM checkpoints were trained.
+    The asymmetric pad keeps even sizes exact (H -> H/2) the way the LDM first stages were trained.
+    ``padding=1`` pads symmetrically inside the conv instead, as the Stable Diffusion UNet does
+    (diffusers' ``downsample_padding``; the two differ by which rows and columns each output sees).
     """
 
-    def __init__(self, ch: int, with_conv: bool = True) -> None:
+    def __init__(self, ch: int, with_conv: bool = True, padding: int = 0) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, kernel_size=3, stride=2, padding=0) if with_conv else None
+        self.padding = padding
+        self.conv = nn.Conv2d(ch, ch, kernel_size=3, stride=2, padding=padding) if with_conv else None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.conv is None:
             return F.avg_pool2d(x, kernel_size=2, stride=2)
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # pad right and bottom only
+        return self.conv(x if self.padding else F.pad(x, (0, 1, 0, 1)))  # 0: pad right and bottom only
 
 
 class Upsample(nn.Module):

@@ -57,9 +57,9 @@ def position_embedding_2d(height: int, width: int, dim: int, device: torch.devic
 class Attention(nn.Module):
     """Multi-head attention; self-attention uses one fused qkv projection, cross-attention q + kv."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int = 0) -> None:
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int = 0, upcast: bool = False) -> None:
         super().__init__()
-        self.heads, self.inner = heads, heads * head_dim
+        self.heads, self.inner, self.upcast = heads, heads * head_dim, upcast
         self.cross = context_dim > 0
         if self.cross:
             self.to_q = nn.Linear(dim, self.inner, bias=False)
@@ -75,7 +75,10 @@ class Attention(nn.Module):
         else:
             q, k, v = rearrange(self.to_qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M): True attends
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, heads, N, d)
+        dtype = q.dtype
+        if self.upcast and dtype != torch.float32:  # scores and softmax in float32 (SD 2.1's upcast_attention)
+            q, k, v = q.float(), k.float(), v.float()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).to(dtype)  # (B, heads, N, d)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -95,10 +98,12 @@ class GEGLU(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-LN residual block: self-attention, cross-attention (if a context width), GEGLU FF."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int, ff_mult: int) -> None:
+    def __init__(
+        self, dim: int, heads: int, head_dim: int, context_dim: int, ff_mult: int, upcast: bool = False
+    ) -> None:
         super().__init__()
-        self.norm1, self.attn1 = nn.LayerNorm(dim), Attention(dim, heads, head_dim)
-        self.attn2 = Attention(dim, heads, head_dim, context_dim) if context_dim else None
+        self.norm1, self.attn1 = nn.LayerNorm(dim), Attention(dim, heads, head_dim, upcast=upcast)
+        self.attn2 = Attention(dim, heads, head_dim, context_dim, upcast) if context_dim else None
         self.norm2 = nn.LayerNorm(dim) if context_dim else None
         self.norm3, self.ff = nn.LayerNorm(dim), GEGLU(dim, ff_mult)
 
@@ -126,7 +131,8 @@ class SpatialTransformer(nn.Module):
         self.norm = Normalize(ch, cfg.norm_groups)
         self.proj_in = nn.Linear(ch, ch)
         self.blocks = nn.ModuleList(
-            TransformerBlock(ch, heads, head_dim, cfg.context_dim, cfg.ff_mult) for _ in range(cfg.transformer_depth)
+            TransformerBlock(ch, heads, head_dim, cfg.context_dim, cfg.ff_mult, cfg.upcast_attention)
+            for _ in range(cfg.transformer_depth)
         )
         self.proj_out = nn.Linear(ch, ch)
         nn.init.zeros_(self.proj_out.weight)
@@ -176,6 +182,7 @@ class UNet(nn.Module):
                 dropout=cfg.dropout,
                 temb_channels=emb_dim,
                 scale_shift=cfg.scale_shift_norm,
+                eps=cfg.norm_eps,
             )
 
         self.down, skips, ch = nn.ModuleList(), [mc], mc
@@ -187,7 +194,7 @@ class UNet(nn.Module):
                     self.down[-1].append(SpatialTransformer(ch, cfg))
                 skips.append(ch)
             if level < len(cfg.channel_mult) - 1:
-                self.down.append(nn.ModuleList([Downsample(ch, with_conv=cfg.conv_resample)]))
+                self.down.append(nn.ModuleList([Downsample(ch, cfg.conv_resample, cfg.downsample_padding)]))
                 skips.append(ch)
         self.mid = nn.ModuleList(
             [res(ch, ch)] + ([SpatialTransformer(ch, cfg)] if cfg.mid_attention else []) + [res(ch, ch)]
@@ -201,7 +208,7 @@ class UNet(nn.Module):
                     self.up[-1].append(SpatialTransformer(ch, cfg))
                 if level > 0 and i == cfg.num_res_blocks:
                     self.up[-1].append(Upsample(ch, with_conv=cfg.conv_resample))
-        self.norm_out = Normalize(ch, cfg.norm_groups)
+        self.norm_out = Normalize(ch, cfg.norm_groups, cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch, cfg.out_channels or cfg.in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -267,6 +274,8 @@ def check_unet_config(cfg: UNetConfig) -> None:
         heads = cfg.num_heads if cfg.num_heads > 0 else max(1, w // cfg.head_channels)
         if w % heads:
             raise ConfigError(f"width {w} is not divisible into {heads} attention heads")
+    if cfg.downsample_padding not in (0, 1) or not cfg.norm_eps > 0:
+        raise ConfigError("unet.downsample_padding must be 0 or 1 and unet.norm_eps > 0")
     if cfg.num_res_blocks < 1 or not cfg.channel_mult:
         raise ConfigError("unet.num_res_blocks must be >= 1 and unet.channel_mult non-empty")
     if (cfg.context_dim or cfg.token_dim) and not cfg.attention_levels and not cfg.mid_attention:

@@ -20,7 +20,7 @@ LAYERS = {
     "checkpoint": 5, "samplers": 5,
     "superres": 6, "inpaint": 6,
     "diffusion": 7,
-    "sampling": 8, "editing": 8, "export": 8,
+    "sampling": 8, "editing": 8, "export": 8, "convert": 8,
     "eval": 9,
     "train": 10,
     "compare": 11,

@@ -11,6 +11,7 @@ from rich.markup import escape
 from ldmctl import __version__
 from ldmctl.cli import (
     compare,
+    convert,
     demo,
     eval_ae,
     eval_sr,
@@ -41,6 +42,7 @@ app.command("eval-ae", cls=Command)(eval_ae.command)
 app.command("train-ldm", cls=Command)(train_ldm.command)
 app.command("sample", cls=Command)(sample.command)
 app.command("export", cls=Command)(export.command)
+app.command("convert", cls=Command)(convert.command)
 app.command("superres", cls=Command)(superres.command)
 app.command("eval-sr", cls=Command)(eval_sr.command)
 app.command("train-classifier", cls=Command)(train_classifier.command)

@@ -1,9 +1,10 @@
-"""``ldmctl export``: an inference-only copy of an LDM checkpoint (EMA weights, fp16, pruned vocabulary)."""
+"""``ldmctl export``: an inference-only copy of an LDM checkpoint (EMA weights, fp16, pruned vocabulary), or a
+diffusers folder (``--format diffusers``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -14,8 +15,18 @@ from ldmctl.files import check_writable
 
 
 def command(
-    ckpt: Annotated[Path, typer.Argument(help="LDM checkpoint from train-ldm.")],
-    out: Annotated[Path, typer.Argument(help="Where to write the exported .safetensors.")],
+    ckpt: Annotated[
+        Path, typer.Argument(help="LDM checkpoint (train-ldm, convert); or an autoencoder with --format diffusers.")
+    ],
+    out: Annotated[Path, typer.Argument(help="Where to write the exported .safetensors (a new folder for diffusers).")],
+    format_: Annotated[
+        Literal["ldmctl", "diffusers"],
+        typer.Option(
+            "--format",
+            help="ldmctl: a sampling-only .safetensors; diffusers: a folder diffusers loads (StableDiffusionPipeline "
+            "for clip-text models, else the model classes).",
+        ),
+    ] = "ldmctl",
     half: Annotated[
         bool, typer.Option("--half/--fp32", help="Store the weights in fp16 (they load back as fp32).")
     ] = True,
@@ -29,11 +40,15 @@ def command(
         ),
     ] = None,
 ) -> None:
-    """Write the EMA weights, conditioners and autoencoder of CKPT as a small sampling-only checkpoint."""
+    """Write the EMA weights, conditioners and autoencoder of CKPT as a small sampling-only checkpoint (or a
+    diffusers folder)."""
     from ldmctl.export import export_ldm
 
     if out.resolve() == ckpt.resolve():
         raise ConfigError("the export would overwrite its source checkpoint; choose another OUT")
+    if format_ == "diffusers":
+        _diffusers(ckpt, out)
+        return
     check_writable(out)
     data = DataConfig(source=captions_from) if captions_from else None
     summary = export_ldm(ckpt, out, half=half, prune_vocab=prune_vocab, captions_from=data)
@@ -41,4 +56,17 @@ def command(
     err_console.print(
         f"{summary['src_bytes'] / 1e6:.1f} MB -> {summary['dst_bytes'] / 1e6:.1f} MB" + (f" ({kept})" if kept else "")
     )
+    console.print(str(out), highlight=False)
+
+
+def _diffusers(ckpt: Path, out: Path) -> None:
+    from ldmctl.convert.export import export_diffusers
+
+    summary = export_diffusers(ckpt, out)
+    if summary["kind"] == "ldm" and not summary["pipeline"]:
+        names = ", ".join(summary["conditioners"]) or "none"
+        err_console.print(
+            f"wrote unet/, vae/ and scheduler/ (diffusers model classes); the conditioners ({names}) have no "
+            "diffusers class and stay in the ldmctl checkpoint"
+        )
     console.print(str(out), highlight=False)

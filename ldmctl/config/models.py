@@ -81,6 +81,11 @@ class UNetConfig:
     context_dim: int = 0  # cross-attention context width (crossattn conditioners)
     token_dim: int = 0  # width of tokens joined to the self-attention sequence (tokens conditioners)
     checkpointing: bool = False  # gradient checkpointing of each block (less memory, more compute)
+    # what pretrained models (Stable Diffusion, CompVis, diffusers; docs/pretrained.md) need
+    norm_eps: float = 1e-6  # GroupNorm eps of the ResBlocks and the output norm (Stable Diffusion: 1e-5)
+    downsample_padding: int = 0  # 0: asymmetric (0, 1, 0, 1) pad before the stride-2 conv; 1: symmetric (SD)
+    upcast_attention: bool = False  # attention scores and softmax in float32 under bf16/fp16 (SD 2.1)
+    linear_projection: bool = True  # False: the original files hold proj_in/proj_out as 1x1 convs (SD 1.x)
 
 
 @dataclass(frozen=True)

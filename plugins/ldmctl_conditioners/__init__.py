@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from ldmctl import hookimpl
 from ldmctl_conditioners.classes import ClassAdd, ClassToken
+from ldmctl_conditioners.clip import ClipText
 from ldmctl_conditioners.concat import ImageConcat, LatentConcat
 from ldmctl_conditioners.inpaint import MaskConcat, MaskedLatentConcat
 from ldmctl_conditioners.text import TextCrossAttn, TextPooled, TextTokens
@@ -21,6 +22,7 @@ def ldmctl_register_conditioners(register: Callable[[type], None]) -> None:
         MaskedLatentConcat,
         ClassAdd,
         ClassToken,
+        ClipText,
         TextCrossAttn,
         TextPooled,
         TextTokens,
@@ -31,6 +33,7 @@ def ldmctl_register_conditioners(register: Callable[[type], None]) -> None:
 __all__ = [
     "ClassAdd",
     "ClassToken",
+    "ClipText",
     "ImageConcat",
     "LatentConcat",
     "MaskConcat",

@@ -21,6 +21,17 @@ from ldmctl.errors import DataError
 from ldmctl.text import TextEncoder
 
 
+def prompts_of(batch: Mapping[str, Any], name: str, key: str = "caption") -> list[str]:
+    """The prompts of ``batch[key]`` as a list (DataError naming conditioner ``name`` when absent)."""
+    prompts = batch.get(key)
+    if prompts is None:
+        raise DataError(
+            f"the {name} conditioner needs captions (batch[{key!r}])",
+            hint="use a data set with captions (metadata.jsonl or .txt files) or builtin:shapes",
+        )
+    return [prompts] if isinstance(prompts, str) else list(prompts)
+
+
 @dataclass(frozen=True)
 class TextConfig:
     encoder: str = "bert"  # bert (trained jointly), minilm (frozen, pretrained) or a local model folder
@@ -53,13 +64,7 @@ class _Text(Conditioner):
         return self.text.width
 
     def _prompts(self, batch: Mapping[str, Any]) -> list[str]:
-        prompts = batch.get(self.input_key)
-        if prompts is None:
-            raise DataError(
-                f"the {self.name} conditioner needs captions (batch['caption'])",
-                hint="use a data set with captions (metadata.jsonl or .txt files) or builtin:shapes",
-            )
-        return [prompts] if isinstance(prompts, str) else list(prompts)
+        return prompts_of(batch, self.name, self.input_key)
 
     def encode(self, prompts: list[str]) -> CondOutput:
         h, mask = self.text(prompts)
