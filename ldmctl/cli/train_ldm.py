@@ -21,6 +21,7 @@ from ldmctl.cli._options import (
     training_runtime,
 )
 from ldmctl.cli._vocab import Prediction, Schedule, Task
+from ldmctl.errors import ConfigError
 from ldmctl.train.configure import ldm_config
 from ldmctl.train.ldm import train_ldm
 
@@ -45,9 +46,40 @@ _FIELDS = {
     "save_every": "train.save_every",
     "ema_decay": "ema.decay",
     "task": "task",
+    "init": "init",
+    "train_only": "train_only",
+    "freeze_conditioners": "freeze_conditioners",
 }
+_ARCHITECTURE = ("cond", "task", "text_encoder", "prediction", "schedule")  # fixed by --init's checkpoint
 
-AEOpt = Annotated[Path | None, typer.Option(help="Autoencoder checkpoint from train-ae (its scale factor is used).")]
+AEOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Autoencoder checkpoint from train-ae (its scale factor is used), or an LDM checkpoint whose "
+        "autoencoder to use (e.g. one made by ldmctl convert from Stable Diffusion)."
+    ),
+]
+InitOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Fine-tune: start from this LDM checkpoint (train-ldm, convert or export): its architecture, autoencoder, "
+        "conditioners and EMA weights; new data, same model."
+    ),
+]
+TrainOnlyOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Train only the UNet parameters whose names match this glob, repeatable (e.g. '*attn2*' for the "
+        "cross-attention); the rest stays frozen."
+    ),
+]
+FreezeCondOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--freeze-conditioners/--train-conditioners",
+        help="Keep the conditioners' weights fixed (e.g. a jointly trained text encoder); frozen encoders stay frozen.",
+    ),
+]
 DataOpt = Annotated[str | None, typer.Option(help="Image folder or builtin:NAME (e.g. builtin:digits).")]
 OutDirOpt = Annotated[Path, typer.Option("--out-dir", "--out", help="Run folder: checkpoints, sample grids, logs.")]
 CondOpt = Annotated[
@@ -95,9 +127,16 @@ SetOpt = Annotated[
 ]
 
 
+def _check_init(params: dict) -> None:
+    given = [f"--{k.replace('_', '-')}" for k in _ARCHITECTURE if params[k]]
+    if params["init"] is not None and given:
+        raise ConfigError(f"{', '.join(given)} and --init: the architecture comes from the --init checkpoint")
+
+
 def command(
     ctx: typer.Context,
     ae: AEOpt = None,
+    init: InitOpt = None,
     data: DataOpt = None,
     out: OutDirOpt = Path("runs/ldm"),
     cond: CondOpt = None,
@@ -122,9 +161,12 @@ def command(
     config: ConfigFileOpt = None,
     set_: SetOpt = None,
     resume: ResumeOpt = False,
+    train_only: TrainOnlyOpt = None,
+    freeze_conditioners: FreezeCondOpt = None,
 ) -> None:
-    """Train a latent diffusion model (UNet + DDPM objective + EMA) on an autoencoder's latents."""
-    flags = config_flags(ctx.params, _FIELDS)
+    """Train a latent diffusion model (UNet + DDPM objective + EMA) on an autoencoder's latents, or fine-tune one."""
+    _check_init(ctx.params)
+    flags = config_flags({**ctx.params, "train_only": train_only or None}, _FIELDS)
     flags["model"]["conditioners"] = [{"name": name} for name in cond] if cond else None
     cfg = ldm_config(preset, config, flags, set_ or [], text_encoder=text_encoder)
     training_runtime(cfg.train.device, cfg.train.precision)

@@ -170,6 +170,10 @@ class LDMTrainingConfig:
     task: Literal["generate", "superres", "inpaint"] = "generate"  # superres: from low-res images; inpaint: fill masks
     superres: DegradationConfig = field(default_factory=DegradationConfig)  # low-res inputs (task = superres)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)  # random training masks (task = inpaint)
+    # fine-tuning (train-ldm --init): the model, its autoencoder and conditioners come from this checkpoint
+    init: str = ""  # an LDM checkpoint to start from ("" = from scratch)
+    train_only: tuple[str, ...] = ()  # glob patterns of UNet parameter names to train (empty: all), e.g. "*attn2*"
+    freeze_conditioners: bool = False  # keep every conditioner's weights (e.g. a jointly trained text encoder) fixed
 
 
 __all__ = [

@@ -40,8 +40,8 @@ CLIP_DROP = (
 
 @dataclass
 class TextPart:
-    """A CLIP text encoder: its transformers config dict, its weights in transformers' names
-    (``text_model.*``), the packed tokenizer files and which hidden state is the context."""
+    """A CLIP text encoder: its transformers config dict, its weights in transformers' names (with or
+    without the ``text_model.`` level), the packed tokenizer files and which hidden state is the context."""
 
     config: dict[str, Any]
     tensors: Mapping[str, Tensor]
@@ -92,6 +92,7 @@ def _conditioners(cfg: LDMConfig, ae: nn.Module, text: TextPart | None) -> Condi
         return conds
     clip = conds.items[0]
     state = clip.model.state_dict()
+    text.tensors = _clip_names(text.tensors, state)
     missing = sorted(k for k in state if k not in text.tensors and not k.endswith("position_ids"))
     unexpected = sorted(k for k in text.tensors if k not in state)
     if missing or unexpected:
@@ -109,6 +110,18 @@ def _conditioners(cfg: LDMConfig, ae: nn.Module, text: TextPart | None) -> Condi
                 target.copy_(value.to(target.dtype))
     clip.tokenizer_files.copy_(text.tokenizer)
     return conds
+
+
+def _clip_names(tensors: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """CLIPTextModel weights under the names of the installed transformers (4.x writes ``text_model.*``,
+    5.x drops that level): the file's names, with ``text_model.`` added or removed where that matches."""
+    if all(k in state for k in tensors):
+        return tensors
+    out = {}
+    for k in tensors:
+        alt = k.removeprefix("text_model.") if k.startswith("text_model.") else f"text_model.{k}"
+        out[alt if k not in state and alt in state else k] = tensors[k]
+    return out
 
 
 def write_parts(parts: Parts, out: str | Path, *, dtype: torch.dtype | None = None) -> dict[str, Any]:

@@ -39,13 +39,17 @@ class LazyTensors(Mapping[str, Tensor]):
         try:
             with safe_open(str(path), framework="pt", device="cpu") as fh:
                 self._keys = list(fh.keys())
+                self._known = frozenset(self._keys)
                 self.metadata = fh.metadata() or {}
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{str(path)!r} is not a readable .safetensors file ({err})") from None
         self._shapes: dict[str, tuple[int, ...]] = {}
 
+    def __contains__(self, key: object) -> bool:  # without reading the tensor (Mapping's default would)
+        return key in self._known
+
     def __getitem__(self, key: str) -> Tensor:
-        if key not in self._keys:
+        if key not in self._known:
             raise KeyError(key)
         with safe_open(str(self.path), framework="pt", device="cpu") as fh:
             return fh.get_tensor(key)

@@ -120,7 +120,7 @@ def resolve_ae(cfg: AETrainingConfig) -> AETrainingConfig:
         raise ConfigError(f"model.norm_groups={m.norm_groups} must divide every width {sorted(widths)}")
     if d.size % m.downsample_factor:
         raise ConfigError(f"data.size={d.size} is not a multiple of f={m.downsample_factor}")
-    _check_train(cfg.train)
+    check_train(cfg.train)
     return cfg
 
 
@@ -137,7 +137,7 @@ def resolve_ldm(
     f, c = ae.config.downsample_factor, ae.config.latent_channels
     if cfg.data.size % f:
         raise ConfigError(f"data.size={cfg.data.size} is not a multiple of the autoencoder's f={f}")
-    _check_train(cfg.train)
+    check_train(cfg.train)
     latent = cfg.data.size // f
     specs = tuple(configure_spec(s, dataset) for s in cfg.model.conditioners)
     with torch.random.fork_rng(devices=[]):
@@ -170,7 +170,8 @@ def configure_spec(spec: ConditionerSpec, dataset: Any) -> ConditionerSpec:
     return replace(spec, options=to_dict(cls.configure(options, dataset)))
 
 
-def _check_train(t: TrainConfig) -> None:
+def check_train(t: TrainConfig) -> None:
+    """ConfigError for a batch size, step count or learning rate that cannot work."""
     for name in ("batch_size", "max_steps"):
         if getattr(t, name) <= 0:
             raise ConfigError(f"train.{name} must be positive, got {getattr(t, name)}")
@@ -178,4 +179,13 @@ def _check_train(t: TrainConfig) -> None:
         raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
 
 
-__all__ = ["ae_config", "configure_spec", "layered", "ldm_config", "resolve_ae", "resolve_ldm", "with_text_encoder"]
+__all__ = [
+    "ae_config",
+    "check_train",
+    "configure_spec",
+    "layered",
+    "ldm_config",
+    "resolve_ae",
+    "resolve_ldm",
+    "with_text_encoder",
+]

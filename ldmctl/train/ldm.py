@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from ldmctl.checkpoint import load_autoencoder, load_state, read_checkpoint
+from ldmctl.checkpoint import load_state, read_checkpoint
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import LDMTrainingConfig, to_dict
 from ldmctl.data import open_dataset
@@ -46,8 +46,9 @@ from ldmctl.inpaint.masks import InpaintDataset, batch_masks
 from ldmctl.inpaint.task import IMAGE_KEY, MASK_KEY
 from ldmctl.samplers.ddim import ddim
 from ldmctl.train import engine
-from ldmctl.train.configure import resolve_ldm
+from ldmctl.train.configure import check_train, resolve_ldm
 from ldmctl.train.dist import Dist, setup, teardown
+from ldmctl.train.finetune import first_stage, freeze, init_model
 from ldmctl.train.latents import LatentCache, build_cache, latent_batches, open_cache
 from ldmctl.train.loop import Callbacks, NonFiniteGuard, autocast, batch_stream, index_batches, lr_at, set_lr
 from ldmctl.unet import UNet
@@ -108,19 +109,26 @@ class LDMRun:
         return {"skipped_files": [{"path": p, "reason": r} for p, r in self.skipped]}
 
 
-def build_run(cfg: LDMTrainingConfig, ae: nn.Module, conditioners: ConditionerSet, dist: Dist | None = None) -> LDMRun:
+def build_run(
+    cfg: LDMTrainingConfig,
+    ae: nn.Module,
+    conditioners: ConditionerSet,
+    dist: Dist | None = None,
+    unet: UNet | None = None,
+) -> LDMRun:
     """Build the model around ``conditioners`` (from :func:`~ldmctl.train.configure.resolve_ldm`), its EMA and
-    optimizer; the UNet is seeded by ``cfg.train.seed``."""
+    optimizer; the UNet is ``unet`` (``--init``) or new, seeded by ``cfg.train.seed``. Parameters frozen by
+    ``train_only`` / ``freeze_conditioners`` (:func:`~ldmctl.train.finetune.freeze`) get no optimizer state."""
     d = dist or Dist()
     d.local_batch(cfg.train.batch_size, cfg.train.grad_accum)  # checks the split early
     torch.manual_seed(cfg.train.seed)
-    model = LatentDiffusion(cfg.model, ae, conditioners=conditioners).to(d.device)
+    model = LatentDiffusion(cfg.model, ae, unet=unet, conditioners=conditioners).to(d.device)
+    freeze(model, cfg)
     ema = EMA(model.unet, cfg.ema.decay, warmup=cfg.ema.warmup)
     trainable = [p for p in model.conditioners.parameters() if p.requires_grad]
     cond_ema = EMA(model.conditioners, cfg.ema.decay, warmup=cfg.ema.warmup) if trainable else None
-    opt = torch.optim.AdamW(
-        list(model.unet.parameters()) + trainable, lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=0.0
-    )
+    params = [p for p in model.unet.parameters() if p.requires_grad] + trainable
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=0.0)
     net = d.wrap(model.unet)
     if cfg.train.compile:
         net = torch.compile(net)
@@ -225,6 +233,7 @@ def _train(
     cfg: LDMTrainingConfig, ae_path: str | Path | None, out: Path, resume: bool, cb: Callbacks, d: Dist
 ) -> dict[str, Any]:
     cb = cb if d.main else Callbacks()
+    unet = None
     if resume:
         cfg = engine.prepare_run_dir(cfg, out, resume=True)
         source = json.loads((out / "ae_source.json").read_text())
@@ -234,20 +243,22 @@ def _train(
                 f"--resume: autoencoder {str(ae_path)!r} is not the one this run started with",
                 hint=f"pass --ae with the original file ({source['path']})",
             )
+    elif cfg.init:
+        if ae_path is not None:
+            raise ConfigError("--ae and --init: a fine-tuned model keeps the autoencoder of its --init checkpoint")
+        cfg, ae, conditioners, unet = init_model(cfg)
+        ae_path = cfg.init
     elif ae_path is None:
-        raise ConfigError("train-ldm needs --ae: an autoencoder checkpoint from train-ae")
-    ae = load_autoencoder(ae_path)
-    dataset = open_dataset(cfg.data, seed=cfg.train.seed)
-    if cfg.task == "superres":
-        from ldmctl.superres.degrade import SuperresDataset
-
-        dataset = SuperresDataset(dataset, cfg.superres, seed=cfg.train.seed)
-    elif cfg.task == "inpaint":
-        dataset = InpaintDataset(dataset, cfg.inpaint, seed=cfg.train.seed)
-    cfg, conditioners = resolve_ldm(cfg, ae, dataset, measure=not resume)
+        raise ConfigError("train-ldm needs --ae: an autoencoder checkpoint from train-ae (or --init CKPT)")
+    ae = ae if unet is not None else first_stage(ae_path)
+    dataset = _dataset(cfg)
+    if unet is None:
+        cfg, conditioners = resolve_ldm(cfg, ae, dataset, measure=not resume)
+    else:
+        check_train(cfg.train)
     if not resume:
         cfg = engine.create_run(cfg, out, d, {"ae_source.json": {"path": str(ae_path), "sha256": file_sha256(ae_path)}})
-    run = build_run(cfg, ae, conditioners, d)
+    run = build_run(cfg, ae, conditioners, d, unet)
     if resume:
         engine.resume(run, out)
         cb.message(f"resumed at step {run.step}")
@@ -258,6 +269,18 @@ def _train(
         copy.deepcopy(run.model.conditioners).requires_grad_(False),
     )
     return engine.run(run, batches, engine.Plan.of(cfg.train), out=out, dist=d, callbacks=cb)
+
+
+def _dataset(cfg: LDMTrainingConfig) -> Any:
+    """The training data set, wrapped for the super-resolution or inpainting task."""
+    dataset = open_dataset(cfg.data, seed=cfg.train.seed)
+    if cfg.task == "superres":
+        from ldmctl.superres.degrade import SuperresDataset
+
+        return SuperresDataset(dataset, cfg.superres, seed=cfg.train.seed)
+    if cfg.task == "inpaint":
+        return InpaintDataset(dataset, cfg.inpaint, seed=cfg.train.seed)
+    return dataset
 
 
 def _batches(
