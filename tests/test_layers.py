@@ -21,7 +21,7 @@ LAYERS = {
     "superres": 6, "inpaint": 6,
     "diffusion": 7,
     "sampling": 8, "editing": 8, "export": 8, "convert": 8,
-    "eval": 9,
+    "eval": 9, "lora": 9,
     "train": 10,
     "compare": 11,
     "cli": 12, "__main__": 13,

@@ -16,6 +16,7 @@ from ldmctl.cli import (
     eval_ae,
     eval_sr,
     export,
+    lora,
     plugins,
     reconstruct,
     sample,
@@ -43,6 +44,8 @@ app.command("train-ldm", cls=Command)(train_ldm.command)
 app.command("sample", cls=Command)(sample.command)
 app.command("export", cls=Command)(export.command)
 app.command("convert", cls=Command)(convert.command)
+app.command("train-lora", cls=Command)(lora.train)
+app.add_typer(lora.app)
 app.command("superres", cls=Command)(superres.command)
 app.command("eval-sr", cls=Command)(eval_sr.command)
 app.command("train-classifier", cls=Command)(train_classifier.command)

@@ -103,6 +103,15 @@ BlendOpt = Annotated[
         "(default: on, off for an inpainting model that reads the mask itself).",
     ),
 ]
+LoraOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--lora",
+        metavar="FILE[:SCALE]",
+        help="A LoRA adapter (train-lora, diffusers/peft or kohya layout) at this scale (default 1), repeatable: "
+        "several adapters add.",
+    ),
+]
 HeightOpt = Annotated[
     int | None,
     typer.Option(
@@ -123,14 +132,21 @@ def _grid(images: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], rows * x.shape[2], cols * x.shape[4])
 
 
-def _load(ckpt: Path | None, weights: str, device: torch.device | None = None) -> Any:
-    """The LDM checkpoint on ``device``; by default the built-in builtin:shapes model, named on stderr."""
+def _load(ckpt: Path | None, weights: str, device: torch.device | None = None, loras: list[str] | None = None) -> Any:
+    """The LDM checkpoint on ``device`` with its ``--lora`` adapters; by default the built-in
+    builtin:shapes model, named on stderr."""
     if ckpt is None:
         from ldmctl.models import SHIPPED, shipped_model
 
         ckpt = shipped_model("shapes")
         err_console.print(f"built-in model: {SHIPPED['shapes'].about}")
-    return load_ldm(ckpt, weights=weights, device=device)
+    model = load_ldm(ckpt, weights=weights, device=device)
+    if loras:
+        from ldmctl.lora.merge import apply_loras
+
+        apply_loras(model, loras, ckpt)
+        model.to(next(model.unet.parameters()).device)  # the adapters join the model's device
+    return model
 
 
 def _save(images: torch.Tensor, out: Path, out_dir: Path | None, save_tensor: Path | None) -> None:
@@ -194,6 +210,7 @@ def command(
     guidance: GuidanceOpt = None,
     batch_size: UNetBatchOpt = 64,
     weights: WeightsOpt = "ema",
+    lora: LoraOpt = None,
     init_image: InitImageOpt = None,
     strength: StrengthOpt = None,
     mask: MaskOpt = None,
@@ -215,7 +232,7 @@ def command(
     fn = get_sampler(sampler)
     for target in [out] + ([save_tensor] if save_tensor else []):
         check_writable(target)  # before the long part, not after it
-    model = _load(ckpt, weights, dev)
+    model = _load(ckpt, weights, dev, lora)
     edit = _edit(model, ctx.params)
     conditions = sampling_conditions(model, n, inputs, defaults=edit.inputs if edit is not None else None)
     if out_dir is not None:

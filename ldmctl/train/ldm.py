@@ -108,6 +108,10 @@ class LDMRun:
     def summary_extra(self) -> dict[str, Any]:
         return {"skipped_files": [{"path": p, "reason": r} for p, r in self.skipped]}
 
+    def synced(self) -> list[nn.Parameter]:
+        """Trained parameters outside the DDP-wrapped UNet, whose gradients are averaged by hand."""
+        return [p for p in self.model.conditioners.parameters() if p.requires_grad]
+
 
 def build_run(
     cfg: LDMTrainingConfig,
@@ -151,10 +155,12 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def train_step(run: LDMRun, batch: dict[str, Any]) -> dict[str, float]:
+def train_step(run: Any, batch: dict[str, Any]) -> dict[str, float]:
     """One optimisation step on this rank's share of the global batch, in ``grad_accum``
     micro-batches sharing one draw over the global batch (:meth:`LatentDiffusion.training_loss`,
-    :mod:`ldmctl.train.dist`)."""
+    :mod:`ldmctl.train.dist`). ``run`` is an :class:`LDMRun` or a LoRA run (:mod:`ldmctl.train.lora`):
+    the parameters outside the DDP-wrapped ``run.net`` are averaged by hand (``run.synced``), the
+    EMA is updated when the run has one."""
     t, d, model = run.cfg.train, run.dist, run.model
     lr = lr_at(
         run.step, base=t.lr, warmup=t.warmup_steps, total=t.max_steps, schedule=t.lr_schedule, min_ratio=t.lr_min_ratio
@@ -176,14 +182,14 @@ def train_step(run: LDMRun, batch: dict[str, Any]) -> dict[str, float]:
     if not run.guard.ok(torch.tensor(logs["loss"] if d.all_true(finite) else float("nan")), run.step):
         run.opt.zero_grad(set_to_none=True)
         return {**logs, "lr": lr, "skipped": 1.0}
-    d.average_grads([p for p in model.conditioners.parameters() if p.requires_grad])
+    d.average_grads(run.synced())
     if t.grad_clip > 0:
         run.scaler.unscale_(run.opt)
         params = [p for g in run.opt.param_groups for p in g["params"]]
         logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, t.grad_clip))
     run.scaler.step(run.opt)
     run.scaler.update()
-    if (run.step + 1) % run.cfg.ema.every == 0:
+    if run.ema is not None and (run.step + 1) % run.cfg.ema.every == 0:
         run.ema.update(model.unet)
         if run.cond_ema is not None:
             run.cond_ema.update(model.conditioners)
@@ -194,10 +200,12 @@ def train_step(run: LDMRun, batch: dict[str, Any]) -> dict[str, float]:
 @torch.no_grad()
 def preview(run: LDMRun, ema_unet: UNet, ema_conds: ConditionerSet, batch: dict[str, Any]) -> Tensor:
     """A fixed-seed DDIM grid from the EMA weights (images in [-1, 1]), conditioned on ``batch``'s
-    conditions (the first items of the data set) for conditional models."""
-    run.ema.copy_to(ema_unet)
-    if run.cond_ema is not None:
-        run.cond_ema.copy_to(ema_conds)
+    conditions (the first items of the data set) for conditional models. A run without an EMA (LoRA)
+    passes its own UNet and conditioners."""
+    if run.ema is not None:
+        run.ema.copy_to(ema_unet)
+        if run.cond_ema is not None:
+            run.cond_ema.copy_to(ema_conds)
     n = min(run.cfg.sample_count, batch["z0"].shape[0]) if len(ema_conds) else run.cfg.sample_count
     inputs = run.model.derived_inputs(_to({k: v[:n] for k, v in batch.items()}, run.dist.device))
     cond = ema_conds.eval()(inputs) if len(ema_conds) else None
@@ -251,7 +259,7 @@ def _train(
     elif ae_path is None:
         raise ConfigError("train-ldm needs --ae: an autoencoder checkpoint from train-ae (or --init CKPT)")
     ae = ae if unet is not None else first_stage(ae_path)
-    dataset = _dataset(cfg)
+    dataset = training_dataset(cfg)
     if unet is None:
         cfg, conditioners = resolve_ldm(cfg, ae, dataset, measure=not resume)
     else:
@@ -262,7 +270,7 @@ def _train(
     if resume:
         engine.resume(run, out)
         cb.message(f"resumed at step {run.step}")
-    batches, run.preview_batch = _batches(run, dataset, out, ae_path, cb)
+    batches, run.preview_batch = training_batches(run, dataset, out, ae_path, cb)
     run.meta, run.skipped = {"autoencoder": str(ae_path)}, dataset.skipped
     run.ema_modules = (
         copy.deepcopy(run.model.unet).requires_grad_(False),
@@ -271,7 +279,7 @@ def _train(
     return engine.run(run, batches, engine.Plan.of(cfg.train), out=out, dist=d, callbacks=cb)
 
 
-def _dataset(cfg: LDMTrainingConfig) -> Any:
+def training_dataset(cfg: Any) -> Any:
     """The training data set, wrapped for the super-resolution or inpainting task."""
     dataset = open_dataset(cfg.data, seed=cfg.train.seed)
     if cfg.task == "superres":
@@ -283,8 +291,8 @@ def _dataset(cfg: LDMTrainingConfig) -> Any:
     return dataset
 
 
-def _batches(
-    run: LDMRun, dataset: Any, out: Path, ae_path: str | Path, cb: Callbacks
+def training_batches(
+    run: Any, dataset: Any, out: Path, ae_path: str | Path, cb: Callbacks
 ) -> tuple[Iterator[dict[str, Any]], dict[str, Any]]:
     """This rank's training batches (``z0`` latents and the conditioners' inputs) from the run's
     step on, and the first items of the data set, whose conditions the preview grids use."""
@@ -353,4 +361,4 @@ def _latent_cache(
     return cache
 
 
-__all__ = ["load_ldm", "save_ldm", "train_ldm"]
+__all__ = ["load_ldm", "preview", "save_ldm", "train_ldm", "train_step", "training_batches", "training_dataset"]

@@ -140,11 +140,13 @@ class ClipText(Conditioner):
 
     def encode(self, prompts: list[str]) -> CondOutput:
         ids = self.tokenize(prompts).to(self.model.device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.frozen):
+        trains = any(p.requires_grad for p in self.model.parameters())  # not frozen, or adapters on it (LoRA)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
             if self.config.layer == "last":
                 return CondOutput(self.model(input_ids=ids).last_hidden_state)
             out = self.model(input_ids=ids, output_hidden_states=True)
-            return CondOutput(self.model.text_model.final_layer_norm(out.hidden_states[-2]))
+            final_norm = getattr(self.model, "text_model", self.model).final_layer_norm  # transformers 4 / 5
+            return CondOutput(final_norm(out.hidden_states[-2]))
 
     def describe_input(self) -> str:
         return 'a prompt (--prompt "...")'

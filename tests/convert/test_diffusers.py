@@ -214,3 +214,25 @@ def test_non_sd_model_exports_as_model_classes(tmp_path, tiny_ae, tiny_ldm):
     ctx = torch.randn(2, 5, ours.config.unet.context_dim)
     with torch.no_grad():
         assert torch.allclose(unet(z, t, ctx).sample, ours.unet(z, t, Cond(context=ctx)), atol=1e-5)
+
+
+def _skip_embeds(folder, prompt):
+    """Prompt embeddings as diffusers' ``clip_skip=1`` computes them (hidden_states[-2], then the final
+    LayerNorm); its own ``clip_skip`` path assumes transformers 4's ``text_model`` level, gone in 5."""
+    pipe = _pipe(folder)
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        enc = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)
+        return enc.final_layer_norm(hidden)
+
+
+def test_clip_skip_equals_diffusers(run_cli, tiny_sd_folder, tmp_path):
+    ckpt = tmp_path / "skip.safetensors"
+    convert(tiny_sd_folder, ckpt, layer="penultimate")
+    embeds = {"prompt_embeds": _skip_embeds(tiny_sd_folder, "a red cat")}
+    theirs = _theirs(tiny_sd_folder, None, 8, negative_prompt_embeds=_skip_embeds(tiny_sd_folder, ""), **embeds)
+    plain = _theirs(tiny_sd_folder, "a red cat", 8)
+    ours = _ours(run_cli, ckpt, tmp_path, "a red cat", 8)
+    assert (ours - theirs).abs().max() < TOL
+    assert (plain - theirs).abs().max() > 10 * TOL
