@@ -50,7 +50,7 @@ from PIL import Image
 from torch import Tensor
 
 from ldmctl.data import load_image, pil_to_tensor
-from ldmctl.data.images import open_image
+from ldmctl.data.images import check_pixels, open_image
 from ldmctl.errors import ConfigError, DataError
 from ldmctl.samplers import sampler_timesteps
 from ldmctl.unet import downsample_factor
@@ -151,6 +151,7 @@ def latent_grid(model: Any, height: int | None, width: int | None) -> tuple[int,
             f"(the first stage's factor {f} x the UNet's downsampling {cell // f})",
             hint=f"e.g. --height {max(cell, h // cell * cell)} --width {max(cell, w // cell * cell)}",
         )
+    check_pixels(h, w, f"--height {h} --width {w}")
     return h // f, w // f
 
 
@@ -243,6 +244,8 @@ def prepare_edit(
     sides = parse_pad(pad)
     picture = _read("--init-image", load_image, init_path := Path(init_image))
     m = _load_mask(Path(mask), picture, init_path) if mask is not None else None
+    canvas = ((height or picture.height) + sides[2] + sides[3], (width or picture.width) + sides[0] + sides[1])
+    check_pixels(*canvas, "the edited image (--height, --width, --pad)")
     picture, m = _resize(picture, m, (height or picture.height, width or picture.width))
     image, m = _pad(pil_to_tensor(picture), m, sides)
     _check_canvas(model, image, init_path, sides)

@@ -80,6 +80,9 @@ GuidanceOpt = Annotated[
     float | None, typer.Option(help="Classifier-free guidance scale (1 = none; default 3 for conditional models).")
 ]
 UNetBatchOpt = Annotated[int, typer.Option(help="Images per UNet batch.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Allow replacing an existing checkpoint file with the output.")
+]
 WeightsOpt = Annotated[Weights, typer.Option(help="The EMA or the raw UNet weights.")]
 
 # --- reports: every command that prints figures ---

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from typer.core import TyperCommand
 
+from ldmctl.config.limits import check_seed
 from ldmctl.errors import ConfigError
 
 # values of the options that take one of a fixed list (tests/cli/test_vocabulary.py pins each to
@@ -80,6 +81,14 @@ class Command(TyperCommand):
     def shell_complete(self, ctx: Any, incomplete: str) -> list[Any]:
         """Shell completion offers the current spellings only, as ``--help`` does."""
         return [item for item in super().shell_complete(ctx, incomplete) if item.value not in OLD_SPELLINGS]
+
+    def invoke(self, ctx: Any) -> Any:
+        """Check every seed option (``--seed``, ``--repeat-seed``, ...) against the generators' range
+        before the command runs: one rule for every command, as the config validator has for files."""
+        for name, value in ctx.params.items():
+            if name.endswith("seed") and isinstance(value, int) and not isinstance(value, bool):
+                check_seed(value, f"--{name.replace('_', '-')}")
+        return super().invoke(ctx)
 
 
 def metrics_spec(values: list[str] | None) -> str:

@@ -28,18 +28,23 @@ from ldmctl.cli._options import (
 from ldmctl.cli._vocab import pick_metrics
 from ldmctl.errors import WeightsError
 from ldmctl.eval.report import autoencoder_restorer, evaluate_reconstructions, load_eval_images
-from ldmctl.files import atomic_write, check_writable, ensure_folder
+from ldmctl.files import atomic_write, check_output, ensure_folder
 
 
-def _saver(out: Path | None):
-    """A callback writing ``OUT/<image stem>_<label>.png`` for each scored output, or None."""
+def _saver(out: Path | None, inputs: list[str]):
+    """A callback writing ``OUT/<image stem>_<label>.png`` for each scored output (images sharing a
+    stem get a number in front, and an output never replaces the image it scores), or None."""
     if out is None:
         return None
     ensure_folder(out)
+    written: dict[tuple[str, str], Path] = {}
 
     def save(name: str, label: str, image) -> None:
         img = to_uint8_image(image * 2 - 1)
         target = out / f"{Path(name).stem.replace('#', '_')}_{label}.png"
+        if target in written.values():
+            target = out / f"{len(written):04d}_{target.name}"
+        written[(name, label)] = check_output(target, inputs=inputs, option="--out-dir")
         atomic_write(target, lambda tmp: img.save(tmp, format="PNG"))
 
     return save
@@ -126,7 +131,7 @@ def command(
     """Score reconstructions against the originals: a table on stdout, optionally JSON."""
     chosen = pick_metrics(metrics, RECONSTRUCTION_METRICS)
     if json_out is not None:
-        check_writable(json_out)
+        check_output(json_out, inputs=[ckpt], option="--json")
     dev = runtime(device, precision)
     ae = load_autoencoder(ckpt).to(dev)
     check_tiling(ae.config.downsample_factor, tile, overlap)
@@ -139,7 +144,7 @@ def command(
         autoencoder_restorer(ae, precision=precision, tile=tile, overlap=overlap),
         baseline_factor=f if baseline else 0,
         perceptual=perceptual,
-        on_output=_saver(out),
+        on_output=_saver(out, [name for name, _ in images]),
     )
     report = keep_metrics(report, chosen)
     report.update(

@@ -33,7 +33,7 @@ from ldmctl.cli.eval_ae import RECONSTRUCTION_METRICS, _saver, keep_metrics, opt
 from ldmctl.cli.superres import load_sr_model, tiles_in_cells
 from ldmctl.errors import ConfigError
 from ldmctl.eval.report import evaluate_reconstructions, load_eval_images
-from ldmctl.files import check_writable
+from ldmctl.files import check_output
 
 DEFAULT_DATA = "builtin:photos-holdout"
 
@@ -105,7 +105,7 @@ def command(
     if steps < 1:
         raise ConfigError(f"--steps must be positive, got {steps}")
     if json_out is not None:
-        check_writable(json_out)
+        check_output(json_out, inputs=[model], option="--json")
     dev = runtime(device, precision)
     ldm, model, s = _load(model, size, dev)
     cells = dict(zip(("tile", "overlap"), tiles_in_cells(ldm, tile, overlap), strict=True))
@@ -117,7 +117,7 @@ def command(
     with step_progress(len(images), description=f"eval-sr x{s}") as (progress, task):
         restore = _restorer(ldm, s, lambda: progress.advance(task), **options, **cells)
         report = evaluate_reconstructions(
-            images, restore, baseline_factor=s, perceptual=perceptual, on_output=_saver(out)
+            images, restore, baseline_factor=s, perceptual=perceptual, on_output=_saver(out, [n for n, _ in images])
         )
     f = ldm.autoencoder.config.downsample_factor
     report = keep_metrics(report, chosen)

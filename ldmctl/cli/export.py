@@ -9,9 +9,10 @@ from typing import Annotated, Literal
 import typer
 
 from ldmctl.cli._console import console, err_console
+from ldmctl.cli._options import OverwriteOpt
 from ldmctl.config import DataConfig
 from ldmctl.errors import ConfigError
-from ldmctl.files import check_writable
+from ldmctl.files import check_output
 
 
 def command(
@@ -39,17 +40,18 @@ def command(
             help="Data set whose captions give the kept vocabulary (default: the one the model was trained on)."
         ),
     ] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the EMA weights, conditioners and autoencoder of CKPT as a small sampling-only checkpoint (or a
     diffusers folder)."""
     from ldmctl.export import export_ldm
 
     if out.resolve() == ckpt.resolve():
-        raise ConfigError("the export would overwrite its source checkpoint; choose another OUT")
+        raise ConfigError("the export would overwrite its source checkpoint, one of its inputs; choose another OUT")
     if format_ == "diffusers":
         _diffusers(ckpt, out)
         return
-    check_writable(out)
+    check_output(out, inputs=[ckpt], overwrite=overwrite, option="OUT")
     data = DataConfig(source=captions_from) if captions_from else None
     summary = export_ldm(ckpt, out, half=half, prune_vocab=prune_vocab, captions_from=data)
     kept = ", ".join(f"{k}: {v} tokens kept" for k, v in summary["kept_tokens"].items())

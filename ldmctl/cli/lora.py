@@ -65,7 +65,7 @@ def train(
     ctx: typer.Context,
     ckpt: BaseArg = None,
     data: Annotated[str | None, typer.Option(help="Captioned image folder or builtin:NAME.")] = None,
-    out: Annotated[Path, typer.Option("--out-dir", "--out", help="Run folder.")] = Path("runs/lora"),
+    out: Annotated[Path, typer.Option("--out-dir", help="Run folder.")] = Path("runs/lora"),
     rank: Annotated[int | None, typer.Option(help="Rank r of each adapter (default 8).")] = None,
     alpha: Annotated[float | None, typer.Option(help="Scale = alpha / rank (default alpha = 8).")] = None,
     targets: Annotated[

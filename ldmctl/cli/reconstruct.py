@@ -12,10 +12,19 @@ from ldmctl.checkpoint import load_autoencoder
 from ldmctl.cli._console import console, step_progress, tile_progress, to_uint8_image
 from ldmctl.cli._options import AECheckpointArg, AEOverlapPxOpt, AETilePxOpt, DeviceOpt, PrecisionOpt, runtime
 from ldmctl.data import load_image, pil_to_tensor
-from ldmctl.files import atomic_write, ensure_folder
+from ldmctl.files import atomic_write, check_output, ensure_folder
 
 ImagesArg = Annotated[list[Path], typer.Argument(help="Image files to reconstruct.")]
 OutDirOpt = Annotated[Path, typer.Option("--out-dir", "--out", help="Folder for the reconstructed PNGs (<name>.png).")]
+
+
+def output_names(images: list[Path]) -> list[str]:
+    """``<stem>.png`` for each input; inputs sharing a stem get their position in front, so that no
+    output replaces another."""
+    names = [f"{p.stem}.png" for p in images]
+    if len(set(names)) < len(names):
+        names = [f"{i:04d}_{n}" for i, n in enumerate(names)]
+    return names
 
 
 def command(
@@ -36,14 +45,15 @@ def command(
     check_tiling(ae.config.downsample_factor, tile, overlap)
     loaded = [(p, load_image(p)) for p in images]  # fail on a bad input before writing anything
     ensure_folder(out)
+    targets = [check_output(out / name, inputs=[ckpt, *images], option="--out-dir") for name in output_names(images)]
     with step_progress(len(loaded), description="reconstruct") as (progress, task):
-        for i, (path, img) in enumerate(loaded):
+        for i, (_, img) in enumerate(loaded):
             x = pil_to_tensor(img).unsqueeze(0)
             report = tile_progress(progress, task, i)
             recon = to_uint8_image(
                 reconstruct(ae, x, tile=tile, overlap=overlap, progress=report, precision=precision)[0]
             )
-            target = out / f"{path.stem}.png"
+            target = targets[i]
             atomic_write(target, lambda tmp, recon=recon: recon.save(tmp, format="PNG"))
             progress.update(task, completed=i + 1)
             console.print(str(target), highlight=False)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from ldmctl.cli._options import (
     DeviceOpt,
     EtaOpt,
     GuidanceOpt,
+    OverwriteOpt,
     PrecisionOpt,
     SamplerOpt,
     StepsOpt,
@@ -22,11 +24,16 @@ from ldmctl.cli._options import (
     WeightsOpt,
     runtime,
 )
+from ldmctl.device import inference_weights_dtype
 from ldmctl.diffusion.io import load_ldm
 from ldmctl.editing import Edit, check_edit_options, latent_grid, prepare_edit
-from ldmctl.files import atomic_write, check_writable, ensure_folder
+from ldmctl.errors import ConfigError
+from ldmctl.files import atomic_write, check_output, ensure_folder
 from ldmctl.samplers import get_sampler
 from ldmctl.sampling import check_options, default_guidance, generate, parse_pairs, sampling_conditions
+
+GRID_BYTES = 256 << 20  # the grid PNG holds the first samples that fit this (float32); --out-dir gets all
+TENSOR_BYTES = 2 << 30  # --save-tensor holds every sample in memory: at most this much
 
 CheckpointArg = Annotated[
     Path | None,
@@ -62,7 +69,13 @@ InputOpt = Annotated[
     ),
 ]
 OutFileOpt = Annotated[Path, typer.Option("--out-file", "-o", "--out", help="Grid PNG of all samples.")]
-OutDirOpt = Annotated[Path | None, typer.Option(help="Also write each sample as its own PNG in this folder.")]
+OutDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Also write each sample as its own PNG in this folder, batch by batch (needed when the grid cannot "
+        "hold --n samples: it keeps the first 256 MiB of them)."
+    ),
+]
 SaveTensorOpt = Annotated[
     Path | None, typer.Option(help="Also save the samples as a .pt tensor (N, 3, H, W) in [-1, 1].")
 ]
@@ -132,15 +145,15 @@ def _grid(images: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], rows * x.shape[2], cols * x.shape[4])
 
 
-def _load(ckpt: Path | None, weights: str, device: torch.device | None = None, loras: list[str] | None = None) -> Any:
-    """The LDM checkpoint on ``device`` with its ``--lora`` adapters; by default the built-in
-    builtin:shapes model, named on stderr."""
+def _load(ckpt: Path | None, weights: str, device: torch.device, loras: list[str] | None, precision: str) -> Any:
+    """The LDM checkpoint on ``device`` with its ``--lora`` adapters (its UNet weights stored in
+    bf16 for ``--precision bf16`` on the CPU); by default the built-in builtin:shapes model, named on stderr."""
     if ckpt is None:
         from ldmctl.models import SHIPPED, shipped_model
 
         ckpt = shipped_model("shapes")
         err_console.print(f"built-in model: {SHIPPED['shapes'].about}")
-    model = load_ldm(ckpt, weights=weights, device=device)
+    model = load_ldm(ckpt, weights=weights, device=device, unet_dtype=inference_weights_dtype(precision, device))
     if loras:
         from ldmctl.lora.merge import apply_loras
 
@@ -149,14 +162,35 @@ def _load(ckpt: Path | None, weights: str, device: torch.device | None = None, l
     return model
 
 
-def _save(images: torch.Tensor, out: Path, out_dir: Path | None, save_tensor: Path | None) -> None:
-    """The grid PNG; one PNG per sample in ``out_dir`` and the tensor, when asked for."""
+def _save_grid(images: torch.Tensor, out: Path, save_tensor: Path | None) -> None:
+    """The grid PNG of the samples kept and, when asked for, the tensor of all samples."""
     atomic_write(out, lambda tmp: to_uint8_image(_grid(images)).save(tmp, format="PNG"))
-    if out_dir is not None:
-        for i, img in enumerate(images):
-            atomic_write(out_dir / f"{i:05d}.png", lambda tmp, im=img: to_uint8_image(im).save(tmp, format="PNG"))
     if save_tensor is not None:
         atomic_write(save_tensor, lambda tmp: torch.save(images.clone(), tmp))
+
+
+def _writer(out_dir: Path | None) -> Any:
+    """``write(first_index, images)``: each sample of a batch as its own PNG in ``out_dir``, as the
+    batch is made (nothing without ``out_dir``)."""
+
+    def write(first: int, images: torch.Tensor) -> None:
+        for i, img in enumerate(images, start=first):
+            atomic_write(out_dir / f"{i:05d}.png", lambda tmp, im=img: to_uint8_image(im).save(tmp, format="PNG"))
+
+    return write if out_dir is not None else (lambda first, images: None)
+
+
+def _check_outputs(p: Mapping[str, Any]) -> None:
+    """Refuse, before the model loads, outputs that would destroy an input or cannot be written."""
+    inputs = [p["ckpt"], p["init_image"], p["mask"]]
+    overwrite = p["overwrite"]
+    check_output(p["out"], inputs=inputs, overwrite=overwrite, suffixes={".png"}, option="--out-file")
+    if p["save_tensor"] is not None:
+        check_output(p["save_tensor"], inputs=inputs, overwrite=overwrite, suffixes={".pt"}, option="--save-tensor")
+    if p["out_dir"] is not None:
+        taken = [i for i in inputs if i is not None and Path(i).resolve().parent == Path(p["out_dir"]).resolve()]
+        if any(re.fullmatch(r"\d{5,}\.png", Path(i).name) for i in taken):
+            raise ConfigError(f"--out-dir {str(p['out_dir'])!r}: a sample would overwrite one of its inputs")
 
 
 def _edit(model: Any, p: Mapping[str, Any]) -> Edit | None:
@@ -170,11 +204,15 @@ def _edit(model: Any, p: Mapping[str, Any]) -> Edit | None:
     return prepare_edit(model, p["init_image"], **edits)
 
 
-def _generate(model: Any, fn: Any, conditions: dict, scale: float, edit: Edit | None, p: Mapping[str, Any]) -> Any:
-    """All samples as one (N, 3, H, W) tensor, with a progress bar of the sample-steps that run."""
+def _generate(
+    model: Any, fn: Any, conditions: dict, scale: float, edit: Edit | None, p: Mapping[str, Any], write: Any
+) -> Any:
+    """Make the samples batch by batch with a progress bar, handing each batch to ``write(first, x)``
+    as it comes; return only the samples :func:`_kept` allows, so memory does not grow with --n."""
     n, steps = p["n"], p["steps"]
     hw = None if edit is not None else latent_grid(model, p["height"], p["width"])
     runs = steps if edit is None else edit.steps_run(fn, model.schedule.num_timesteps, steps)
+    kept, done = [], 0
     with step_progress(n * runs, description=f"sample {p['sampler']}") as (progress, task):
         chunks = generate(
             model,
@@ -192,7 +230,34 @@ def _generate(model: Any, fn: Any, conditions: dict, scale: float, edit: Edit | 
             latent_hw=hw,
             edit=edit,
         )
-        return torch.cat([x for x, _ in chunks])
+        keep = 0
+        for x, _ in chunks:
+            keep = keep or _kept(n, x[0].numel() * x.element_size(), p)  # the first batch gives the size
+            write(done, x)
+            if done < keep:
+                kept.append(x[: keep - done])
+            done += x.shape[0]
+    return torch.cat(kept)
+
+
+def _kept(n: int, per_image: int, p: Mapping[str, Any]) -> int:
+    """How many samples to keep in memory (the grid's, or every one for ``--save-tensor``); a
+    ConfigError, before anything is written, when that would pass its bound or throw samples away."""
+    if p["save_tensor"] is not None:
+        if n * per_image > TENSOR_BYTES:
+            raise ConfigError(
+                f"--save-tensor would hold {n} samples, {n * per_image / 2**20:,.0f} MiB, in memory "
+                f"(at most {TENSOR_BYTES >> 20} MiB)",
+                hint="lower --n, or write each sample as it is made with --out-dir",
+            )
+        return n
+    keep = max(1, GRID_BYTES // per_image)
+    if p["out_dir"] is None and n > keep:
+        raise ConfigError(
+            f"--n {n}: the grid holds the first {keep} samples of this size; the others would be thrown away",
+            hint="add --out-dir DIR: each sample is written there as its batch is made, in bounded memory",
+        )
+    return keep
 
 
 def command(
@@ -221,6 +286,7 @@ def command(
     out: OutFileOpt = Path("samples.png"),
     out_dir: OutDirOpt = None,
     save_tensor: SaveTensorOpt = None,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
 ) -> None:
@@ -230,16 +296,15 @@ def command(
     dev = runtime(device, precision)
     inputs = parse_pairs(input_, caption=prompt, label=label)
     fn = get_sampler(sampler)
-    for target in [out] + ([save_tensor] if save_tensor else []):
-        check_writable(target)  # before the long part, not after it
-    model = _load(ckpt, weights, dev, lora)
+    _check_outputs(ctx.params)  # before the long part, not after it
+    model = _load(ckpt, weights, dev, lora, precision)
     edit = _edit(model, ctx.params)
     conditions = sampling_conditions(model, n, inputs, defaults=edit.inputs if edit is not None else None)
     if out_dir is not None:
         ensure_folder(out_dir)
     scale = default_guidance(conditions, guidance)
-    images = _generate(model, fn, conditions, scale, edit, ctx.params)
-    _save(images, out, out_dir, save_tensor)
+    images = _generate(model, fn, conditions, scale, edit, ctx.params, _writer(out_dir))
+    _save_grid(images, out, save_tensor)
     about = f", guidance {scale}" if conditions else ""
     err_console.print(f"{n} samples, {sampler} {steps} steps, seed {seed}{about}, on {dev} in {precision}")
     console.print(str(out), highlight=False)

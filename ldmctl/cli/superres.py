@@ -28,7 +28,7 @@ from ldmctl.cli._options import (
 from ldmctl.cli._vocab import pixels_to_cells
 from ldmctl.data import IMAGE_SUFFIXES, iter_image_files
 from ldmctl.errors import ConfigError, DataError
-from ldmctl.files import atomic_write, check_writable, ensure_folder
+from ldmctl.files import atomic_write, check_output, ensure_folder
 
 SAVE_FORMATS = {
     ".png": "PNG",
@@ -69,6 +69,11 @@ def output_paths(
         if out_file is not None or out_dir is not None:
             raise ConfigError("--out is the old spelling of --out-file / --out-dir: give only one of them")
         is_file = old_out.suffix.lower() in SAVE_FORMATS and not old_out.is_dir()
+        if not is_file and old_out.suffix and not old_out.is_dir():  # result.gif: a file name, not a folder
+            raise ConfigError(
+                f"--out {str(old_out)!r}: {old_out.suffix!r} is not a format superres writes ({_FORMATS})",
+                hint="name an image file, or a folder with --out-dir",
+            )
         out_file, out_dir = (old_out, None) if is_file else (None, old_out)
     if out_file is not None:
         if out_dir is not None:
@@ -80,7 +85,7 @@ def output_paths(
             )
         if len(files) > 1:
             raise ConfigError(f"{len(files)} inputs need an output folder (--out-dir), not the file {str(out_file)!r}")
-        return [check_writable(out_file)]
+        return [check_output(out_file, inputs=files, option="--out-file")]
     folder = out_dir or Path(".")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"output {str(folder)!r} exists and is not a folder")
@@ -88,7 +93,7 @@ def output_paths(
     names = [f"{p.stem}_x{scale}.png" for p in files]
     if len(set(names)) < len(names):  # same stem in different folders: keep them apart
         names = [f"{i:04d}_{n}" for i, n in enumerate(names)]
-    return [folder / n for n in names]
+    return [check_output(folder / n, inputs=files, option="--out-dir") for n in names]
 
 
 def load_sr_model(

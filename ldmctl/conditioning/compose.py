@@ -8,6 +8,7 @@ training, each conditioner's output is replaced per sample by its null output wi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -32,7 +33,17 @@ def build_conditioner(spec: ConditionerSpec, latent: LatentSpec, *, package: str
         raise ConfigError(
             f"conditioner {spec.name!r}: {err}", hint=f"its options: {[f.name for f in fields(reg.cls.Config)]}"
         ) from None
-    return reg.cls(cfg, latent)
+    try:
+        return reg.cls(cfg, latent)
+    except RuntimeError as err:  # a stored or given option asking for more memory than there is
+        if "allocate" not in str(err):
+            raise
+        found = re.search(r"allocate (\d+) bytes", str(err))
+        need = f"{int(found.group(1)) / 2**30:,.1f} GiB" if found else "more memory than this machine has"
+        raise ConfigError(
+            f"conditioner {spec.name!r}: its options {dict(spec.options)} ask for {need} of memory",
+            hint="check its options (e.g. num_classes, dim)",
+        ) from None
 
 
 class ConditionerSet(nn.Module):

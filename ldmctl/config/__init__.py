@@ -8,6 +8,7 @@ own model). ``from_dict`` is strict: an unknown key is a :class:`ConfigError`, n
     training.py   what a run folder stores: AETrainingConfig, LDMTrainingConfig and their sections
     presets.py    PRESETS (train-ae), LDM_PRESETS (train-ldm); ``tiny`` is what the tests use
     codec.py      to_dict / from_dict
+    limits.py     the ranges every value must lie in, checked by from_dict (docs/reliability.md)
     overrides.py  load_file, merge, parse_set (--set), with_updates
     reference.py  reference_markdown (docs/config.md)
 

@@ -1,7 +1,7 @@
 """Config dataclasses <-> plain JSON-able dicts, strictly.
 
-``from_dict`` is strict: an unknown key or a value of the wrong type is a :class:`ConfigError`,
-never ignored. The one exception is a section's ``legacy`` table (keys older files carry that
+``from_dict`` is strict: an unknown key, a value of the wrong type or out of its range
+(:mod:`ldmctl.config.limits`) is a :class:`ConfigError`, never ignored. The one exception is a section's ``legacy`` table (keys older files carry that
 belong to another trainer, see :mod:`ldmctl.config.training`), applied before the check.
 """
 
@@ -13,6 +13,7 @@ import typing
 from dataclasses import fields, is_dataclass
 from typing import Any, Literal, TypeVar
 
+from ldmctl.config.limits import check_config, check_depth
 from ldmctl.errors import ConfigError
 
 T = TypeVar("T")
@@ -43,9 +44,11 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         raise ConfigError(f"{cls.__name__}: unknown keys {unknown}", hint=f"known keys: {sorted(known)}")
     kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
     except TypeError as err:  # a missing required field
         raise ConfigError(f"{cls.__name__}: {err}") from None
+    check_config(cfg)  # the ranges of ldmctl.config.limits: the one validator of every config
+    return cfg
 
 
 def migrate(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +89,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
+        check_depth(value, where)
         return dict(value)
     return _coerce_scalar(tp, value, where)
 

@@ -13,24 +13,37 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ldmctl.config.codec import from_dict, to_dict
+from ldmctl.config.limits import MAX_DEPTH, check_depth
 from ldmctl.errors import ConfigError
 
 T = TypeVar("T")
 
 
+MAX_FILE_BYTES = 16 << 20  # a config file is a few KB; a larger one is not a config
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a .toml or .json config file into a dict."""
+    """Read a .toml or .json config file into a dict: a regular file of at most 16 MB whose top
+    level is a table, nested at most MAX_DEPTH deep."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+    if not p.is_file():  # a FIFO or device would block or never end: only regular files are read
+        what = "does not exist" if not p.exists() else "is not a regular file"
+        raise ConfigError(f"config file {str(p)!r} {what}")
+    if p.suffix not in (".toml", ".json"):
+        raise ConfigError(f"config file {str(p)!r}: use a .toml or .json file")
+    if p.stat().st_size > MAX_FILE_BYTES:
+        raise ConfigError(f"config file {str(p)!r} is larger than {MAX_FILE_BYTES >> 20} MB")
     try:
-        if p.suffix == ".toml":
-            return tomllib.loads(p.read_text())
-        if p.suffix == ".json":
-            return json.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        text = p.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
         raise ConfigError(f"config file {str(p)!r} is not valid: {err}") from None
-    raise ConfigError(f"config file {str(p)!r}: use a .toml or .json file")
+    except RecursionError:
+        raise ConfigError(f"config file {str(p)!r}: tables and lists nested more than {MAX_DEPTH} deep") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r}: the top level must be a table/object, not {type(data).__name__}")
+    check_depth(data, f"config file {str(p)!r}")
+    return data
 
 
 def merge(cfg: T, data: dict[str, Any]) -> T:
@@ -69,6 +82,9 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        except RecursionError:
+            raise ConfigError(f"--set {key}: tables and lists nested more than {MAX_DEPTH} deep") from None
+        check_depth(value, f"--set {key}")
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -59,6 +59,10 @@ class DataConfig:
             raise ConfigError(f"data.min_scale must be in (0, 1], got {self.min_scale}")
         if self.cache_mb < 0:
             raise ConfigError(f"data.cache_mb must be >= 0, got {self.cache_mb}")
+        if self.size * self.size > self.max_pixels:  # the decompression-bomb bound holds for crops too
+            raise ConfigError(
+                f"data.size={self.size}: {self.size}x{self.size} is more than data.max_pixels={self.max_pixels}"
+            )
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ldmctl.convert.build import Parts, write_autoencoder, write_parts
 from ldmctl.convert.common import read_weights, shape_of
-from ldmctl.convert.folders import folder_class, read_pipeline, read_text, read_unet, read_vae
+from ldmctl.convert.folders import folder_class, read_parts, read_pipeline, read_text, read_vae
 from ldmctl.errors import CheckpointError, ConfigError
 
 
@@ -48,19 +48,9 @@ def _from_unet_folder(
             hint="pass --vae DIR (an AutoencoderKL folder) and --text-encoder DIR (a CLIP text model folder "
             "holding its tokenizer files too), or convert the whole pipeline folder",
         )
-    unet, size, fill_unet = read_unet(src)
-    ae, scale, fill_ae = read_vae(vae)
-    return Parts(
-        unet=unet,
-        fill_unet=fill_unet,
-        autoencoder=ae,
-        fill_autoencoder=fill_ae,
-        scale_factor=scale,
-        diffusion=DiffusionConfig(prediction=prediction or "eps"),  # type: ignore[arg-type]
-        latent_size=size,
-        text=read_text(text_encoder, text_encoder, layer),
-        source={"layout": "diffusers", "class": "UNet2DConditionModel", "path": src.name},
-    )
+    diffusion = DiffusionConfig(prediction=prediction or "eps")  # type: ignore[arg-type]
+    source = {"layout": "diffusers", "class": "UNet2DConditionModel", "path": src.name}
+    return read_parts(src, vae, diffusion, read_text(text_encoder, text_encoder, layer), source)
 
 
 def _from_folder(src: Path, options: dict[str, Any]) -> dict[str, Any]:

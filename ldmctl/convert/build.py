@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ldmctl.autoencoder import build_autoencoder
-from ldmctl.checkpoint import save_autoencoder
+from ldmctl.checkpoint import empty_module, save_autoencoder
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import AutoencoderConfig, ConditionerSpec, DiffusionConfig, LDMConfig, UNetConfig
 from ldmctl.diffusion.io import write_ldm
@@ -64,15 +64,8 @@ class Parts:
     source: dict[str, Any] = field(default_factory=dict)  # what was converted, for the checkpoint's extra
 
 
-def empty(build: Callable[[], nn.Module]) -> nn.Module:
-    """``build()`` without initialising its weights: made on ``meta``, then given empty CPU storage."""
-    with torch.device("meta"):
-        module = build()
-    return module.to_empty(device="cpu")
-
-
 def build_autoencoder_filled(cfg: AutoencoderConfig, fill: Filler, scale_factor: float) -> nn.Module:
-    ae = empty(lambda: build_autoencoder(cfg))
+    ae = empty_module(lambda: build_autoencoder(cfg))
     fill(ae)
     ae.scale_factor.fill_(scale_factor)
     if hasattr(ae, "quantize"):  # VQ: the (non-persistent) usage counter is not in any file
@@ -141,7 +134,7 @@ def write_parts(parts: Parts, out: str | Path, *, dtype: torch.dtype | None = No
         conditioners=specs,
     )
     ae = build_autoencoder_filled(parts.autoencoder, parts.fill_autoencoder, parts.scale_factor)
-    unet = empty(lambda: UNet(unet_cfg))
+    unet = empty_module(lambda: UNet(unet_cfg))
     parts.fill_unet(unet)
     conds = _conditioners(cfg, ae, parts.text)
     extra = {"converted_from": parts.source, "step": 0}
@@ -161,13 +154,4 @@ def _count(*modules: nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-__all__ = [
-    "Filler",
-    "Parts",
-    "TextPart",
-    "build_autoencoder_filled",
-    "clip_spec",
-    "empty",
-    "write_autoencoder",
-    "write_parts",
-]
+__all__ = ["Filler", "Parts", "TextPart", "build_autoencoder_filled", "clip_spec", "write_autoencoder", "write_parts"]

@@ -204,7 +204,7 @@ def tokenizer_files(folder: Path | None, pad: str) -> Tensor:
         return pack_tokenizer(tmp)
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """CLIP's (GPT-2's) printable stand-in for each byte, in vocabulary order: the bytes that print
     as themselves first, then the others mapped to code points from 256 up."""
     shown = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -225,7 +225,7 @@ def write_clip_tokenizer(folder: Path, pad: str) -> None:
             "or pip install open_clip_torch",
         )
     merges = gzip.open(source).read().decode("utf-8").split("\n")[1 : N_MERGES + 1]
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     vocab = [*symbols, *(s + "</w>" for s in symbols), *("".join(m.split()) for m in merges)]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     special = {
@@ -241,4 +241,4 @@ def write_clip_tokenizer(folder: Path, pad: str) -> None:
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=1), encoding="utf-8")
 
 
-__all__ = ["read_text", "text_kind", "tokenizer_files", "write_clip_tokenizer"]
+__all__ = ["byte_symbols", "read_text", "text_kind", "tokenizer_files", "write_clip_tokenizer"]

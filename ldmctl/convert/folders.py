@@ -114,19 +114,25 @@ def read_pipeline(folder: Path, layer: str = "last") -> Parts:
     cls = index.get("_class_name", "")
     if cls not in ("StableDiffusionPipeline", "LDMTextToImagePipeline", ""):
         raise CheckpointError(f"{str(folder)!r} is a {cls}; ldmctl converts StableDiffusionPipeline folders")
-    unet, size, fill_unet = read_unet(folder / "unet")
-    ae, scale, fill_ae = read_vae(folder / "vae")
-    return Parts(
-        unet=unet,
-        fill_unet=fill_unet,
-        autoencoder=ae,
-        fill_autoencoder=fill_ae,
-        scale_factor=scale,
-        diffusion=read_scheduler(folder / "scheduler"),
-        latent_size=size,
-        text=read_text(folder / "text_encoder", folder / "tokenizer", layer),
-        source={"layout": "diffusers", "class": cls or "StableDiffusionPipeline", "path": folder.name},
-    )
+    text = read_text(folder / "text_encoder", folder / "tokenizer", layer)
+    source = {"layout": "diffusers", "class": cls or "StableDiffusionPipeline", "path": folder.name}
+    return read_parts(folder / "unet", folder / "vae", read_scheduler(folder / "scheduler"), text, source)
 
 
-__all__ = ["folder_class", "read_pipeline", "read_scheduler", "read_text", "read_unet", "read_vae", "weights_in"]
+def read_parts(unet_dir: Path, vae_dir: Path, diffusion: DiffusionConfig, text: TextPart, source: dict) -> Parts:
+    """The parts of an LDM from a UNet folder, a VAE folder, a schedule and a text encoder."""
+    unet, size, fill_unet = read_unet(unet_dir)
+    ae, scale, fill_ae = read_vae(vae_dir)
+    return Parts(unet, fill_unet, ae, fill_ae, scale, diffusion, size, text, source)
+
+
+__all__ = [
+    "folder_class",
+    "read_parts",
+    "read_pipeline",
+    "read_scheduler",
+    "read_text",
+    "read_unet",
+    "read_vae",
+    "weights_in",
+]

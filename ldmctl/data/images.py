@@ -30,12 +30,13 @@ from torch.utils.data import Dataset
 
 from ldmctl.config import DataConfig
 from ldmctl.data.metadata import folder_captions, folder_metadata
-from ldmctl.errors import DataError
+from ldmctl.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = DataConfig.max_pixels
+MAX_ASPECT = 100  # longer side / shorter side; checked from the header, before decoding
 WHITE = (255, 255, 255)
 
 Item = dict[str, Any]  # {"image": (3, S, S) float in [-1, 1], "label": int, "caption": str, "path": str}
@@ -83,6 +84,12 @@ def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_si
     return img
 
 
+def check_pixels(h: int, w: int, what: str) -> None:
+    """ConfigError for an image to be made that has more pixels than any input may have."""
+    if h * w > DEFAULT_MAX_PIXELS:
+        raise ConfigError(f"{what}: {w}x{h} is {h * w:,} pixels, more than the {DEFAULT_MAX_PIXELS:,} allowed")
+
+
 def probe_image(path: Path, max_pixels: int) -> str | None:
     """Open only the header of ``path``; return why it is unusable, or None if it looks fine."""
     try:
@@ -109,6 +116,9 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     if w * h > max_pixels:
         img.close()
         raise DataError(f"{w}x{h} is more than data.max_pixels={max_pixels} pixels")
+    if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+        img.close()  # resized to a short side of S, it would take S * S * aspect pixels
+        raise DataError(f"{w}x{h} has an aspect ratio beyond {MAX_ASPECT}:1")
     return img
 
 
@@ -278,6 +288,8 @@ class ImageFolderDataset(Dataset):
         self.fields = tuple(extra)  # extra item keys from metadata.jsonl
         self._entries: list[tuple[Path, int, str, dict[str, Any]]] = []
         for i, (path, label, caption) in enumerate(zip(files, labels, captions, strict=True)):
+            if caption is None:  # its metadata row was bad: already skipped and counted
+                continue
             reason = probe_image(path, cfg.max_pixels)
             if reason is None:
                 self._entries.append((path, label, caption, {k: v[i] for k, v in extra.items()}))
@@ -367,6 +379,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageFolderDataset",
     "Item",
+    "check_pixels",
     "crop_and_flip",
     "folder_captions",
     "folder_labels",

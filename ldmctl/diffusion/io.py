@@ -12,6 +12,11 @@ The metadata (:mod:`ldmctl.checkpoint`) has kind ``ldm`` and a config of ``{"ldm
 "autoencoder": AutoencoderConfig, "plugins": {name: {package, version}}}``, so loading where a
 conditioner's plugin is missing names the package to install. :func:`write_ldm` is the one writer
 (training checkpoints, ``ldmctl export``), :func:`load_ldm` the one reader of every command.
+
+:func:`load_ldm` builds the UNet and the autoencoder uninitialised (:func:`~ldmctl.checkpoint.empty_module`)
+and copies the file's tensors in one at a time from the open file, so a Stable Diffusion-size model
+(1 B parameters) loads in about its own memory, without a random initialisation; the tensors of the
+weights not asked for (the raw UNet when sampling with EMA) are never read.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from ldmctl.autoencoder import build_autoencoder
-from ldmctl.checkpoint import load_state, read_checkpoint, save_checkpoint
+from ldmctl.checkpoint import Checkpoint, empty_module, load_state_lazily, open_checkpoint, save_checkpoint
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import AutoencoderConfig, LDMConfig, from_dict, to_dict
-from ldmctl.device import resolve_device
+from ldmctl.device import lower_weights, resolve_device
 from ldmctl.diffusion.ldm import LatentDiffusion, latent_spec
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.unet import UNet
@@ -85,33 +90,59 @@ def save_ldm(
     )
 
 
-def load_ldm(path: str | Path, *, weights: str = "ema", device: torch.device | str | None = None) -> LatentDiffusion:
+def load_ldm(
+    path: str | Path,
+    *,
+    weights: str = "ema",
+    device: torch.device | str | None = None,
+    unet_dtype: torch.dtype | None = None,
+) -> LatentDiffusion:
     """Rebuild a LatentDiffusion from one checkpoint; ``weights`` = ema (default) or raw UNet weights.
-    The model is on ``device`` (a ``--device`` spelling or a torch.device; default: the CPU)."""
+    The model is on ``device`` (a ``--device`` spelling or a torch.device; default: the CPU). With
+    ``unet_dtype`` (sampling only: :func:`~ldmctl.device.inference_weights_dtype`), the UNet's linear
+    and convolution weights are stored in it, read from the file straight into that dtype."""
     if weights not in ("ema", "raw"):
         raise ConfigError(f"--weights {weights!r}: choose ema or raw")
-    ckpt = read_checkpoint(path, expect_kind="ldm")
-    try:
-        cfg = from_dict(LDMConfig, ckpt.config["ldm"])
-        ae_cfg = from_dict(AutoencoderConfig, ckpt.config["autoencoder"])
-    except (ConfigError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{str(ckpt.path)!r}: stored config is invalid: {err}") from None
-    parts = split_tensors(ckpt.tensors, str(ckpt.path))
-    if weights == "raw" and not parts["unet"] and parts["ema"]:
-        raise CheckpointError(
-            f"{str(ckpt.path)!r} is an exported checkpoint: it holds the EMA weights only",
-            hint="use --weights ema, or the training checkpoint for the raw weights",
-        )
-    ae = build_autoencoder(ae_cfg)
-    load_state(ae, parts["ae"], f"{ckpt.path} (autoencoder)")
-    unet = UNet(cfg.unet)
-    load_state(unet, parts["ema" if weights == "ema" else "unet"], f"{ckpt.path} ({weights} UNet)")
-    packages = {name: p.get("package", "") for name, p in ckpt.config.get("plugins", {}).items()}
-    conds = ConditionerSet(cfg.conditioners, latent_spec(cfg, ae), packages)
-    use_ema = weights == "ema" and parts["ema_cond"]
-    load_state(conds, parts["ema_cond" if use_ema else "cond"], f"{ckpt.path} (conditioners)")
+    with open_checkpoint(path, expect_kind="ldm") as ckpt:
+        cfg, ae_cfg = _configs(ckpt)
+        where = str(ckpt.path)
+        groups = _prefix_counts(ckpt.tensors, where)
+        if weights == "raw" and not groups["unet"] and groups["ema"]:
+            raise CheckpointError(
+                f"{where!r} is an exported checkpoint: it holds the EMA weights only",
+                hint="use --weights ema, or the training checkpoint for the raw weights",
+            )
+        ae = empty_module(lambda: build_autoencoder(ae_cfg))
+        load_state_lazily(ae, ckpt.tensors, f"{where} (autoencoder)", prefix="ae.")
+        unet = empty_module(lambda: UNet(cfg.unet))
+        if unet_dtype is not None:
+            lower_weights(unet, unet_dtype)
+        unet_prefix = "ema." if weights == "ema" else "unet."
+        load_state_lazily(unet, ckpt.tensors, f"{where} ({weights} UNet)", prefix=unet_prefix)
+        packages = {name: p.get("package", "") for name, p in ckpt.config.get("plugins", {}).items()}
+        conds = ConditionerSet(cfg.conditioners, latent_spec(cfg, ae), packages)  # built normally: small
+        cond_prefix = "ema_cond." if weights == "ema" and groups["ema_cond"] else "cond."
+        load_state_lazily(conds, ckpt.tensors, f"{where} (conditioners)", prefix=cond_prefix)
     model = LatentDiffusion(cfg, ae, unet, conds).eval()
     return model if device is None else model.to(resolve_device(device) if isinstance(device, str) else device)
+
+
+def _configs(ckpt: Checkpoint) -> tuple[LDMConfig, AutoencoderConfig]:
+    try:
+        return from_dict(LDMConfig, ckpt.config["ldm"]), from_dict(AutoencoderConfig, ckpt.config["autoencoder"])
+    except (ConfigError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{str(ckpt.path)!r}: stored config is invalid: {err}") from None
+
+
+def _prefix_counts(tensors: Mapping[str, Tensor], where: str) -> dict[str, int]:
+    """How many tensors each group holds (every group present), refusing keys of no group; reads no tensor."""
+    counts = dict.fromkeys(PREFIXES, 0)
+    for key in tensors:
+        prefix = key.partition(".")[0]
+        if prefix not in counts:
+            raise CheckpointError(f"{where!r}: unexpected tensor {key!r}", hint="the file may have been tampered with")
+        counts[prefix] += 1
+    return counts
 
 
 def split_tensors(tensors: Mapping[str, Tensor], where: str) -> dict[str, dict[str, Tensor]]:

@@ -79,6 +79,38 @@ def load_eval_images(
     return items
 
 
+EVAL_MAX_PIXELS = 2048 * 2048  # a larger image is evaluated resized to this many pixels (aspect kept)
+
+
+def _side_within_bound(path: Path) -> int:
+    """0, or the short side a large JPEG may be decoded at (DCT scaling) before :func:`_bounded`."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception:  # noqa: BLE001 - load_image reports the real problem
+        return 0
+    scale = min(1.0, (EVAL_MAX_PIXELS / max(1, w * h)) ** 0.5)
+    return int(min(w, h) * scale) if scale < 1 else 0
+
+
+def _bounded(img: Any, path: Path) -> Any:
+    """``img`` resized (Lanczos, aspect kept) to at most EVAL_MAX_PIXELS pixels, with a warning that
+    says so: memory per image stays bounded whatever the file holds."""
+    w, h = img.size
+    if w * h <= EVAL_MAX_PIXELS:
+        return img
+    scale = (EVAL_MAX_PIXELS / (w * h)) ** 0.5
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    log.warning(
+        "%s: %dx%d px evaluated resized to %dx%d (at most %d pixels an image)", path, w, h, *size, EVAL_MAX_PIXELS
+    )
+    from PIL import Image
+
+    return img.resize(size, resample=Image.Resampling.LANCZOS)
+
+
 def _folder_images(
     folder: Path, min_side: int, limit: int, skipped: list[tuple[str, str]] | None
 ) -> list[tuple[str, Tensor]]:
@@ -86,7 +118,7 @@ def _folder_images(
     items: list[tuple[str, Tensor]] = []
     for path in iter_image_files(folder):
         try:
-            x = pil_to_tensor(load_image(path))
+            x = pil_to_tensor(_bounded(load_image(path, min_side=_side_within_bound(path)), path))
             if min(x.shape[-2:]) < min_side:
                 raise DataError(
                     f"image {str(path)!r}: {x.shape[-1]}x{x.shape[-2]} px is smaller than "

@@ -31,6 +31,7 @@ from ldmctl.train.configure import resolve_ae
 from ldmctl.train.dist import Dist, setup, teardown
 from ldmctl.train.loop import Callbacks, NonFiniteGuard, autocast, batch_stream, lr_at, set_lr
 from ldmctl.train.optim import build_optimizer
+from ldmctl.train.runfolder import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,10 @@ def train_ae(
     if perceptual is None and cfg.loss.perceptual == "lpips":
         perceptual = build_perceptual(cfg.loss.perceptual_net, weights=lpips_weights)
     d = setup(cfg.train.device)
+    cb = callbacks or Callbacks()
     try:
-        return _train(cfg, out, resume, perceptual, init_from, callbacks or Callbacks(), d)
+        with run_folder(out, resume=resume, main=d.main, say=cb.message):
+            return _train(cfg, out, resume, perceptual, init_from, cb, d)
     finally:
         teardown(d)
 
@@ -230,7 +233,7 @@ def _train(
         cfg = engine.create_run(cfg, out, d)
     run = build_run(cfg, perceptual, d)
     if resume:
-        engine.resume(run, out)
+        engine.resume(run, out, say=cb.message)
         cb.message(f"resumed at step {run.step}")
     elif init_from is not None:
         init_weights(run.ae, init_from)

@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from ldmctl.autoencoder import build_autoencoder
+from ldmctl.checkpoint import check_memory, model_bytes
 from ldmctl.conditioning.base import LatentSpec
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.conditioning.registry import get_conditioner
@@ -47,9 +49,10 @@ from ldmctl.config import (
 from ldmctl.errors import ConfigError
 from ldmctl.inpaint.task import with_inpaint_task
 from ldmctl.superres.task import measure_residual_scale, with_task
-from ldmctl.unet import check_unet_config, downsample_factor
+from ldmctl.unet import UNet, check_unet_config, downsample_factor
 
 T = TypeVar("T")
+TRAIN_COPIES = 4  # weights, gradients and Adam's two moments: the least that training holds
 Flags = dict[str, Any]  # section -> {field: value of a flag the user gave, or None}
 
 
@@ -121,6 +124,8 @@ def resolve_ae(cfg: AETrainingConfig) -> AETrainingConfig:
     if d.size % m.downsample_factor:
         raise ConfigError(f"data.size={d.size} is not a multiple of f={m.downsample_factor}")
     check_train(cfg.train)
+    check_memory(model_bytes(lambda: build_autoencoder(m)), "training this autoencoder", copies=TRAIN_COPIES)
+    check_batch_memory(cfg.train.batch_size, d.size, m.base_channels, "a train-ae batch")
     return cfg
 
 
@@ -145,6 +150,9 @@ def resolve_ldm(
         conditioners = ConditionerSet(specs, LatentSpec(c, latent, f))
     unet = replace(cfg.model.unet, in_channels=c, **conditioners.unet_widths())
     check_unet_config(unet)
+    check_memory(model_bytes(lambda: UNet(unet)), "training this UNet", copies=TRAIN_COPIES)
+    micro = -(-cfg.train.batch_size // cfg.train.grad_accum)
+    check_batch_memory(micro, latent, unet.model_channels, "a train-ldm micro-batch")
     if latent % downsample_factor(unet):
         raise ConfigError(
             f"latent side {latent} (= {cfg.data.size} px / f {f}) is not a multiple of the UNet's "
@@ -170,6 +178,13 @@ def configure_spec(spec: ConditionerSpec, dataset: Any) -> ConditionerSpec:
     return replace(spec, options=to_dict(cls.configure(options, dataset)))
 
 
+def check_batch_memory(batch: int, side: int, width: int, what: str) -> None:
+    """ConfigError when one batch's first-layer activations alone (``batch`` x ``side``^2 x ``width``
+    float32, twice: kept for backward on the way in and out) exceed this machine's memory: a lower
+    bound, so a batch it refuses could never have run."""
+    check_memory(batch * side * side * width * 4 * 2, f"{what} (its first layer's activations alone)")
+
+
 def check_train(t: TrainConfig) -> None:
     """ConfigError for a batch size, step count or learning rate that cannot work."""
     for name in ("batch_size", "max_steps"):
@@ -181,6 +196,7 @@ def check_train(t: TrainConfig) -> None:
 
 __all__ = [
     "ae_config",
+    "check_batch_memory",
     "check_train",
     "configure_spec",
     "layered",

@@ -30,7 +30,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, Self
@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 
 from ldmctl.checkpoint import load_train_state, save_train_state
-from ldmctl.errors import CheckpointError, ConfigError
-from ldmctl.files import atomic_write
+from ldmctl.errors import CheckpointError, ConfigError, TrainingError
+from ldmctl.files import atomic_write, looks_like_checkpoint
 from ldmctl.train.dist import Dist
 from ldmctl.train.loop import Callbacks, StepLogs, StopSignals, Throughput, rng_state, set_rng_state
 
@@ -122,11 +122,17 @@ def prepare_run_dir(cfg: Any, out: Path, *, resume: bool) -> Any:
         raise ConfigError(
             f"{str(out)!r} already holds a run", hint="pass --resume to continue it, or choose another --out-dir"
         )
+    foreign = sorted(p.name for p in out.glob("*") if p.is_file() and looks_like_checkpoint(p)) if out.is_dir() else []
+    if foreign:  # a run writes its latest model here: it must not replace a checkpoint it did not make
+        raise ConfigError(
+            f"{str(out)!r} holds checkpoint files that are not part of a run: {', '.join(foreign[:3])}",
+            hint="choose another --out-dir (a new or empty folder)",
+        )
     try:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"cannot create output folder {str(out)!r}: {err.strerror}") from None
-    stored.write_text(json.dumps(to_dict(cfg), indent=2))
+    atomic_write(stored, lambda tmp: tmp.write_text(json.dumps(to_dict(cfg), indent=2)))
     return cfg
 
 
@@ -140,7 +146,7 @@ def create_run(cfg: Any, out: Path, dist: Dist, files: Mapping[str, Any] | None 
     if dist.main:
         cfg = prepare_run_dir(cfg, out, resume=False)
         for name, data in (files or {}).items():
-            (out / name).write_text(json.dumps(data))
+            atomic_write(out / name, lambda tmp, data=data: tmp.write_text(json.dumps(data)))
     dist.barrier()
     return cfg
 
@@ -151,18 +157,35 @@ def complete_checkpoints(out: Path) -> list[Path]:
     return [c for c in ckpts if c.with_suffix(".state.pt").is_file()]
 
 
-def resume(trainer: Trainer, out: Path) -> None:
-    """Load the newest complete checkpoint of ``out``: the trainer's state, the RNGs and the step."""
+def resume(trainer: Trainer, out: Path, *, say: Callable[[str], None] | None = None) -> None:
+    """Load the newest intact checkpoint of ``out``: the trainer's state, the RNGs and the step. A
+    damaged newer one (truncated, emptied) is passed over, and ``say`` is told which and why."""
     ckpts = complete_checkpoints(out)
     if not ckpts:
         raise CheckpointError(
             f"--resume: {str(out)!r} has no complete checkpoint yet",
             hint="drop --resume and start again, or use a new --out-dir",
         )
-    state = load_train_state(ckpts[-1].with_suffix(".state.pt"))
-    trainer.restore(ckpts[-1], state)
-    set_rng_state(state["rng"], trainer.generator)
-    trainer.step = int(state["step"])
+    problems = []
+    for ckpt in reversed(ckpts):
+        try:
+            state = load_train_state(ckpt.with_suffix(".state.pt"))
+            trainer.restore(ckpt, state)
+        except CheckpointError as err:
+            problems.append(f"{ckpt.name}: {err}")
+            continue
+        if problems:
+            note = f"--resume: passed over damaged checkpoint(s) ({'; '.join(problems)}); resuming from {ckpt.name}"
+            log.warning("%s", note)
+            if say is not None:
+                say(note)
+        set_rng_state(state["rng"], trainer.generator)
+        trainer.step = int(state["step"])
+        return
+    raise CheckpointError(
+        f"--resume: {str(out)!r} has no intact checkpoint ({problems[0]})",
+        hint="drop --resume and start again, or use a new --out-dir",
+    )
 
 
 def write_checkpoint(trainer: Trainer, out: Path, keep_last: int) -> Path:
@@ -171,6 +194,7 @@ def write_checkpoint(trainer: Trainer, out: Path, keep_last: int) -> Path:
     ckpt_dir = out / "checkpoints"
     ckpt = ckpt_dir / f"step_{trainer.step:07d}.safetensors"
     state = trainer.save(ckpt)
+    check_finite_file(ckpt, trainer.step)
     save_train_state(
         ckpt.with_suffix(".state.pt"), {"step": trainer.step, **state, "rng": rng_state(trainer.generator)}
     )
@@ -179,6 +203,26 @@ def write_checkpoint(trainer: Trainer, out: Path, keep_last: int) -> Path:
         old.unlink(missing_ok=True)
         old.with_suffix(".state.pt").unlink(missing_ok=True)
     return ckpt
+
+
+def check_finite_file(ckpt: Path, step: int) -> None:
+    """TrainingError (and the file removed) when the weights just written hold a NaN or inf: a run
+    never leaves a broken model as its newest checkpoint. Read back one tensor at a time."""
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), framework="pt", device="cpu") as fh:
+        bad = next((k for k in fh.keys() if not _finite(fh.get_tensor(k))), None)
+    if bad is not None:
+        ckpt.unlink(missing_ok=True)
+        raise TrainingError(
+            f"the weights were not finite at step {step} ({bad!r}); stopped, that model is not saved and "
+            "the last checkpoint written is kept",
+            hint="lower train.lr, set train.grad_clip, or train with --precision fp32",
+        )
+
+
+def _finite(t: Tensor) -> bool:
+    return not t.is_floating_point() or bool(torch.isfinite(t).all())
 
 
 def tensorboard_writer(folder: Path) -> Any | None:
@@ -206,8 +250,11 @@ class RunLog:
 
     def write(self, step: int, logs: StepLogs) -> None:
         if self.file is not None:
-            self.file.write(json.dumps({"step": step, **logs}) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps({"step": step, **logs}) + "\n")
+                self.file.flush()
+            except OSError as err:  # a full disk: a clear error, the checkpoints already written stay
+                raise CheckpointError(f"cannot write {str(self.file.name)!r}: {err.strerror or err}") from None
         if self.board is not None:
             for name, value in logs.items():
                 if isinstance(value, (int, float)):
@@ -255,7 +302,7 @@ def run(
         "processes": d.world,
     }
     if d.main and out is not None:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     return summary
 
 
@@ -278,6 +325,12 @@ def _after_step(
         images = trainer.preview()
         if images is not None:
             cb.images(step, f"{trainer.preview_name}_{step:07d}", images)
+    if step == plan.max_steps and logs.get("skipped"):
+        raise TrainingError(
+            f"the loss was not finite at the last step ({step}); stopped, that model is not saved and the "
+            "last checkpoint written is kept",
+            hint="lower train.lr, set train.grad_clip, or train with --precision fp32",
+        )
     stopping = d.any_true(stop.requested is not None)
     if out is not None and (due(step, plan.save_every, plan.max_steps) or stopping):
         if d.main:

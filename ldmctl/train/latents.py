@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldmctl.errors import ConfigError
+from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.files import atomic_write
 from ldmctl.train.loop import index_batches
 
@@ -68,7 +68,23 @@ def build_cache(
     batch_size: int = 64,
     progress: Progress | None = None,
 ) -> LatentCache:
-    """Encode epoch 0 of ``dataset`` into ``folder`` chunk by chunk (memory: one chunk)."""
+    """Encode epoch 0 of ``dataset`` into ``folder`` chunk by chunk (memory: one chunk). A disk that
+    fills up (or any other OSError) is a CheckpointError naming the folder, never a traceback."""
+    try:
+        return _build_cache(encode, dataset, folder, keys, stamp, batch_size, progress)
+    except OSError as err:
+        raise CheckpointError(f"cannot write the latent cache in {str(folder)!r}: {err.strerror or err}") from None
+
+
+def _build_cache(
+    encode: Callable[[Tensor], Tensor],
+    dataset: Any,
+    folder: Path,
+    keys: tuple[str, ...],
+    stamp: dict[str, Any],
+    batch_size: int,
+    progress: Progress | None,
+) -> LatentCache:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.json").unlink(missing_ok=True)
     if hasattr(dataset, "set_epoch"):

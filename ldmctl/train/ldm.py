@@ -51,6 +51,7 @@ from ldmctl.train.dist import Dist, setup, teardown
 from ldmctl.train.finetune import first_stage, freeze, init_model
 from ldmctl.train.latents import LatentCache, build_cache, latent_batches, open_cache
 from ldmctl.train.loop import Callbacks, NonFiniteGuard, autocast, batch_stream, index_batches, lr_at, set_lr
+from ldmctl.train.runfolder import run_folder
 from ldmctl.unet import UNet
 
 log = logging.getLogger(__name__)
@@ -231,8 +232,10 @@ def train_ldm(
     rank runs this function (:mod:`ldmctl.train.dist`); only rank 0 writes files and calls back.
     """
     d = setup(cfg.train.device)
+    cb = callbacks or Callbacks()
     try:
-        return _train(cfg, ae_path, Path(out_dir), resume, callbacks or Callbacks(), d)
+        with run_folder(Path(out_dir), resume=resume, main=d.main, say=cb.message):
+            return _train(cfg, ae_path, Path(out_dir), resume, cb, d)
     finally:
         teardown(d)
 
@@ -268,7 +271,7 @@ def _train(
         cfg = engine.create_run(cfg, out, d, {"ae_source.json": {"path": str(ae_path), "sha256": file_sha256(ae_path)}})
     run = build_run(cfg, ae, conditioners, d, unet)
     if resume:
-        engine.resume(run, out)
+        engine.resume(run, out, say=cb.message)
         cb.message(f"resumed at step {run.step}")
     batches, run.preview_batch = training_batches(run, dataset, out, ae_path, cb)
     run.meta, run.skipped = {"autoencoder": str(ae_path)}, dataset.skipped

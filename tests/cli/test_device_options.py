@@ -15,7 +15,7 @@ from ldmctl.cli import app, main
 from ldmctl.device import mps_available
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "pre-refactor"
-MODEL_FREE = {"plugins", "export"}  # list plugins; rewrite a checkpoint's tensors: no network runs
+MODEL_FREE = {"plugins", "export", "convert", "lora merge"}  # list plugins; rewrite tensors: no network runs
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 no_accelerator = pytest.mark.skipif(torch.cuda.is_available() or mps_available(), reason="auto would pick a GPU")
 
@@ -63,6 +63,8 @@ def _argv(tmp_path: Path) -> dict[str, list[str]]:
         + ["--out-dir", str(tmp_path / "ae")],
         "train-ldm": ["train-ldm", "--preset", "tiny", "--ae", ae, "--data", "builtin:synthetic"]
         + ["--out-dir", str(tmp_path / "ldm")],
+        "train-lora": ["train-lora", str(FIX / "crossattn.safetensors"), "--data", "builtin:synthetic"]
+        + ["--out-dir", str(tmp_path / "lora")],
         "train-classifier": ["train-classifier", "--data", "builtin:synthetic", "--out-file", str(tmp_path / "c.pt")],
     }
 

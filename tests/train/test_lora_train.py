@@ -100,3 +100,22 @@ def test_adapter_for_another_base_is_refused(base, tmp_path, tiny_ae, tiny_ldm, 
     err = capsys.readouterr().err
     assert "another base" in err and "Traceback" not in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_train_lora_refuses_a_run_folder_another_live_process_writes(base, tmp_path):
+    """One writer per run folder, as train-ldm and train-ae: a lock held by a live process refuses."""
+    import subprocess
+    import sys
+
+    from ldmctl.errors import LdmctlError
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / ".lock").write_text(f"{sleeper.pid}\n")
+        with pytest.raises(LdmctlError, match="in use"):
+            train_lora(lora_cfg(base, max_steps=1), tmp_path / "run")
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
