@@ -30,7 +30,7 @@ SHIPPED: dict[str, ShippedModel] = {
     "shapes": ShippedModel(
         "shapes",
         "shapes-t2i.safetensors",
-        "text-to-image on builtin:shapes, 32 x 32 px (cross-attention, jointly trained text encoder)",
+        "text-to-image on builtin:shapes, 32 x 32 px (cross-attention, jointly trained text encoder, v-prediction)",
         "docs/conditioning-comparison.md",
     ),
     "superres": ShippedModel(
