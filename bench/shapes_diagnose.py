@@ -2,6 +2,7 @@
 "Binding"):
 
     python bench/shapes_diagnose.py CKPT [--n 500] [--guidance 3] [--sweep 1,3,5,8] [--out diag.json]
+    python bench/shapes_diagnose.py CKPT... --probe-only   # the relation probe alone, one line per model
 
 Prints and (``--out``) writes:
 
@@ -96,7 +97,16 @@ def main() -> None:
     ap.add_argument("--sweep", default="", help="comma-separated guidance scales to score too (and 50 steps)")
     ap.add_argument("--prompt-seed", type=int, default=12345)
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    ap.add_argument("--probe-only", action="store_true", help="only the relation probe (several CKPTs allowed)")
+    args, more = ap.parse_known_args()
+    if args.probe_only:
+        for ckpt in [args.ckpt, *map(Path, more)]:
+            with torch.no_grad():
+                probe = relation_probe(load_ldm(ckpt).eval(), guidance=args.guidance)
+            print(ckpt, json.dumps({k: v["mean_offset_px"] for k, v in probe.items()}), flush=True)
+        return
+    if more:
+        ap.error(f"unrecognised arguments: {' '.join(more)}")
     ds = ShapesDataset(DataConfig(source="builtin:shapes", size=32), seed=args.prompt_seed, length=args.n)
     items = [ds[i] for i in range(args.n)]
     prompts, real = [it["caption"] for it in items], torch.stack([it["image"] for it in items])

@@ -1,5 +1,5 @@
 """Inference-only LDM checkpoints: EMA weights only, optionally in fp16, optionally with a pruned
-text vocabulary (``ldmctl export``).
+text vocabulary (``ldmctl export``); and autoencoder checkpoints in fp16 (:func:`export_autoencoder`).
 
 A training checkpoint holds the raw UNet, its EMA, both copies of the conditioners and the
 autoencoder in fp32. The exported file keeps what sampling uses — the EMA UNet (``ema.*``), the
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ldmctl.checkpoint import read_checkpoint
+from ldmctl.checkpoint import load_autoencoder, open_checkpoint, read_checkpoint, save_checkpoint
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import ConditionerSpec, DataConfig, from_dict
 from ldmctl.diffusion.io import load_ldm, write_ldm
@@ -126,4 +126,30 @@ def export_ldm(
     }
 
 
-__all__ = ["caption_token_ids", "dataset_captions", "export_ldm"]
+def checkpoint_kind(path: str | Path) -> str:
+    """``"ldm"`` or ``"autoencoder"``: what an ldmctl checkpoint holds (its metadata; no tensor is read)."""
+    with open_checkpoint(path) as ckpt:
+        return ckpt.kind
+
+
+def export_autoencoder(src: str | Path, dst: str | Path, *, half: bool = True) -> dict[str, Any]:
+    """Write autoencoder checkpoint ``src`` to ``dst`` with its weights (and scale factor) in fp16
+    (they load back as fp32); the config, training step and training config are kept."""
+    ckpt = read_checkpoint(src, expect_kind="autoencoder")
+    ae = load_autoencoder(src)  # checks that the weights rebuild the model before anything is written
+    tensors = {k: v.half() if half and v.is_floating_point() else v for k, v in ae.state_dict().items()}
+    extra = {
+        **{k: v for k, v in ckpt.extra.items() if k in ("step", "train_config")},
+        "exported_from": Path(src).name,
+        "export": {"half": half},
+    }
+    save_checkpoint(dst, tensors, kind="autoencoder", config=ckpt.config, extra=extra)
+    return {
+        "src_bytes": Path(src).stat().st_size,
+        "dst_bytes": Path(dst).stat().st_size,
+        "tensors": len(tensors),
+        "kept_tokens": {},
+    }
+
+
+__all__ = ["caption_token_ids", "checkpoint_kind", "dataset_captions", "export_autoencoder", "export_ldm"]

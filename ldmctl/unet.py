@@ -134,6 +134,7 @@ class SpatialTransformer(nn.Module):
             TransformerBlock(ch, heads, head_dim, cfg.context_dim, cfg.ff_mult, cfg.upcast_attention)
             for _ in range(cfg.transformer_depth)
         )
+        self.position_embedding = cfg.position_embedding
         self.proj_out = nn.Linear(ch, ch)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
@@ -146,11 +147,15 @@ class SpatialTransformer(nn.Module):
         h = rearrange(self.norm(x), "b c h w -> b (h w) c")  # (B, HW, C); a view in channels-last
         h = self.proj_in(h)
         n_tok, mask = 0, None
-        if cond.tokens is not None and hasattr(self, "token_proj"):
+        with_tokens = cond.tokens is not None and hasattr(self, "token_proj")
+        if with_tokens or self.position_embedding:
             pos = position_embedding_2d(height, width, c, x.device).to(h.dtype)
+        if with_tokens:
             tok = self.token_proj(cond.tokens).to(h.dtype)  # (B, M, C)
             n_tok = tok.shape[1]
             h = torch.cat([tok, h + pos + self.image_type.to(h.dtype)], dim=1)  # (B, M + HW, C)
+        elif self.position_embedding:
+            h = h + pos
             if cond.tokens_mask is not None:
                 mask = torch.cat(
                     [cond.tokens_mask.bool(), cond.tokens_mask.new_ones(b, height * width, dtype=torch.bool)], 1

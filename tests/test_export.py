@@ -76,3 +76,22 @@ def test_sample_without_checkpoint_uses_the_shipped_model_or_says_it_is_missing(
     with pytest.raises(SystemExit):
         main(["sample", "--prompt", "a red circle", "--n", "1", "--steps", "1", "--out", str(tmp_path / "s.png")])
     assert "missing from this install" in capsys.readouterr().err
+
+
+def test_export_of_an_autoencoder_halves_it_and_keeps_what_it_does(tiny_ae, tmp_path, run_cli, capsys):
+    from ldmctl.checkpoint import load_autoencoder
+
+    src = tiny_ae(tmp_path, steps=2)
+    out = tmp_path / "ae16.safetensors"
+    run_cli("export", src, out)
+    ckpt = read_checkpoint(out, expect_kind="autoencoder")
+    assert {v.dtype for v in ckpt.tensors.values()} == {torch.float16}
+    assert ckpt.extra["exported_from"] == src.name and out.stat().st_size < 0.6 * src.stat().st_size
+    a, b = load_autoencoder(src), load_autoencoder(out)
+    assert b.scale_factor.dtype == torch.float32  # loads back as fp32
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(b.decode(b.encode(x)), a.decode(a.encode(x)), atol=2e-2, rtol=0)
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(src), str(tmp_path / "x.safetensors"), "--prune-vocab"])
+    assert exc.value.code == 1 and "apply to LDM checkpoints" in capsys.readouterr().err

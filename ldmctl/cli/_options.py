@@ -25,6 +25,7 @@ import typer
 from ldmctl.cli._vocab import Precision, Preset, Sampler, Weights
 from ldmctl.device import parse_device, resolve_device, resolve_precision
 from ldmctl.errors import ConfigError
+from ldmctl.models import resolve_builtin
 
 T = TypeVar("T")
 
@@ -104,7 +105,13 @@ LimitOpt = Annotated[int, typer.Option(help="Evaluate at most this many images (
 LpipsWeightsOpt = Annotated[Path | None, typer.Option(help="LPIPS backbone weights (default: torch hub cache).")]
 
 # --- autoencoders: reconstruct, eval-ae (tiles in pixels of the image) ---
-AECheckpointArg = Annotated[Path, typer.Argument(help="Autoencoder checkpoint (.safetensors from train-ae).")]
+AECheckpointArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Autoencoder checkpoint (.safetensors from train-ae), or builtin:photo-f4 (the shipped photo autoencoder).",
+        callback=resolve_builtin,
+    ),
+]
 AE_TILE_HELP = (
     "Tile side in pixels: images with a side over it run in overlapping tiles (a multiple of f; 0: always whole)."
 )

@@ -1,5 +1,5 @@
-"""``ldmctl export``: an inference-only copy of an LDM checkpoint (EMA weights, fp16, pruned vocabulary), or a
-diffusers folder (``--format diffusers``)."""
+"""``ldmctl export``: an inference-only copy of an LDM checkpoint (EMA weights, fp16, pruned vocabulary) or
+of an autoencoder (fp16), or a diffusers folder (``--format diffusers``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ldmctl.files import check_output
 
 def command(
     ckpt: Annotated[
-        Path, typer.Argument(help="LDM checkpoint (train-ldm, convert); or an autoencoder with --format diffusers.")
+        Path, typer.Argument(help="LDM checkpoint (train-ldm, convert) or autoencoder checkpoint (train-ae) to export.")
     ],
     out: Annotated[Path, typer.Argument(help="Where to write the exported .safetensors (a new folder for diffusers).")],
     format_: Annotated[
@@ -42,9 +42,10 @@ def command(
     ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Write the EMA weights, conditioners and autoencoder of CKPT as a small sampling-only checkpoint (or a
-    diffusers folder)."""
-    from ldmctl.export import export_ldm
+    """Write a small sampling-only copy of CKPT (an LDM's EMA weights, or an autoencoder), or a diffusers folder.
+
+    An LDM keeps its EMA UNet, conditioners and autoencoder; an autoencoder keeps its weights."""
+    from ldmctl.export import checkpoint_kind, export_autoencoder, export_ldm
 
     if out.resolve() == ckpt.resolve():
         raise ConfigError("the export would overwrite its source checkpoint, one of its inputs; choose another OUT")
@@ -52,8 +53,13 @@ def command(
         _diffusers(ckpt, out)
         return
     check_output(out, inputs=[ckpt], overwrite=overwrite, option="OUT")
-    data = DataConfig(source=captions_from) if captions_from else None
-    summary = export_ldm(ckpt, out, half=half, prune_vocab=prune_vocab, captions_from=data)
+    if checkpoint_kind(ckpt) == "autoencoder":
+        if prune_vocab or captions_from:
+            raise ConfigError("--prune-vocab and --captions-from apply to LDM checkpoints; this is an autoencoder")
+        summary = export_autoencoder(ckpt, out, half=half)
+    else:
+        data = DataConfig(source=captions_from) if captions_from else None
+        summary = export_ldm(ckpt, out, half=half, prune_vocab=prune_vocab, captions_from=data)
     kept = ", ".join(f"{k}: {v} tokens kept" for k, v in summary["kept_tokens"].items())
     err_console.print(
         f"{summary['src_bytes'] / 1e6:.1f} MB -> {summary['dst_bytes'] / 1e6:.1f} MB" + (f" ({kept})" if kept else "")

@@ -21,6 +21,7 @@ from ldmctl.cli._options import (
 )
 from ldmctl.cli._vocab import AEKind, AEPrecision, Perceptual
 from ldmctl.config import channel_mult_for_f
+from ldmctl.models import resolve_builtin
 from ldmctl.train.ae import train_ae
 from ldmctl.train.configure import ae_config
 
@@ -72,7 +73,11 @@ WorkersOpt = Annotated[int | None, typer.Option(help="Data-loading worker proces
 SampleEveryOpt = Annotated[int | None, typer.Option(help="Steps between reconstruction grids.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any field: --set model.z_channels=8")]
 InitOpt = Annotated[
-    Path | None, typer.Option(help="Start from the weights of this autoencoder checkpoint (fine-tuning).")
+    Path | None,
+    typer.Option(
+        help="Start from the weights of this autoencoder checkpoint, or of builtin:photo-f4 (fine-tuning).",
+        callback=resolve_builtin,
+    ),
 ]
 
 

@@ -22,6 +22,7 @@ from ldmctl.cli._options import (
 )
 from ldmctl.cli._vocab import Prediction, Schedule, Task
 from ldmctl.errors import ConfigError
+from ldmctl.models import resolve_builtin
 from ldmctl.train.configure import ldm_config
 from ldmctl.train.ldm import train_ldm
 
@@ -55,8 +56,10 @@ _ARCHITECTURE = ("cond", "task", "text_encoder", "prediction", "schedule")  # fi
 AEOpt = Annotated[
     Path | None,
     typer.Option(
-        help="Autoencoder checkpoint from train-ae (its scale factor is used), or an LDM checkpoint whose "
-        "autoencoder to use (e.g. one made by ldmctl convert from Stable Diffusion)."
+        help="Autoencoder checkpoint from train-ae (its scale factor is used), builtin:photo-f4 (the shipped photo "
+        "autoencoder), or an LDM checkpoint whose autoencoder to use (e.g. one made by ldmctl convert from Stable "
+        "Diffusion).",
+        callback=resolve_builtin,
     ),
 ]
 InitOpt = Annotated[

@@ -67,6 +67,7 @@ class UNetConfig:
     num_res_blocks: int = 2  # ResBlocks per level on the way down (one more on the way up)
     attention_levels: tuple[int, ...] = (1, 2)  # level indices with a SpatialTransformer after each ResBlock
     mid_attention: bool = True  # SpatialTransformer between the two middle ResBlocks
+    position_embedding: bool = False  # add 2-D sinusoidal positions to the image tokens of every SpatialTransformer
     head_channels: int = 32  # width of one attention head (heads = width // head_channels)
     num_heads: int = 0  # > 0: this many heads everywhere instead of head_channels
     transformer_depth: int = 1  # transformer blocks per SpatialTransformer

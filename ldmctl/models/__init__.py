@@ -36,6 +36,12 @@ SHIPPED: dict[str, ShippedModel] = {
     "superres": ShippedModel(
         "superres", "superres-x4.safetensors", "x4 super-resolution of photos", "docs/superres.md"
     ),
+    "photo-f4": ShippedModel(
+        "photo-f4",
+        "photo-f4.safetensors",
+        "KL autoencoder for photos, f = 4, 4 latent channels (a first stage for train-ldm --ae builtin:photo-f4)",
+        "docs/autoencoder.md",
+    ),
 }
 
 
@@ -50,4 +56,18 @@ def shipped_model(name: str) -> Path:
     return model.path
 
 
-__all__ = ["MODELS_DIR", "SHIPPED", "ShippedModel", "shipped_model"]
+def resolve_builtin(value):
+    """``builtin:NAME`` (a checkpoint given on the command line) -> the shipped model's file; any
+    other value unchanged. A CheckpointError names the built-in models for an unknown NAME."""
+    if value is None or not str(value).startswith("builtin:"):
+        return value
+    name = str(value).removeprefix("builtin:")
+    if name not in SHIPPED:
+        raise CheckpointError(
+            f"there is no built-in model {name!r}",
+            hint=f"built-in models: {', '.join('builtin:' + n for n in SHIPPED)}",
+        )
+    return shipped_model(name)
+
+
+__all__ = ["MODELS_DIR", "SHIPPED", "ShippedModel", "resolve_builtin", "shipped_model"]

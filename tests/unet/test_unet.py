@@ -97,6 +97,21 @@ def test_timestep_and_position_embeddings():
     assert pos.shape == (12, 16) and len({tuple(r.tolist()) for r in pos}) == 12
 
 
+def test_position_embedding_adds_no_weights_but_changes_the_output(generator):
+    plain = UNet(UNetConfig(**TINY, context_dim=12))
+    _randomise_output(plain)
+    for p in plain.parameters():
+        if p.ndim >= 2 and torch.count_nonzero(p) == 0:
+            torch.nn.init.normal_(p, std=0.05)
+    placed = UNet(UNetConfig(**TINY, context_dim=12, position_embedding=True))
+    placed.load_state_dict(plain.state_dict())  # strict: the same weights, none added
+    z = torch.randn(1, 4, 8, 8, generator=generator)
+    t, cond = torch.tensor([500]), Cond(context=torch.randn(1, 5, 12, generator=generator))
+    with torch.no_grad():
+        a, b = plain(z, t, cond), placed(z, t, cond)
+    assert not torch.allclose(a, b)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(generator):
     torch.manual_seed(0)
     a = UNet(UNetConfig(**TINY))
