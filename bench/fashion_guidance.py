@@ -1,9 +1,9 @@
 """Class-conditional Fashion-MNIST LDM: accuracy of a classifier (trained on the training split) on
-generated samples, at guidance 1 and 3, and the Fréchet distance between the samples and 2,000
+generated samples, at guidance 1 and 3 (``--guidance``), and the Fréchet distance between the samples and 2,000
 real test images in that classifier's features (FD_cls; lower is better).
 
     python bench/fashion_guidance.py --ldm runs/fashion-ldm/ldm.safetensors [--n 500] [--classifier PATH]
-        [--classifier-steps 600] [--out result.json]
+        [--classifier-steps 600] [--guidance 1,3] [--out result.json]
 
 The classifier is trained (``--classifier-steps`` steps of batch 64) unless ``--classifier`` exists,
 and saved there.
@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--classifier", type=Path, default=Path("runs/fashion-classifier.safetensors"))
     ap.add_argument("--classifier-steps", type=int, default=600)
     ap.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    ap.add_argument("--guidance", default="1,3", help="comma-separated guidance scales")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if args.classifier.is_file():
@@ -64,7 +65,7 @@ def main() -> None:
         "classifier_test_accuracy_2000": round(acc_real, 4),
     }
     out["n"] = args.n
-    for guidance in (1.0, 3.0):
+    for guidance in [float(g) for g in args.guidance.split(",")]:
         g = torch.Generator().manual_seed(0)
         images = []
         for start in range(0, args.n, 100):
