@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 OPENCV=/usr/share/doc/opencv-doc/examples/data
 case "${1:-}" in
   train)
-    ldmctl train-ae --preset small --config docs/recipes/photo-f4.toml --out-dir runs/photo-f4
-    ldmctl train-ae --preset small --config docs/recipes/photo-f4-finish.toml \
+    ldmctl train-ae --preset small --config docs/recipes/ae-photo-f4.toml --out-dir runs/photo-f4
+    ldmctl train-ae --preset small --config docs/recipes/ae-photo-f4-finish.toml \
       --init runs/photo-f4/ae.safetensors --out-dir runs/photo-f4-finish
     ldmctl export runs/photo-f4-finish/ae.safetensors ldmctl/models/photo-f4.safetensors --overwrite ;;
   score)

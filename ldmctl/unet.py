@@ -154,12 +154,12 @@ class SpatialTransformer(nn.Module):
             tok = self.token_proj(cond.tokens).to(h.dtype)  # (B, M, C)
             n_tok = tok.shape[1]
             h = torch.cat([tok, h + pos + self.image_type.to(h.dtype)], dim=1)  # (B, M + HW, C)
-        elif self.position_embedding:
-            h = h + pos
             if cond.tokens_mask is not None:
                 mask = torch.cat(
                     [cond.tokens_mask.bool(), cond.tokens_mask.new_ones(b, height * width, dtype=torch.bool)], 1
                 )
+        elif self.position_embedding:
+            h = h + pos
         for block in self.blocks:
             h = block(h, cond.context, cond.context_mask, mask)
         h = self.proj_out(h[:, n_tok:])

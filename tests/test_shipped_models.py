@@ -95,7 +95,7 @@ def test_an_unknown_builtin_model_is_a_clear_error(capsys):
 def test_train_ae_fine_tunes_the_builtin_photo_autoencoder(run_cli, tmp_path):
     from pathlib import Path
 
-    recipe = Path(__file__).resolve().parents[1] / "docs" / "recipes" / "photo-f4-finish.toml"
+    recipe = Path(__file__).resolve().parents[1] / "docs" / "recipes" / "ae-photo-f4-finish.toml"
     args = ["train-ae", "--config", recipe, "--init", "builtin:photo-f4", "--data", "builtin:synthetic", "--size", "16"]
     run_cli(*args, "--max-steps", "1", "--batch-size", "2", "--sample-every", "1", "--out-dir", tmp_path / "ft")
     assert (tmp_path / "ft" / "ae.safetensors").is_file()
