@@ -3,6 +3,8 @@
 # their scores (docs/conditioning-comparison.md "Binding"). Usage (venv active, from the repo root):
 #   bash bench/shapes_binding.sh pilots   # runs/q23/{A,B,C,D}, four 1-thread jobs side by side
 #   bash bench/shapes_binding.sh ship     # runs/shapes-t2i (docs/recipes/shapes-t2i.toml), 2 threads
+#   bash bench/shapes_binding.sh pilots2  # runs/q23/{R1,R2,S1,S2} (1,500 steps, two 1-thread jobs at a time) and
+#                                         # runs/q23/SL (10,000 steps, 2 threads), then their teacher-forced gaps
 #   bash bench/shapes_binding.sh score    # bench/results/shapes_{binding_*,t2i*}.json; needs the previous model:
 #       git show d7de58a:ldmctl/models/shapes-t2i.safetensors > runs/shapes-t2i-4k.safetensors
 # Every LDM uses the autoencoder inside the shipped model (the demo-ae.toml recipe, 2,000 steps).
@@ -24,6 +26,23 @@ case "${1:-}" in
     pilot C runs/q23-minilm.toml "${fast[@]}" &
     pilot D docs/recipes/shapes-crossattn.toml "${fast[@]}" --set model.diffusion.prediction=v &
     wait ;;
+  pilots2)  # 2026-12-07: a pooled text embedding beside cross-attention (R), a causal text encoder (S)
+    mkdir -p runs/q23
+    python - <<'PY'
+src = open("docs/recipes/shapes-t2i.toml").read()
+enc = src[src.index("[model.conditioners.options]") : src.index("[model.unet]")]
+add = '[[model.conditioners]]\nname = "add"\ndropout = 0.1\n' + enc
+open("runs/q23/R.toml", "w").write(src.replace("[model.unet]", add + "[model.unet]", 1))
+open("runs/q23/S.toml", "w").write(src.replace("max_length = 16\n", "max_length = 16\ncausal = true\n", 1))
+PY
+    long=(--max-steps 1500 --set train.save_every=500 --set train.keep_last=3)
+    pos=(--set model.unet.position_embedding=true)
+    pilot R1 runs/q23/R.toml "${long[@]}" & pilot R2 runs/q23/R.toml "${long[@]}" "${pos[@]}" & wait
+    pilot S1 runs/q23/S.toml "${long[@]}" "${pos[@]}" & pilot S2 runs/q23/S.toml "${long[@]}" & wait
+    OMP_NUM_THREADS=2 ldmctl train-ldm --preset small --config runs/q23/S.toml --ae $AE --out-dir runs/q23/SL \
+      --max-steps 10000 --set train.save_every=2000 --set train.keep_last=5 "${pos[@]}"
+    python bench/shapes_diagnose.py $AE runs/q23/{C,D,V,X,P,Q1,Q2,R1,R2,S1,S2}/ldm.safetensors \
+      runs/q23/SL/checkpoints/step_00*.safetensors --gap-only ;;
   ship)
     OMP_NUM_THREADS=2 ldmctl train-ldm --preset small --config docs/recipes/shapes-t2i.toml --ae $AE \
       --out-dir runs/shapes-t2i ;;

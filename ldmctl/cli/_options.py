@@ -145,6 +145,13 @@ EnsembleOpt = Annotated[
         "many times slower)."
     ),
 ]
+BackProjectOpt = Annotated[
+    int,
+    typer.Option(
+        help="Rounds of iterative back-projection on the result (0: off): correct it until, downscaled, it "
+        "gives back the input."
+    ),
+]
 SR_TILE_HELP = (
     "Tile side in pixels of the upscaled image, a multiple of f x the UNet's downsampling (default: 64 latent "
     "cells, 128 px for the built-in model). Memory grows with its square."

@@ -12,6 +12,7 @@ import typer
 
 from ldmctl.cli._console import step_progress
 from ldmctl.cli._options import (
+    BackProjectOpt,
     DetailTransferOpt,
     DeviceOpt,
     EnsembleOpt,
@@ -90,6 +91,7 @@ def command(
     strength: StrengthOpt = 1.0,
     detail_transfer: DetailTransferOpt = True,
     ensemble: EnsembleOpt = 1,
+    back_project: BackProjectOpt = 4,
     tile: SRTilePxOpt = None,
     overlap: SROverlapPxOpt = None,
     metrics: ReconstructionMetricsOpt = None,
@@ -113,7 +115,7 @@ def command(
     images = load_eval_images(data, size=size, limit=limit, multiple=s, skipped=skipped)
     perceptual = optional_lpips(lpips_weights, chosen, dev)
     options = {"sampler": sampler, "steps": steps, "seed": seed, "strength": strength, "precision": precision}
-    options |= {"detail_transfer": detail_transfer, "ensemble": ensemble}
+    options |= {"detail_transfer": detail_transfer, "ensemble": ensemble, "back_project": back_project}
     with step_progress(len(images), description=f"eval-sr x{s}") as (progress, task):
         restore = _restorer(ldm, s, lambda: progress.advance(task), **options, **cells)
         report = evaluate_reconstructions(

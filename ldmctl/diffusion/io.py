@@ -21,7 +21,9 @@ weights not asked for (the raw UNet when sampling with EMA) are never read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,10 @@ from ldmctl.config import AutoencoderConfig, LDMConfig, from_dict, to_dict
 from ldmctl.device import lower_weights, resolve_device
 from ldmctl.diffusion.ldm import LatentDiffusion, latent_spec
 from ldmctl.errors import CheckpointError, ConfigError
+from ldmctl.text.encoders import legacy_keep_tokens
 from ldmctl.unet import UNet
+
+log = logging.getLogger(__name__)
 
 PREFIXES = ("unet", "ema", "ae", "cond", "ema_cond")
 
@@ -104,7 +109,7 @@ def load_ldm(
     if weights not in ("ema", "raw"):
         raise ConfigError(f"--weights {weights!r}: choose ema or raw")
     with open_checkpoint(path, expect_kind="ldm") as ckpt:
-        cfg, ae_cfg = _configs(ckpt)
+        cfg, ae_cfg = stored_configs(ckpt)
         where = str(ckpt.path)
         groups = _prefix_counts(ckpt.tensors, where)
         if weights == "raw" and not groups["unet"] and groups["ema"]:
@@ -127,11 +132,34 @@ def load_ldm(
     return model if device is None else model.to(resolve_device(device) if isinstance(device, str) else device)
 
 
-def _configs(ckpt: Checkpoint) -> tuple[LDMConfig, AutoencoderConfig]:
+def stored_configs(ckpt: Checkpoint) -> tuple[LDMConfig, AutoencoderConfig]:
+    """The model and autoencoder configs a checkpoint stores, as this version builds them."""
     try:
-        return from_dict(LDMConfig, ckpt.config["ldm"]), from_dict(AutoencoderConfig, ckpt.config["autoencoder"])
+        cfg, ae_cfg = from_dict(LDMConfig, ckpt.config["ldm"]), from_dict(AutoencoderConfig, ckpt.config["autoencoder"])
     except (ConfigError, KeyError, TypeError) as err:
         raise CheckpointError(f"{str(ckpt.path)!r}: stored config is invalid: {err}") from None
+    return _legacy_vocab(cfg, ckpt), ae_cfg
+
+
+def _legacy_vocab(cfg: LDMConfig, ckpt: Checkpoint) -> LDMConfig:
+    """Text encoders trained on a vocab.txt with the five-row vocabulary of transformers 5
+    (:func:`~ldmctl.text.encoders.legacy_keep_tokens`) load as they were trained, with a warning."""
+    specs = list(cfg.conditioners)
+    for i, spec in enumerate(specs):
+        key = f"cond.items.{i}.text.model.tokens.weight"
+        vocab, shape = spec.options.get("vocab"), getattr(ckpt.tensors, "shape", lambda k: ckpt.tensors[k].shape)
+        if not vocab or spec.options.get("keep_tokens") or key not in ckpt.tensors:
+            continue
+        keep = legacy_keep_tokens(vocab, shape(key)[0])
+        if keep is not None:
+            log.warning(
+                "%s: its text encoder was trained when ldmctl read %s as five special tokens (every word "
+                "[UNK], a transformers 5 change); it reads prompts that way still: retrain it for words",
+                ckpt.path,
+                vocab,
+            )
+            specs[i] = replace(spec, options={**spec.options, "keep_tokens": list(keep)})
+    return replace(cfg, conditioners=tuple(specs))
 
 
 def _prefix_counts(tensors: Mapping[str, Tensor], where: str) -> dict[str, int]:
@@ -156,4 +184,4 @@ def split_tensors(tensors: Mapping[str, Tensor], where: str) -> dict[str, dict[s
     return parts
 
 
-__all__ = ["PREFIXES", "load_ldm", "save_ldm", "split_tensors", "write_ldm"]
+__all__ = ["PREFIXES", "load_ldm", "save_ldm", "split_tensors", "stored_configs", "write_ldm"]

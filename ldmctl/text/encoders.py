@@ -19,6 +19,7 @@ with such words get a warning naming them. A model trained on a closed caption l
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 from pathlib import Path
 
@@ -56,10 +57,43 @@ def load_tokenizer(source: str | Path):
     p = Path(source)
     try:
         if p.is_file():
-            return BertTokenizerFast(vocab_file=str(p), do_lower_case=True)
+            return _vocab_tokenizer(BertTokenizerFast, p)
         return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, UnicodeDecodeError) as err:
         raise WeightsError(f"cannot load a tokenizer from {str(p)!r}: {err}") from None
+
+
+def _vocab_tokenizer(cls, path: Path):
+    """A WordPiece tokenizer over the words of ``path`` (one per line). transformers 5 reads the
+    vocabulary from ``vocab`` (a dict) and silently ignores the ``vocab_file`` of transformers 4,
+    which would leave only the special tokens: every word [UNK]. Both are handled, and checked."""
+    words = path.read_text(encoding="utf-8").splitlines()
+    vocab = {w: i for i, w in enumerate(words) if w.strip()}
+    if "vocab" in inspect.signature(cls.__init__).parameters:
+        tokenizer = cls(vocab=vocab, do_lower_case=True)
+    else:  # transformers 4
+        tokenizer = cls(vocab_file=str(path), do_lower_case=True)
+    if len(tokenizer.get_vocab()) < len(vocab):
+        raise ValueError(f"the tokenizer kept {len(tokenizer.get_vocab())} of the {len(vocab)} words")
+    return tokenizer
+
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # in the order of the ids transformers 5 gives them
+
+
+def legacy_keep_tokens(vocab: str, rows: int) -> tuple[int, ...] | None:
+    """For a checkpoint trained on ``vocab`` (a vocab.txt) under transformers 5 before ldmctl read
+    such files correctly: the tokenizer then knew only its five special tokens (ids 0-4, every
+    word [UNK]), so the encoder has five embedding rows. The ``keep_tokens`` that map those rows
+    to the special tokens' ids in the file, so the model reads prompts exactly as it was trained
+    (words fall on the [UNK] row, with the usual warning); None when ``rows`` is not that case."""
+    path = Path(vocab)
+    if rows != len(SPECIAL_TOKENS) or not path.is_file():
+        return None
+    ids = {w: i for i, w in enumerate(path.read_text(encoding="utf-8").splitlines()) if w.strip()}
+    if len(ids) <= rows or not all(t in ids for t in SPECIAL_TOKENS):
+        return None
+    return tuple(ids[t] for t in SPECIAL_TOKENS)
 
 
 class TextTransformer(nn.Module):
@@ -74,8 +108,10 @@ class TextTransformer(nn.Module):
         max_length: int,
         keep_tokens: tuple[int, ...] = (),
         unk_id: int = 0,
+        causal: bool = False,
     ) -> None:
         super().__init__()
+        self.causal = causal
         self.tokens = nn.Embedding(len(keep_tokens) or vocab_size, width)
         if keep_tokens:  # id -> row; ids without a row read the [UNK] row
             if unk_id not in keep_tokens:
@@ -96,7 +132,9 @@ class TextTransformer(nn.Module):
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         h = self.tokens(ids if self.row is None else self.row[ids]) + self.positions[: ids.shape[1]]
-        return self.norm(self.blocks(h, src_key_padding_mask=~mask))
+        n = ids.shape[1]
+        future = torch.ones(n, n, dtype=torch.bool, device=ids.device).triu(1) if self.causal else None
+        return self.norm(self.blocks(h, mask=future, src_key_padding_mask=~mask))
 
 
 class TextEncoder(nn.Module):
@@ -112,17 +150,25 @@ class TextEncoder(nn.Module):
         heads: int = 4,
         vocab: str = "",
         keep_tokens: tuple[int, ...] = (),
+        causal: bool = False,
     ) -> None:
         super().__init__()
         self.kind, self.max_length, self.keep_tokens = encoder, max_length, frozenset(keep_tokens)
         if encoder == "bert":
             self.tokenizer = load_tokenizer(vocab or minilm_dir())
             self.model: nn.Module = TextTransformer(
-                len(self.tokenizer), width, depth, heads, max_length, tuple(keep_tokens), self.tokenizer.unk_token_id
+                len(self.tokenizer),
+                width,
+                depth,
+                heads,
+                max_length,
+                tuple(keep_tokens),
+                self.tokenizer.unk_token_id,
+                causal,
             )
             self.width, self.frozen = width, False
-        elif keep_tokens:
-            raise WeightsError("keep_tokens (a pruned vocabulary) exists for the bert encoder only")
+        elif keep_tokens or causal:
+            raise WeightsError("keep_tokens (a pruned vocabulary) and causal exist for the bert encoder only")
         else:
             from transformers import AutoModel
 

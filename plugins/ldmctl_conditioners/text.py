@@ -41,6 +41,7 @@ class TextConfig:
     heads: int = 4  # bert only: attention heads
     vocab: str = ""  # a vocab.txt for the WordPiece tokenizer ("" = the MiniLM package's)
     keep_tokens: tuple[int, ...] = ()  # bert only: ids that have an embedding row (ldmctl export --prune-vocab)
+    causal: bool = False  # bert only: each token attends to itself and the tokens before it (as CLIP's encoder)
 
 
 class _Text(Conditioner):
@@ -57,6 +58,7 @@ class _Text(Conditioner):
             heads=config.heads,
             vocab=config.vocab,
             keep_tokens=config.keep_tokens,
+            causal=config.causal,
         )
 
     @property

@@ -62,6 +62,48 @@ def test_tokens_add_a_separator_and_a_type_embedding(vocab):
     torch.testing.assert_close(out.value[0, -1], c.separator)
 
 
+def test_causal_encoder_tokens_see_only_what_comes_before_them(vocab):
+    """causal = true: a token's features do not depend on later words (a relation word changes
+    only itself and what follows); the default encoder mixes in both directions."""
+    a, b = "a red circle to the left of a blue square", "a red circle to the right of a blue square"
+    for causal in (True, False):
+        torch.manual_seed(0)
+        enc = TextEncoder("bert", max_length=16, width=16, depth=2, heads=2, vocab=vocab, causal=causal)
+        (ha, ma), (hb, _) = enc([a]), enc([b])
+        changed = (ha - hb).abs().amax(-1)[0, : int(ma.sum())] > 1e-6
+        first = 6  # [CLS] a red circle to the | left
+        assert bool(changed[first:].all())
+        assert bool(changed[:first].any()) is not causal
+    with pytest.raises(WeightsError, match="causal"):
+        TextEncoder("minilm", causal=True)
+
+
+def test_a_vocab_file_is_read_word_by_word(vocab):
+    """transformers 5 ignores vocab_file: the words must still reach the tokenizer."""
+    enc = TextEncoder("bert", max_length=16, width=16, depth=1, heads=2, vocab=vocab)
+    ids = enc.tokenizer("a red circle to the left of a blue square")["input_ids"]
+    assert enc.tokenizer.unk_token_id not in ids and len(enc.tokenizer.get_vocab()) == 5 + len(WORDS)
+
+
+def test_checkpoints_of_the_five_row_tokenizer_load_as_trained(monkeypatch, caplog):
+    """A text model trained when a vocab.txt gave five special tokens only (the pre-refactor
+    fixture) loads with keep_tokens pointing at them, and says so."""
+    from pathlib import Path
+
+    from ldmctl.diffusion.io import load_ldm
+    from ldmctl.text.encoders import legacy_keep_tokens
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)  # the fixture names its vocab.txt by its path from the root
+    vocab_file = "tests/fixtures/pre-refactor/vocab.txt"
+    assert legacy_keep_tokens(vocab_file, 5) == (0, 1, 2, 3, 4)
+    assert legacy_keep_tokens(vocab_file, 22) is None
+    with caplog.at_level(logging.WARNING):
+        model = load_ldm(root / "tests/fixtures/pre-refactor/crossattn.safetensors")
+    assert model.config.conditioners[0].options["keep_tokens"] == [0, 1, 2, 3, 4]
+    assert "retrain" in caplog.text
+
+
 def test_long_prompts_are_truncated_with_a_warning(vocab, caplog):
     enc = TextEncoder("bert", max_length=6, width=16, depth=1, heads=2, vocab=vocab)
     with caplog.at_level(logging.WARNING):

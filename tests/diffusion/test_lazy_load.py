@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from ldmctl.autoencoder import build_autoencoder
 from ldmctl.checkpoint import LazyTensors, empty_module, load_state, read_checkpoint
 from ldmctl.conditioning.compose import ConditionerSet
-from ldmctl.config import AutoencoderConfig, ConditionerSpec, LDMConfig, UNetConfig, from_dict, preset
-from ldmctl.diffusion.io import load_ldm, save_ldm, split_tensors, write_ldm
+from ldmctl.config import ConditionerSpec, LDMConfig, UNetConfig, preset
+from ldmctl.diffusion.io import load_ldm, save_ldm, split_tensors, stored_configs, write_ldm
 from ldmctl.diffusion.ldm import LatentDiffusion, latent_spec
 from ldmctl.errors import CheckpointError
 from ldmctl.unet import UNet
@@ -34,8 +34,8 @@ UNET = UNetConfig(
 def old_load(path: Path, weights: str = "ema") -> LatentDiffusion:
     """The loading path before the lazy one (the oracle): read everything, build, load_state_dict."""
     ckpt = read_checkpoint(path, expect_kind="ldm")
-    cfg = from_dict(LDMConfig, ckpt.config["ldm"])
-    ae = build_autoencoder(from_dict(AutoencoderConfig, ckpt.config["autoencoder"]))
+    cfg, ae_cfg = stored_configs(ckpt)  # the configs as this version reads them; the loading is the oracle's
+    ae = build_autoencoder(ae_cfg)
     parts = split_tensors(ckpt.tensors, str(path))
     load_state(ae, parts["ae"], "ae")
     unet = UNet(cfg.unet)
