@@ -2,11 +2,11 @@
 # Issue 23, text binding on builtin:shapes: the 1,000-step pilots, the shipped model's run and
 # their scores (docs/conditioning-comparison.md "Binding"). Usage (venv active, from the repo root):
 #   bash bench/shapes_binding.sh pilots   # runs/q23/{A,B,C,D}, four 1-thread jobs side by side
-#   bash bench/shapes_binding.sh ship     # runs/shapes-t2i (docs/recipes/shapes-t2i.toml), 2 threads
+#   bash bench/shapes_binding.sh ship     # runs/shapes-t2i (docs/recipes/shapes-t2i.toml), 2 threads (= run SL of pilots2)
 #   bash bench/shapes_binding.sh pilots2  # runs/q23/{R1,R2,S1,S2} (1,500 steps, two 1-thread jobs at a time) and
 #                                         # runs/q23/SL (10,000 steps, 2 threads), then their teacher-forced gaps
-#   bash bench/shapes_binding.sh score    # bench/results/shapes_{binding_*,t2i*}.json; needs the previous model:
-#       git show d7de58a:ldmctl/models/shapes-t2i.safetensors > runs/shapes-t2i-4k.safetensors
+#   bash bench/shapes_binding.sh score    # bench/results/shapes_{binding_*,t2i*}.json (see the case for the
+#                                         # previous model it needs). The 14,000-step model's run is in git history
 # Every LDM uses the autoencoder inside the shipped model (the demo-ae.toml recipe, 2,000 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,11 +46,13 @@ PY
   ship)
     OMP_NUM_THREADS=2 ldmctl train-ldm --preset small --config docs/recipes/shapes-t2i.toml --ae $AE \
       --out-dir runs/shapes-t2i ;;
-  score)
+  score)  # the shipped model against the previous one (14,000 steps, taken from git first:
+           # git show 058d406:ldmctl/models/shapes-t2i.safetensors > runs/shapes-t2i-14k.safetensors)
     python bench/shapes_score.py runs/q23/{A,B,C,D}/ldm.safetensors --n 300 --out bench/results/shapes_binding_pilots.json
-    python bench/shapes_score.py runs/shapes-t2i/checkpoints/step_00{02,04,06,08,10,12}000.safetensors \
+    python bench/shapes_score.py runs/q23/{P,R1,R2,S1,S2}/ldm.safetensors --n 300 --out bench/results/shapes_binding_pilots2.json
+    python bench/shapes_score.py runs/shapes-t2i/checkpoints/step_00{02,04,06,08}000.safetensors \
       runs/shapes-t2i/ldm.safetensors --n 300 --out bench/results/shapes_binding_curve.json
-    python bench/shapes_score.py $AE --n 500 --out bench/results/shapes_t2i.json
-    python bench/shapes_score.py $AE runs/shapes-t2i-4k.safetensors --n 500 --prompt-seed 777 --out bench/results/shapes_t2i_seed777.json ;;
+    python bench/shapes_score.py $AE runs/shapes-t2i-14k.safetensors --n 500 --out bench/results/shapes_t2i.json
+    python bench/shapes_score.py $AE runs/shapes-t2i-14k.safetensors --n 500 --prompt-seed 777 --out bench/results/shapes_t2i_seed777.json ;;
   *) echo "usage: bash bench/shapes_binding.sh pilots|ship|score" >&2; exit 2 ;;
 esac
