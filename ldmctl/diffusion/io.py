@@ -144,13 +144,14 @@ def stored_configs(ckpt: Checkpoint) -> tuple[LDMConfig, AutoencoderConfig]:
 def _legacy_vocab(cfg: LDMConfig, ckpt: Checkpoint) -> LDMConfig:
     """Text encoders trained on a vocab.txt with the five-row vocabulary of transformers 5
     (:func:`~ldmctl.text.encoders.legacy_keep_tokens`) load as they were trained, with a warning."""
-    specs = list(cfg.conditioners)
+    specs, tensors = list(cfg.conditioners), ckpt.tensors
+    shape = getattr(tensors, "shape", lambda k: tuple(tensors[k].shape))  # LazyTensors reads the header only
     for i, spec in enumerate(specs):
-        key = f"cond.items.{i}.text.model.tokens.weight"
-        vocab, shape = spec.options.get("vocab"), getattr(ckpt.tensors, "shape", lambda k: ckpt.tensors[k].shape)
-        if not vocab or spec.options.get("keep_tokens") or key not in ckpt.tensors:
+        keys = [k for k in (f"{p}items.{i}.text.model.tokens.weight" for p in ("cond.", "ema_cond.")) if k in tensors]
+        vocab = spec.options.get("vocab")
+        if not vocab or spec.options.get("keep_tokens") or not keys:
             continue
-        keep = legacy_keep_tokens(vocab, shape(key)[0])
+        keep = legacy_keep_tokens(vocab, shape(keys[0])[0])
         if keep is not None:
             log.warning(
                 "%s: its text encoder was trained when ldmctl read %s as five special tokens (every word "
