@@ -214,7 +214,7 @@ def command(
     images = [open_image(p) for p in files]  # every input is checked before the long part starts
     options = {"sampler": sampler, "steps": steps, "eta": eta, "seed": seed, "tile": tile, "overlap": overlap}
     options |= {"strength": strength, "detail_transfer": detail_transfer, "ensemble": ensemble, "precision": precision}
-    options["back_project"] = back_project
+    options |= {"back_project": back_project}
     with step_progress(len(files), description=f"superres x{scale}") as (progress, task):
         for i, (img, target) in enumerate(zip(images, targets, strict=True)):
             _save(_upscale_image(ldm, img, tile_progress(progress, task, i), options), target)

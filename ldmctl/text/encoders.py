@@ -63,12 +63,16 @@ def load_tokenizer(source: str | Path):
         raise WeightsError(f"cannot load a tokenizer from {str(p)!r}: {err}") from None
 
 
+def _read_vocab(path: Path) -> dict[str, int]:
+    """A vocab.txt as {word: id}: one word per line, the line number its id; blank lines skipped."""
+    return {w: i for i, w in enumerate(path.read_text(encoding="utf-8").splitlines()) if w.strip()}
+
+
 def _vocab_tokenizer(cls, path: Path):
     """A WordPiece tokenizer over the words of ``path`` (one per line). transformers 5 reads the
     vocabulary from ``vocab`` (a dict) and silently ignores the ``vocab_file`` of transformers 4,
     which would leave only the special tokens: every word [UNK]. Both are handled, and checked."""
-    words = path.read_text(encoding="utf-8").splitlines()
-    vocab = {w: i for i, w in enumerate(words) if w.strip()}
+    vocab = _read_vocab(path)
     if "vocab" in inspect.signature(cls.__init__).parameters:
         tokenizer = cls(vocab=vocab, do_lower_case=True)
     else:  # transformers 4
@@ -90,7 +94,7 @@ def legacy_keep_tokens(vocab: str, rows: int) -> tuple[int, ...] | None:
     path = Path(vocab)
     if rows != len(SPECIAL_TOKENS) or not path.is_file():
         return None
-    ids = {w: i for i, w in enumerate(path.read_text(encoding="utf-8").splitlines()) if w.strip()}
+    ids = _read_vocab(path)
     if len(ids) <= rows or not all(t in ids for t in SPECIAL_TOKENS):
         return None
     return tuple(ids[t] for t in SPECIAL_TOKENS)
