@@ -5,6 +5,7 @@
 #   bash bench/shapes_binding.sh ship     # runs/shapes-t2i (docs/recipes/shapes-t2i.toml), 2 threads (= run SL of pilots2)
 #   bash bench/shapes_binding.sh pilots2  # runs/q23/{R1,R2,S1,S2} (1,500 steps, two 1-thread jobs at a time) and
 #                                         # runs/q23/SL (10,000 steps, 2 threads), then their teacher-forced gaps
+#   bash bench/shapes_binding.sh pilots3  # runs/q23/{T900,B2,SB,C1,CF}: the timestep band and a hard-negative contrast
 #   bash bench/shapes_binding.sh score    # bench/results/shapes_{binding_*,t2i*}.json (see the case for the
 #                                         # previous model it needs). The 14,000-step model's run is in git history
 # Every LDM uses the autoencoder inside the shipped model (the demo-ae.toml recipe, 2,000 steps).
@@ -54,5 +55,35 @@ PY
       runs/shapes-t2i/ldm.safetensors --n 300 --out bench/results/shapes_binding_curve.json
     python bench/shapes_score.py $AE runs/shapes-t2i-14k.safetensors --n 500 --out bench/results/shapes_t2i.json
     python bench/shapes_score.py $AE runs/shapes-t2i-14k.safetensors --n 500 --prompt-seed 777 --out bench/results/shapes_t2i_seed777.json ;;
-  *) echo "usage: bash bench/shapes_binding.sh pilots|ship|score" >&2; exit 2 ;;
+  pilots3)  # 2026-12-07 (later): where in the chain the relation is learnt. T900: only t >= 900 (cannot
+            # sample); B2: the shipped model fine-tuned with half of each batch at t >= 750, plain v loss
+            # (--init takes the run's loss settings: no min-SNR);
+            # SB: the shipped recipe from scratch with the same bias; C1: the shipped recipe from scratch
+            # plus the hard-negative contrast ([contrast]); CF: the shipped model fine-tuned with it.
+            # 1,500 steps, one thread each (C1 was stopped after its step-1,000 checkpoint). T900, B2 and
+            # C1, CF were run with an earlier script form of the same options (same losses, other draws).
+            # CF2 continues CF to 3,500 steps on two threads (its config, with the contrast, is stored).
+    mkdir -p runs/q23
+    t2i=(--preset small --config docs/recipes/shapes-t2i.toml --ae $AE --max-steps 1500
+         --set train.save_every=500 --set train.keep_last=3)
+    OMP_NUM_THREADS=1 ldmctl train-ldm "${t2i[@]}" --out-dir runs/q23/T900 \
+      --set model.diffusion.timestep_bias_portion=1 --set model.diffusion.timestep_bias_begin=900 &
+    OMP_NUM_THREADS=1 ldmctl train-ldm --init $AE --data builtin:shapes --size 32 --out-dir runs/q23/B2 \
+      --max-steps 1500 --lr 3e-4 --batch-size 32 --set train.warmup_steps=100 --set train.save_every=500 \
+      --set train.keep_last=3 --set train.sample_every=100000 --set model.diffusion.timestep_bias_portion=0.5 &
+    wait
+    OMP_NUM_THREADS=1 ldmctl train-ldm "${t2i[@]}" --out-dir runs/q23/SB \
+      --set model.diffusion.timestep_bias_portion=0.5 --set model.diffusion.min_snr_gamma=0 &
+    con=(--set contrast.weight=1 --set contrast.margin=0.01 --set 'contrast.swaps=["left:right","above:below"]')
+    OMP_NUM_THREADS=1 ldmctl train-ldm "${t2i[@]}" --out-dir runs/q23/C1 "${con[@]}" &
+    wait
+    OMP_NUM_THREADS=1 ldmctl train-ldm --init $AE --data builtin:shapes --size 32 --out-dir runs/q23/CF \
+      --max-steps 1500 --lr 3e-4 --batch-size 32 --set train.warmup_steps=100 --set train.save_every=500 \
+      --set train.keep_last=3 --set train.sample_every=100000 --set model.diffusion.min_snr_gamma=5 "${con[@]}"
+    cp runs/q23/CF/ldm.safetensors runs/q23/CF-1500.safetensors
+    OMP_NUM_THREADS=2 ldmctl train-ldm --out-dir runs/q23/CF --resume --max-steps 3500
+    python bench/shapes_diagnose.py $AE runs/q23/{T900,B2,SB,C1,CF}/checkpoints/step_00*.safetensors \
+      runs/q23/{T900,B2,SB,CF}/ldm.safetensors --gap-only --unweighted --bands 0,500,750,900,950,1000
+    python bench/shapes_score.py runs/q23/{SB,CF}/ldm.safetensors runs/q23/C1/checkpoints/step_0001000.safetensors --n 300 --out bench/results/shapes_binding_pilots3.json ;;
+  *) echo "usage: bash bench/shapes_binding.sh pilots|pilots2|pilots3|ship|score" >&2; exit 2 ;;
 esac

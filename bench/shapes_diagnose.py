@@ -30,6 +30,7 @@ bench/shapes_score.py); samples as there (DPM-Solver++, 20 steps, seed 0).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -40,6 +41,7 @@ from ldmctl.config import DataConfig
 from ldmctl.data.images import pil_to_tensor
 from ldmctl.data.shapes import COLOURS, RELATIONS, SHAPE_NAMES, ShapesDataset, shapes_image
 from ldmctl.diffusion.io import load_ldm
+from ldmctl.diffusion.objective import Objective
 from ldmctl.eval.shapes_check import check, find_objects, parse_caption, score
 
 try:  # run as a script (python bench/shapes_diagnose.py) or imported with bench/ on the path
@@ -105,9 +107,13 @@ OPPOSITE = {
 }
 
 
-def relation_gap(model, *, n: int = 256, seed: int = 999) -> dict[str, dict[str, float]]:
-    """Per quarter of T: the loss with the true caption, and how much higher it is with the
-    relation word replaced by its opposite, and (the control) with the first colour replaced."""
+def relation_gap(
+    model, *, n: int = 256, seed: int = 999, bands: tuple[int, ...] = (), unweighted: bool = False
+) -> dict[str, dict[str, float]]:
+    """Per quarter of T (or per band between the timesteps ``bands``): the loss with the true
+    caption, and how much higher it is with the relation word replaced by its opposite, and (the
+    control) with the first colour replaced. ``unweighted``: plain squared error of the model's
+    target, without the min-SNR weights (which make the high-noise bands nearly vanish)."""
     images, captions, i = [], {"own": [], "relation": [], "colour": []}, 0
     while len(images) < n:
         img, caption, objects = shapes_image(seed, 0, i, 32)
@@ -124,14 +130,18 @@ def relation_gap(model, *, n: int = 256, seed: int = 999) -> dict[str, dict[str,
         model.schedule.num_timesteps,
         {},
     )
-    for q in range(4):
-        t = torch.randint(q * steps // 4, (q + 1) * steps // 4, (n,), generator=g)
+    objective = model.objective
+    if unweighted:
+        objective = Objective(dataclasses.replace(objective.cfg, min_snr_gamma=0.0, vlb_weight=0.0), objective.schedule)
+    edges = list(bands) or [q * steps // 4 for q in range(5)]
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        t = torch.randint(lo, hi, (n,), generator=g)
         noise = torch.randn(z0.shape, generator=g)
         loss = {}
         for name, caps in captions.items():
             cond = model.cond({"caption": caps})
-            loss[name] = model.objective(lambda z_t, tt, c=cond: model.unet(z_t, tt, c), z0, t=t, noise=noise)[0].item()
-        out[f"t {q * steps // 4}-{(q + 1) * steps // 4 - 1}"] = {
+            loss[name] = objective(lambda z_t, tt, c=cond: model.unet(z_t, tt, c), z0, t=t, noise=noise)[0].item()
+        out[f"t {lo}-{hi - 1}"] = {
             "loss": round(loss["own"], 6),
             "relation_gap": round(loss["relation"] - loss["own"], 6),
             "colour_gap": round(loss["colour"] - loss["own"], 6),
@@ -149,12 +159,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--probe-only", action="store_true", help="only the relation probe and gap (several CKPTs allowed)")
     ap.add_argument("--gap-only", action="store_true", help="only the teacher-forced gaps (several CKPTs allowed)")
+    ap.add_argument(
+        "--bands", default="", help="timestep band edges of the gaps, e.g. 0,500,900,1000 (default quarters)"
+    )
+    ap.add_argument("--unweighted", action="store_true", help="gaps of the plain error, without min-SNR weights")
     args, more = ap.parse_known_args()
     if args.probe_only or args.gap_only:
         for ckpt in [args.ckpt, *map(Path, more)]:
             with torch.no_grad():
                 model = load_ldm(ckpt).eval()
-                gap = relation_gap(model)
+                bands = tuple(int(b) for b in args.bands.split(",") if b)
+                gap = relation_gap(model, bands=bands, unweighted=args.unweighted)
                 if args.probe_only:
                     probe = relation_probe(model, guidance=args.guidance)
                     print(ckpt, json.dumps({k: v["mean_offset_px"] for k, v in probe.items()}), flush=True)

@@ -1,7 +1,7 @@
 """Score text-conditional LDMs on builtin:shapes prompts with the automatic shapes checker.
 
     python bench/shapes_score.py CKPT [CKPT ...] [--n 200] [--guidance 3] [--steps 20] [--out scores.json]
-                                 [--grid-dir docs/images]
+                                 [--grid-dir docs/images] [--swap-negative]
 
 Prompts are the captions of ``--n`` builtin:shapes items generated with ``--prompt-seed`` (not the
 training stream's seed); each prompt gets one DPM-Solver++ sample (seed ``--seed``). The checker
@@ -28,14 +28,26 @@ from ldmctl.eval.shapes_check import parse_caption, score
 from ldmctl.samplers import dpmpp
 from ldmctl.samplers.guidance import cfg_model_fn
 
+SWAP = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
-def generate(model, prompts: list[str], *, guidance: float, steps: int, seed: int, batch: int = 100) -> torch.Tensor:
+
+def swap_relation(caption: str) -> str:
+    """The caption with its relation word replaced by the opposite one (unchanged without one)."""
+    return " ".join(SWAP.get(w, w) for w in caption.split(" "))
+
+
+def generate(
+    model, prompts: list[str], *, guidance: float, steps: int, seed: int, batch: int = 100, swap_negative: bool = False
+) -> torch.Tensor:
+    """One DPM-Solver++ sample per prompt; ``swap_negative``: the negative prompt of each is itself
+    with the opposite relation word (guidance then pushes away from the mirrored layout)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
         cond = model.cond({"caption": chunk})
-        fn = cfg_model_fn(model.unet, cond, model.conditioners.null(len(chunk), like=cond), guidance)
+        negative = {"caption": [swap_relation(p) for p in chunk]} if swap_negative else None
+        fn = cfg_model_fn(model.unet, cond, model.conditioners.null(len(chunk), like=cond, negative=negative), guidance)
         out.append(model.decode(model.sample_latents(dpmpp, len(chunk), steps=steps, generator=g, model_fn=fn)))
     return torch.cat(out)
 
@@ -50,6 +62,9 @@ def main() -> None:
     ap.add_argument("--prompt-seed", type=int, default=12345)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--grid-dir", type=Path)
+    ap.add_argument(
+        "--swap-negative", action="store_true", help="negative prompt: the prompt with the opposite relation"
+    )
     args = ap.parse_args()
     ds = ShapesDataset(DataConfig(source="builtin:shapes", size=32), seed=args.prompt_seed, length=args.n)
     prompts = [ds[i]["caption"] for i in range(args.n)]
@@ -59,7 +74,9 @@ def main() -> None:
         model = load_ldm(ckpt)
         name = "+".join(s.name for s in model.config.conditioners)
         started = time.time()
-        images = generate(model, prompts, guidance=args.guidance, steps=args.steps, seed=args.seed)
+        images = generate(
+            model, prompts, guidance=args.guidance, steps=args.steps, seed=args.seed, swap_negative=args.swap_negative
+        )
         res = {
             "checkpoint": str(ckpt),
             "conditioner": name,
@@ -82,6 +99,7 @@ def main() -> None:
         "steps": args.steps,
         "n": args.n,
         "prompt_seed": args.prompt_seed,
+        "swap_negative": args.swap_negative,
         "grid_prompts": two,
         "results": results,
     }

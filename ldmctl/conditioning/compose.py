@@ -91,14 +91,17 @@ class ConditionerSet(nn.Module):
         generator: torch.Generator | None = None,
         train_dropout: bool = False,
         shard: tuple[int, int] = (0, 1),
+        keep: Tensor | None = None,
     ) -> Cond:
         """Encode a batch; with ``train_dropout`` apply each spec's per-sample null dropout (drawn
-        for ``world`` times the batch, rows ``rank::world`` kept, with ``shard = (rank, world)``)."""
+        for ``world`` times the batch, rows ``rank::world`` kept, with ``shard = (rank, world)``).
+        ``keep`` (bool, one per row) replaces those draws: the rows to keep, for every spec with dropout."""
         outs: dict[str, list[CondOutput]] = {k: [] for k in FIELD}
         for spec, c in zip(self.specs, self.items, strict=True):
             out = c(batch)
             if train_dropout and spec.dropout > 0:
-                out = _drop(out, c.null(out.value.shape[0], out.value.device), spec.dropout, generator, shard)
+                null = c.null(out.value.shape[0], out.value.device)
+                out = _drop(out, null, spec.dropout, generator, shard, keep=keep)
             outs[c.kind].append(out)
         return _join(outs)
 
@@ -121,10 +124,17 @@ class ConditionerSet(nn.Module):
 
 
 def _drop(
-    out: CondOutput, null: CondOutput, p: float, generator: torch.Generator | None, shard: tuple[int, int] = (0, 1)
+    out: CondOutput,
+    null: CondOutput,
+    p: float,
+    generator: torch.Generator | None,
+    shard: tuple[int, int] = (0, 1),
+    *,
+    keep: Tensor | None = None,
 ) -> CondOutput:
     b, (rank, world) = out.value.shape[0], shard
-    keep = (torch.rand(b * world, generator=generator) >= p)[rank::world]
+    if keep is None:
+        keep = (torch.rand(b * world, generator=generator) >= p)[rank::world]
     keep_v = keep.to(out.value.device).view(b, *([1] * (out.value.ndim - 1)))
     nv = null.value.to(out.value.dtype)
     if nv.shape != out.value.shape:

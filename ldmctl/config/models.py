@@ -102,6 +102,9 @@ class DiffusionConfig:
     vlb_weight: float = 0.0  # lambda of L_vlb (CompVis original_elbo_weight); 0 = L_simple only
     min_snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5
     offset_noise: float = 0.0  # > 0: add this much per-channel constant noise (offset noise)
+    timestep_bias_portion: float = 0.0  # > 0: this share of each batch draws t from the bias range, the rest all T
+    timestep_bias_begin: int = 750  # first timestep of the bias range (the high-noise steps decide the layout)
+    timestep_bias_end: int = 0  # end of the bias range, exclusive; 0 = T
 
 
 @dataclass(frozen=True)

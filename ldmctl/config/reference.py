@@ -17,6 +17,7 @@ from ldmctl.config.presets import LDM_PRESETS, PRESETS
 from ldmctl.config.training import (
     AELossConfig,
     AETrainConfig,
+    ContrastConfig,
     DataConfig,
     DegradationConfig,
     EMAConfig,
@@ -44,6 +45,7 @@ def reference_markdown() -> str:
             ("ema", EMAConfig),
             ("superres", DegradationConfig),
             ("inpaint", InpaintConfig),
+            ("contrast", ContrastConfig),
             ("", LDMTrainingConfig),
         ],
     )

@@ -151,6 +151,16 @@ class InpaintConfig:
 
 
 @dataclass(frozen=True)
+class ContrastConfig:
+    """A hard-negative caption contrast beside the denoising loss (ldmctl/diffusion/contrast.py)."""
+
+    weight: float = 0.0  # > 0: add weight * mean(relu(margin - (error under the negative - error under the caption)))
+    margin: float = 0.01  # how much higher the plain squared error must be under the negative caption
+    swaps: tuple[str, ...] = ()  # "a:b" word pairs exchanged to make a caption's negative, e.g. "left:right"
+    key: str = "caption"  # the batch key (text) whose words are swapped
+
+
+@dataclass(frozen=True)
 class AETrainingConfig:
     """Everything `ldmctl train-ae` needs; stored beside the weights for --resume."""
 
@@ -174,6 +184,8 @@ class LDMTrainingConfig:
     task: Literal["generate", "superres", "inpaint"] = "generate"  # superres: from low-res images; inpaint: fill masks
     superres: DegradationConfig = field(default_factory=DegradationConfig)  # low-res inputs (task = superres)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)  # random training masks (task = inpaint)
+    # hard-negative captions beside the denoising loss (ldmctl/diffusion/contrast.py; off while weight = 0)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
     # fine-tuning (train-ldm --init): the model, its autoencoder and conditioners come from this checkpoint
     init: str = ""  # an LDM checkpoint to start from ("" = from scratch)
     train_only: tuple[str, ...] = ()  # glob patterns of UNet parameter names to train (empty: all), e.g. "*attn2*"
@@ -183,6 +195,7 @@ class LDMTrainingConfig:
 __all__ = [
     "AELossConfig",
     "AETrainConfig",
+    "ContrastConfig",
     "AETrainingConfig",
     "DataConfig",
     "DegradationConfig",

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from ldmctl.conditioning.base import Cond, LatentSpec
 from ldmctl.conditioning.compose import ConditionerSet
-from ldmctl.config import LDMConfig
+from ldmctl.config import ContrastConfig, LDMConfig
+from ldmctl.diffusion.contrast import contrast_step
 from ldmctl.diffusion.objective import Objective
 from ldmctl.inpaint.task import InpaintTask
 from ldmctl.superres.task import SuperresTask
@@ -100,12 +101,14 @@ class LatentDiffusion(nn.Module):
         generator: torch.Generator | None = None,
         train_dropout: bool = False,
         shard: tuple[int, int] = (0, 1),
+        keep: Tensor | None = None,
     ) -> Cond | None:
-        """The UNet's conditioning for a batch (None for an unconditional model)."""
+        """The UNet's conditioning for a batch (None for an unconditional model); ``keep``: the
+        rows that survive the training dropout, instead of drawing them."""
         if not len(self.conditioners):
             return None
         return self.conditioners(
-            self.derived_inputs(batch), generator=generator, train_dropout=train_dropout, shard=shard
+            self.derived_inputs(batch), generator=generator, train_dropout=train_dropout, shard=shard, keep=keep
         )
 
     def derived_inputs(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -130,6 +133,7 @@ class LatentDiffusion(nn.Module):
         micro_batches: int = 1,
         backward: Callable[[Tensor], None] | None = None,
         amp: Callable[[], AbstractContextManager] = nullcontext,
+        contrast: ContrastConfig | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """The loss of one batch holding scaled latents ``z0`` and the conditioners' inputs.
 
@@ -149,7 +153,12 @@ class LatentDiffusion(nn.Module):
         all-reduces its gradients with the last chunk only), and the conditioners' graph is
         backpropagated once at the end. The gradients are the whole batch's, up to rounding.
         Then the returned loss is detached: the chunks' weighted sum; the logs are their mean.
+
+        ``contrast`` (weight > 0): :func:`ldmctl.diffusion.contrast.contrast_step` instead (one chunk).
         """
+        if contrast is not None and contrast.weight > 0:
+            kw = {"generator": generator, "net": net, "shard": shard, "backward": backward, "amp": amp}
+            return contrast_step(self, batch, contrast, micro_batches=micro_batches, **kw)
         batch = self.derived_inputs(batch)
         with amp():
             cond = self.cond(batch, generator=generator, train_dropout=True, shard=shard) or Cond()

@@ -16,6 +16,11 @@ all ones; the weights here are the derived ones.
 min-SNR-gamma (Hang et al. 2023) multiplies L_simple by min(SNR, gamma) / SNR for eps,
 min(SNR, gamma) for x0 and min(SNR, gamma) / (SNR + 1) for v. Offset noise adds
 ``offset * N(0, 1)`` constant over each channel's spatial extent to the training noise.
+
+Timestep bias (diffusers' ``timestep_bias_strategy="range"``): a share ``timestep_bias_portion``
+of each batch draws t uniformly from ``[timestep_bias_begin, timestep_bias_end)`` instead of all of
+T, so the high-noise steps, where a sample's layout is decided, get more of the training. Their
+loss is weighted as any other row's (note that min-SNR gives the high-noise rows almost no weight).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ldmctl.config import DiffusionConfig
+from ldmctl.errors import ConfigError
 from ldmctl.schedule import Schedule, extract
 
 
@@ -76,6 +82,16 @@ def sample_noise(
     return noise[rank::world].to(z0.device)
 
 
+def timestep_bias_range(cfg: DiffusionConfig, num_timesteps: int) -> tuple[int, int]:
+    """[begin, end) of the timestep bias (``end`` 0 means T); a ConfigError unless 0 <= begin < end <= T."""
+    begin, end = cfg.timestep_bias_begin, cfg.timestep_bias_end or num_timesteps
+    if cfg.timestep_bias_portion > 0 and not 0 <= begin < end <= num_timesteps:
+        raise ConfigError(
+            f"model.diffusion.timestep_bias_begin/end = {begin}/{end}: need 0 <= begin < end <= timesteps ({num_timesteps})"
+        )
+    return begin, end
+
+
 class Objective:
     """The loss of one training batch; holds the schedule and the precomputed VLB weights."""
 
@@ -83,6 +99,7 @@ class Objective:
         self.cfg = cfg
         self.schedule = schedule or schedule_from_config(cfg)
         self.lvlb = vlb_weights(self.schedule, cfg.prediction)
+        self.bias_range = timestep_bias_range(cfg, self.schedule.num_timesteps)
 
     def draw(
         self, z0: Tensor, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
@@ -90,9 +107,11 @@ class Objective:
         """The timesteps and noise of a batch (see :func:`sample_noise` for ``shard``)."""
         rank, world = shard
         gen_device = generator.device if generator is not None else z0.device
-        t = torch.randint(
-            0, self.schedule.num_timesteps, (z0.shape[0] * world,), generator=generator, device=gen_device
-        )
+        n = z0.shape[0] * world
+        t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=generator, device=gen_device)
+        if self.cfg.timestep_bias_portion > 0:  # extra draws only then: unbiased runs keep their stream
+            pick = torch.rand(n, generator=generator, device=gen_device) < self.cfg.timestep_bias_portion
+            t = torch.where(pick, torch.randint(*self.bias_range, (n,), generator=generator, device=gen_device), t)
         return t[rank::world].to(z0.device), sample_noise(z0, self.cfg, generator, shard)
 
     def __call__(
@@ -106,18 +125,23 @@ class Objective:
     ) -> tuple[Tensor, dict[str, float]]:
         """Run ``model(z_t, t)`` at timesteps ``t`` with ``noise`` (drawn from ``generator`` when
         not given) and return (loss, logs)."""
-        cfg = self.cfg
         if t is None or noise is None:
             t, noise = self.draw(z0, generator)
-        z_t = self.schedule.q_sample(z0, t, noise)
-        out = model(z_t, t)
-        target = self.schedule.target(z0, noise, t, cfg.prediction)
-        err = out.float() - target.float()
-        err = err.abs() if cfg.loss == "l1" else err.square()
-        per_sample = err.mean(dim=tuple(range(1, err.ndim)))  # (B,)
+        out = model(self.schedule.q_sample(z0, t, noise), t)
+        return self.reduce(self.per_sample_error(out, z0, noise, t), t)
+
+    def per_sample_error(self, out: Tensor, z0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """The unweighted error (L2 or L1) of the UNet output ``out`` against its target, per sample. (B,)"""
+        err = out.float() - self.schedule.target(z0, noise, t, self.cfg.prediction).float()
+        err = err.abs() if self.cfg.loss == "l1" else err.square()
+        return err.mean(dim=tuple(range(1, err.ndim)))
+
+    def reduce(self, per_sample: Tensor, t: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """L_simple (min-SNR weighted when configured) + lambda * L_vlb of per-sample errors at ``t``."""
+        cfg = self.cfg
         simple = per_sample
         if cfg.min_snr_gamma > 0:
-            simple = simple * min_snr_weights(self.schedule, t, cfg.prediction, cfg.min_snr_gamma)
+            simple = simple * min_snr_weights(self.schedule, t, cfg.prediction, cfg.min_snr_gamma).to(per_sample.device)
         loss_simple = simple.mean()
         loss_vlb = (extract(self.lvlb, t, per_sample[:, None]).squeeze(1) * per_sample).mean()
         loss = loss_simple + cfg.vlb_weight * loss_vlb if cfg.vlb_weight else loss_simple
@@ -128,4 +152,4 @@ class Objective:
         }
 
 
-__all__ = ["Objective", "min_snr_weights", "sample_noise", "schedule_from_config", "vlb_weights"]
+__all__ = ["Objective", "min_snr_weights", "sample_noise", "schedule_from_config", "timestep_bias_range", "vlb_weights"]

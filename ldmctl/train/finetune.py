@@ -5,6 +5,10 @@
 train-ldm (``--cond``, ``--prediction``, ...) do not apply. The data size may differ from the one
 the model was trained at (the UNet is convolutional); the latent size follows it.
 
+The diffusion *process* (schedule, T, prediction) is the --init model's; the *loss* settings
+(``model.diffusion.loss``, ``vlb_weight``, ``min_snr_gamma``, ``offset_noise``, ``timestep_bias_*``)
+are the run's own, like its learning rate: the defaults unless its config or ``--set`` gives them.
+
 ``train_only`` (glob patterns over UNet parameter names, e.g. ``"*attn2*"`` for the cross-attention)
 and ``freeze_conditioners`` freeze the rest; frozen parameters get no optimizer state.
 
@@ -24,7 +28,7 @@ from torch import nn
 
 from ldmctl.autoencoder import build_autoencoder
 from ldmctl.checkpoint import load_autoencoder, load_state, read_checkpoint
-from ldmctl.config import AutoencoderConfig, LDMTrainingConfig, from_dict
+from ldmctl.config import AutoencoderConfig, DiffusionConfig, LDMTrainingConfig, from_dict
 from ldmctl.diffusion.io import load_ldm, split_tensors
 from ldmctl.errors import CheckpointError, ConfigError
 from ldmctl.unet import downsample_factor
@@ -64,8 +68,24 @@ def init_model(cfg: LDMTrainingConfig) -> tuple[LDMTrainingConfig, nn.Module, An
             f"{downsample_factor(base.config.unet)}",
             hint="choose a --size that is a multiple of f x 2^(levels - 1)",
         )
-    cfg = replace(cfg, model=replace(base.config, latent_size=latent), task=task_of(base.config))
-    return cfg, base.autoencoder, base.conditioners, base.unet
+    model = replace(base.config, latent_size=latent, diffusion=objective_settings(base.config.diffusion, cfg))
+    return replace(cfg, model=model, task=task_of(base.config)), base.autoencoder, base.conditioners, base.unet
+
+
+OBJECTIVE_FIELDS = (
+    "loss",
+    "vlb_weight",
+    "min_snr_gamma",
+    "offset_noise",
+    "timestep_bias_portion",
+    "timestep_bias_begin",
+    "timestep_bias_end",
+)
+
+
+def objective_settings(base: DiffusionConfig, cfg: LDMTrainingConfig) -> DiffusionConfig:
+    """The --init model's diffusion config with the run's own loss settings (:data:`OBJECTIVE_FIELDS`)."""
+    return replace(base, **{k: getattr(cfg.model.diffusion, k) for k in OBJECTIVE_FIELDS})
 
 
 def freeze(model: nn.Module, cfg: LDMTrainingConfig) -> None:
@@ -83,4 +103,4 @@ def freeze(model: nn.Module, cfg: LDMTrainingConfig) -> None:
         model.conditioners.requires_grad_(False)
 
 
-__all__ = ["first_stage", "freeze", "init_model", "task_of"]
+__all__ = ["OBJECTIVE_FIELDS", "first_stage", "freeze", "init_model", "objective_settings", "task_of"]

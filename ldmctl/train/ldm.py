@@ -37,6 +37,7 @@ from ldmctl.checkpoint import load_state, read_checkpoint
 from ldmctl.conditioning.compose import ConditionerSet
 from ldmctl.config import LDMTrainingConfig, to_dict
 from ldmctl.data import open_dataset
+from ldmctl.diffusion.contrast import check_contrast
 from ldmctl.diffusion.ema import EMA
 from ldmctl.diffusion.io import load_ldm, save_ldm, split_tensors
 from ldmctl.diffusion.ldm import LatentDiffusion
@@ -178,6 +179,7 @@ def train_step(run: Any, batch: dict[str, Any]) -> dict[str, float]:
         micro_batches=t.grad_accum,
         amp=lambda: autocast(t.precision, d.device),
         backward=lambda part: run.scaler.scale(part).backward(),
+        contrast=getattr(run.cfg, "contrast", None),
     )
     finite = bool(torch.isfinite(loss).all())
     if not run.guard.ok(torch.tensor(logs["loss"] if d.all_true(finite) else float("nan")), run.step):
@@ -267,6 +269,7 @@ def _train(
         cfg, conditioners = resolve_ldm(cfg, ae, dataset, measure=not resume)
     else:
         check_train(cfg.train)
+    check_contrast(cfg.contrast, {c.input_key for c in conditioners.items}, cfg.train.grad_accum)
     if not resume:
         cfg = engine.create_run(cfg, out, d, {"ae_source.json": {"path": str(ae_path), "sha256": file_sha256(ae_path)}})
     run = build_run(cfg, ae, conditioners, d, unet)

@@ -10,6 +10,7 @@ import torch
 from ldmctl.config import DiffusionConfig
 from ldmctl.diffusion.ema import EMA
 from ldmctl.diffusion.objective import Objective, min_snr_weights, vlb_weights
+from ldmctl.errors import ConfigError
 from ldmctl.schedule import Schedule, make_betas
 
 
@@ -123,3 +124,27 @@ def test_ema_update_and_warmup():
     assert ema.current_decay() == 0.9
     no_warm = EMA(torch.nn.Linear(2, 1, bias=False), decay=0.5, warmup=False)
     assert no_warm.current_decay() == 0.5
+
+
+def test_timestep_bias_draws_a_share_of_the_batch_from_its_range():
+    z0 = torch.zeros(4000, 1, 1, 1)
+    plain = Objective(DiffusionConfig())
+    t0, n0 = plain.draw(z0, torch.Generator().manual_seed(0))
+    t_off, n_off = Objective(DiffusionConfig(timestep_bias_begin=10)).draw(z0, torch.Generator().manual_seed(0))
+    assert torch.equal(t0, t_off) and torch.equal(n0, n_off)  # portion 0: the unbiased stream, untouched
+    t_all, _ = Objective(DiffusionConfig(timestep_bias_portion=1.0, timestep_bias_begin=900)).draw(
+        z0, torch.Generator().manual_seed(0)
+    )
+    assert int(t_all.min()) >= 900 and int(t_all.max()) == 999
+    half = Objective(DiffusionConfig(timestep_bias_portion=0.5, timestep_bias_begin=100, timestep_bias_end=200))
+    t_half, _ = half.draw(z0, torch.Generator().manual_seed(0))
+    share = float(((t_half >= 100) & (t_half < 200)).float().mean())
+    assert abs(share - (0.5 + 0.5 * 0.1)) < 0.03  # the biased half plus the uniform half's tenth
+    assert half.bias_range == (100, 200)
+
+
+@pytest.mark.parametrize("begin,end", [(900, 900), (500, 1001), (1000, 0)])
+def test_timestep_bias_range_must_fit_the_schedule(begin, end):
+    cfg = DiffusionConfig(timestep_bias_portion=0.3, timestep_bias_begin=begin, timestep_bias_end=end)
+    with pytest.raises(ConfigError, match="timestep_bias"):
+        Objective(cfg)

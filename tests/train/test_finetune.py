@@ -95,3 +95,17 @@ def test_ae_may_be_an_ldm_checkpoint(base, tmp_path):
     assert torch.equal(ae.decoder.conv_out.weight, load_ldm(base).autoencoder.decoder.conv_out.weight)
     summary = train_ldm(tiny_cfg(), base, tmp_path / "new")
     assert load_ldm(summary["checkpoint"]).config.scale_factor == pytest.approx(0.8)
+
+
+def test_init_takes_the_loss_settings_of_the_run_and_the_process_of_the_model(base, tmp_path):
+    cfg = tiny_cfg(init=str(base))
+    diffusion = replace(cfg.model.diffusion, timestep_bias_portion=0.5, min_snr_gamma=5.0, timesteps=10)
+    cfg = replace(cfg, model=replace(cfg.model, diffusion=diffusion))
+    model = load_ldm(train_ldm(cfg, None, tmp_path / "ft")["checkpoint"])
+    d = model.config.diffusion
+    assert (d.timestep_bias_portion, d.min_snr_gamma) == (0.5, 5.0)  # the loss: the run's own
+    assert d.timesteps == load_ldm(base).config.diffusion.timesteps  # the process itself: the --init model's
+    again = load_ldm(
+        train_ldm(tiny_cfg(init=str(tmp_path / "ft" / "ldm.safetensors")), None, tmp_path / "ft2")["checkpoint"]
+    )
+    assert again.config.diffusion.min_snr_gamma == 0.0  # not inherited from the --init model: the run's default
