@@ -6,6 +6,7 @@
 #   bash bench/shapes_binding.sh pilots2  # runs/q23/{R1,R2,S1,S2} (1,500 steps, two 1-thread jobs at a time) and
 #                                         # runs/q23/SL (10,000 steps, 2 threads), then their teacher-forced gaps
 #   bash bench/shapes_binding.sh pilots3  # runs/q23/{T900,B2,SB,C1,CF}: the timestep band and a hard-negative contrast
+#   bash bench/shapes_binding.sh expert   # builtin:shapes-layout (C1 exported), the switch timestep, its 500-prompt scores
 #   bash bench/shapes_binding.sh score    # bench/results/shapes_{binding_*,t2i*}.json (see the case for the
 #                                         # previous model it needs). The 14,000-step model's run is in git history
 # Every LDM uses the autoencoder inside the shipped model (the demo-ae.toml recipe, 2,000 steps).
@@ -62,7 +63,6 @@ PY
             # plus the hard-negative contrast ([contrast]); CF: the shipped model fine-tuned with it.
             # 1,500 steps, one thread each (C1 was stopped after its step-1,000 checkpoint). T900, B2 and
             # C1, CF were run with an earlier script form of the same options (same losses, other draws).
-            # CF2 continues CF to 3,500 steps on two threads (its config, with the contrast, is stored).
     mkdir -p runs/q23
     t2i=(--preset small --config docs/recipes/shapes-t2i.toml --ae $AE --max-steps 1500
          --set train.save_every=500 --set train.keep_last=3)
@@ -81,9 +81,20 @@ PY
       --max-steps 1500 --lr 3e-4 --batch-size 32 --set train.warmup_steps=100 --set train.save_every=500 \
       --set train.keep_last=3 --set train.sample_every=100000 --set model.diffusion.min_snr_gamma=5 "${con[@]}"
     cp runs/q23/CF/ldm.safetensors runs/q23/CF-1500.safetensors
-    OMP_NUM_THREADS=2 ldmctl train-ldm --out-dir runs/q23/CF --resume --max-steps 3500
     python bench/shapes_diagnose.py $AE runs/q23/{T900,B2,SB,C1,CF}/checkpoints/step_00*.safetensors \
       runs/q23/{T900,B2,SB,CF}/ldm.safetensors --gap-only --unweighted --bands 0,500,750,900,950,1000
-    python bench/shapes_score.py runs/q23/{SB,CF}/ldm.safetensors runs/q23/C1/checkpoints/step_0001000.safetensors --n 300 --out bench/results/shapes_binding_pilots3.json ;;
-  *) echo "usage: bash bench/shapes_binding.sh pilots|pilots2|pilots3|ship|score" >&2; exit 2 ;;
+    cp runs/q23/C1/checkpoints/step_0001000.safetensors runs/q23/C1-1000.safetensors
+    ldmctl train-ldm --out-dir runs/q23/C1 --resume --max-steps 5000   # C1 continued (it had been stopped at 1,128)
+    python bench/shapes_score.py runs/q23/C1-1000.safetensors runs/q23/C1/checkpoints/step_0004000.safetensors \
+      runs/q23/C1/ldm.safetensors runs/q23/SB/ldm.safetensors runs/q23/CF-1500.safetensors --n 300 \
+      --out bench/results/shapes_binding_pilots3.json ;;
+  expert)  # the shipped pair: the contrast model C1 as the high-noise expert of the third model
+    S=ldmctl/models/shapes-t2i.safetensors L=ldmctl/models/shapes-t2i-layout.safetensors
+    ldmctl export runs/q23/C1/ldm.safetensors $L --prune-vocab --overwrite
+    for sw in 300 400 500 700 850; do  # the switch timestep, on prompts no other figure uses
+      python bench/shapes_score.py $S --expert $L --expert-from $sw --n 200 --prompt-seed 31337; done
+    python bench/shapes_score.py $S --expert $L --n 500 --out bench/results/shapes_t2i_expert.json
+    python bench/shapes_score.py $S --expert $L --n 500 --prompt-seed 777 --out bench/results/shapes_t2i_expert_seed777.json
+    python bench/shapes_diagnose.py $L --probe-only --unweighted --bands 0,500,750,900,950,1000 ;;
+  *) echo "usage: bash bench/shapes_binding.sh pilots|pilots2|pilots3|expert|ship|score" >&2; exit 2 ;;
 esac

@@ -175,18 +175,18 @@ def generate(
     precision: str = "fp32",
     latent_hw: tuple[int, int] | None = None,
     edit: Any = None,
+    expert: tuple[Any, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, dict]]:
     """Yield ``(images (B, 3, H, W) in [-1, 1], that batch's conditions)`` for ``n`` samples.
 
     One generator seeded with ``seed`` draws every batch in turn, so the samples depend on
     ``seed`` and ``batch_size`` only. ``on_progress(done)`` counts sample-steps (of ``n * steps``).
     ``negative_prompt`` replaces the empty prompt in the unconditional branch of guidance.
-
     The model runs where its weights are, under the autocast of ``precision``; the generator is
     a CPU one on every device (the same noise for a seed); images come back as float32 on the CPU.
-
     ``latent_hw`` (:func:`ldmctl.editing.latent_grid`) samples on another grid; ``edit`` (a peer's
     :class:`ldmctl.editing.Edit`, duck-typed) edits its image on its grid. Both set batch ``latent_hw``.
+    ``expert = (high, t)``: the LDM ``high`` (:func:`check_expert`) denoises timesteps >= t.
     """
     conditions = conditions or {}
     device = module_device(model.unet)
@@ -199,7 +199,7 @@ def generate(
         sized = batch if hw is None else {**batch, "latent_hw": hw}
         inputs = model.derived_inputs(_to_device(sized, device))  # e.g. the latent of a low-res image
         callback = None if on_progress is None else (lambda i, total, z, d=done: on_progress(d + (i + 1) * z.shape[0]))
-        model_fn = _guided(model, inputs, size, guidance, negative_prompt, precision) if conditions else None
+        model_fn = _batch_fn(model, expert, inputs, size, guidance, negative_prompt, precision) if conditions else None
         with torch.no_grad(), autocast(precision, device):
             run = dict(steps=steps, eta=eta, generator=g, model_fn=model_fn, callback=callback)
             if edit is None:
@@ -209,6 +209,15 @@ def generate(
             images = model.decode(model.from_target(z, inputs))
         images = images.float().cpu()
         yield (images if edit is None else edit.paste_back(images)), batch
+
+
+def _batch_fn(model: Any, expert: tuple[Any, int] | None, inputs: Mapping[str, Any], *args: Any) -> Any:
+    """The guided model function of one batch, switched to ``expert`` at its timestep when given
+    (``args``: size, guidance, negative prompt, precision, as :func:`_guided` takes them)."""
+    low = _guided(model, inputs, *args)
+    if expert is None:
+        return low
+    return switched(_guided(expert[0], expert[0].derived_inputs(inputs), *args), low, expert[1])
 
 
 def _guided(
@@ -230,6 +239,41 @@ def _guided(
     return cfg_model_fn(model.unet, cond, uncond, guidance)
 
 
+def switched(high: Callable, low: Callable, switch_t: int) -> Callable:
+    """A model function that calls ``high`` at timesteps >= ``switch_t`` and ``low`` below (the
+    samplers give one timestep to a whole batch)."""
+    return lambda z_t, t: high(z_t, t) if int(t.reshape(-1)[0]) >= switch_t else low(z_t, t)
+
+
+def check_expert(model: Any, expert: Any, switch_t: int, conditions: Collection[str]) -> None:
+    """Refuse a high-noise expert that cannot share ``model``'s sampling chain: it must be conditional
+    on the same inputs, and have the same noise schedule, prediction, latent and autoencoder."""
+    if not conditions:
+        raise ConfigError("--expert needs a conditional model (its steps are guided by the same conditions)")
+    if not 0 < switch_t < model.schedule.num_timesteps:
+        raise ConfigError(f"--expert-from {switch_t}: choose a timestep in 1..{model.schedule.num_timesteps - 1}")
+    a, b = model.config, expert.config
+    same = (
+        a.diffusion.schedule == b.diffusion.schedule
+        and a.diffusion.timesteps == b.diffusion.timesteps
+        and (a.diffusion.linear_start, a.diffusion.linear_end) == (b.diffusion.linear_start, b.diffusion.linear_end)
+        and a.diffusion.prediction == b.diffusion.prediction
+        and model.latent_shape == expert.latent_shape
+    )
+    if not same:
+        raise ConfigError("--expert: its noise schedule, prediction or latent differ from the model's")
+    mine, theirs = model.autoencoder.state_dict(), expert.autoencoder.state_dict()
+    if (
+        a.scale_factor != b.scale_factor
+        or mine.keys() != theirs.keys()
+        or any(not torch.equal(v.float(), theirs[k].float()) for k, v in mine.items())
+    ):
+        raise ConfigError("--expert: it was trained on another autoencoder (the latents would not match)")
+    missing = set(conditions) - {c.input_key for c in expert.conditioners.items}
+    if missing:
+        raise ConfigError(f"--expert does not read {sorted(missing)}, which the model is given")
+
+
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """``batch`` with its tensors on ``device`` (lists of prompts and the like as they are)."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -237,6 +281,7 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
 
 __all__ = [
     "SPELLINGS",
+    "check_expert",
     "check_input_keys",
     "check_options",
     "default_guidance",
@@ -245,4 +290,5 @@ __all__ = [
     "input_readers",
     "parse_pairs",
     "sampling_conditions",
+    "switched",
 ]

@@ -30,7 +30,7 @@ from ldmctl.editing import Edit, check_edit_options, latent_grid, prepare_edit
 from ldmctl.errors import ConfigError
 from ldmctl.files import atomic_write, check_output, ensure_folder
 from ldmctl.samplers import get_sampler
-from ldmctl.sampling import check_options, default_guidance, generate, parse_pairs, sampling_conditions
+from ldmctl.sampling import check_expert, check_options, default_guidance, generate, parse_pairs, sampling_conditions
 
 GRID_BYTES = 256 << 20  # the grid PNG holds the first samples that fit this (float32); --out-dir gets all
 TENSOR_BYTES = 2 << 30  # --save-tensor holds every sample in memory: at most this much
@@ -41,6 +41,18 @@ CheckpointArg = Annotated[
         help="LDM checkpoint (.safetensors from train-ldm or export); default: the built-in builtin:shapes "
         "text-to-image model."
     ),
+]
+ExpertOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="High-noise expert: a second LDM checkpoint (or builtin:NAME) on the same autoencoder, schedule and "
+        "prediction that denoises the steps at timesteps >= --expert-from; the model does the rest (eDiff-I's "
+        "expert denoisers). Default: none, except builtin:shapes-layout with the built-in shapes model; "
+        "'none' turns it off."
+    ),
+]
+ExpertFromOpt = Annotated[
+    int, typer.Option(help="First timestep (of T) the --expert denoises; below it the model does.")
 ]
 NOpt = Annotated[int, typer.Option("--n", help="Number of images.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the initial noise and of every random draw.")]
@@ -229,6 +241,7 @@ def _generate(
             precision=p["precision"],
             latent_hw=hw,
             edit=edit,
+            expert=_expert(model, conditions, p),
         )
         keep = 0
         for x, _ in chunks:
@@ -238,6 +251,24 @@ def _generate(
                 kept.append(x[: keep - done])
             done += x.shape[0]
     return torch.cat(kept)
+
+
+def _expert(model: Any, conditions: Mapping[str, Any], p: Mapping[str, Any]) -> tuple[Any, int] | None:
+    """``(expert LDM, first timestep)`` of ``--expert`` on the model's device, checked; None without it
+    or with ``--expert none``. The built-in shapes model (no checkpoint given) comes with its shipped
+    layout expert unless ``--expert none``."""
+    builtin = p["ckpt"] is None or str(p["ckpt"]) == "builtin:shapes"
+    name = "builtin:shapes-layout" if p["expert"] is None and builtin and conditions else p["expert"]
+    if name is None or name == "none":
+        return None
+    from ldmctl.models import SHIPPED, resolve_builtin
+
+    device = next(model.unet.parameters()).device
+    expert = load_ldm(resolve_builtin(name), weights=p["weights"], device=device)
+    if name == "builtin:shapes-layout":
+        err_console.print(f"high-noise expert from t {p['expert_from']}: {SHIPPED['shapes-layout'].about}")
+    check_expert(model, expert, p["expert_from"], conditions)
+    return expert, p["expert_from"]
 
 
 def _kept(n: int, per_image: int, p: Mapping[str, Any]) -> int:
@@ -289,6 +320,8 @@ def command(
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
+    expert: ExpertOpt = None,
+    expert_from: ExpertFromOpt = 500,
 ) -> None:
     """Sample images from a latent diffusion checkpoint (or edit --init-image): a grid, optionally one PNG each."""
     check_options(n, steps, eta, batch_size, guidance)

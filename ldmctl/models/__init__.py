@@ -33,6 +33,13 @@ SHIPPED: dict[str, ShippedModel] = {
         "text-to-image on builtin:shapes, 32 x 32 px (cross-attention, jointly trained text encoder, v-prediction)",
         "docs/conditioning-comparison.md",
     ),
+    "shapes-layout": ShippedModel(
+        "shapes-layout",
+        "shapes-t2i-layout.safetensors",
+        "high-noise expert of the shapes model: places the named objects by the relation word "
+        "(trained with the hard-negative caption contrast; ldmctl sample --expert)",
+        "docs/conditioning-comparison.md",
+    ),
     "superres": ShippedModel(
         "superres", "superres-x4.safetensors", "x4 super-resolution of photos", "docs/superres.md"
     ),
