@@ -257,14 +257,14 @@ def _expert(model: Any, conditions: Mapping[str, Any], p: Mapping[str, Any]) -> 
     """``(expert LDM, first timestep)`` of ``--expert`` on the model's device, checked; None without it
     or with ``--expert none``. The built-in shapes model (no checkpoint given) comes with its shipped
     layout expert unless ``--expert none``."""
-    builtin = p["ckpt"] is None or str(p["ckpt"]) == "builtin:shapes"
-    name = "builtin:shapes-layout" if p["expert"] is None and builtin and conditions else p["expert"]
+    name = "builtin:shapes-layout" if p["expert"] is None and p["ckpt"] is None and conditions else p["expert"]
     if name is None or name == "none":
         return None
     from ldmctl.models import SHIPPED, resolve_builtin
 
     device = next(model.unet.parameters()).device
-    expert = load_ldm(resolve_builtin(name), weights=p["weights"], device=device)
+    dtype = inference_weights_dtype(p["precision"], device)  # as the model's own UNet (bf16 on the CPU)
+    expert = load_ldm(resolve_builtin(name), weights=p["weights"], device=device, unet_dtype=dtype)
     if name == "builtin:shapes-layout":
         err_console.print(f"high-noise expert from t {p['expert_from']}: {SHIPPED['shapes-layout'].about}")
     check_expert(model, expert, p["expert_from"], conditions)
